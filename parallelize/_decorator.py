@@ -1,0 +1,127 @@
+"""The ``@parallelize`` decorator."""
+
+from __future__ import annotations
+
+import difflib
+import inspect
+from collections.abc import Callable
+from concurrent.futures import Executor
+from typing import Any, ParamSpec, TypeVar, overload
+
+import wrapt
+
+from smart_future import SmartFuture
+
+from ._defaults import default_executor
+from ._method import Method
+from ._submission import submit_call
+
+__all__ = ["parallelize"]
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+_OPTIONS = ("method", "executor")
+
+
+@overload
+def parallelize(func: Callable[P, R], /) -> Callable[P, SmartFuture[R]]: ...
+
+
+@overload
+def parallelize(
+    method: Method | str = ..., /, **options: Any
+) -> Callable[[Callable[P, R]], Callable[P, SmartFuture[R]]]: ...
+
+
+def parallelize(func: Any = None, /, **options: Any) -> Any:
+    """Make calls of a function run in parallel and return :class:`SmartFuture` objects.
+
+    Use it bare (``@parallelize``, threads) or with options::
+
+        @parallelize(method=Method.PROCESS)
+        def work(x): ...
+
+        @parallelize(Method.REMOTE)
+        def remote_work(x): ...
+
+    Options:
+        method: a :class:`Method` (or its name as a string); default THREAD.
+        executor: an explicit :class:`concurrent.futures.Executor` to submit
+            to instead of the default one for the method.
+
+    Each call returns a SmartFuture at once. SmartFuture arguments are
+    waited for (without blocking the caller) and replaced by their values
+    before the call runs. Works on functions, closures, lambdas and methods
+    (also static and class methods); keeps ``__name__``, ``__doc__``,
+    ``__wrapped__`` and the signature.
+
+    Raises TypeError for something that is not a function or for an unknown
+    option, ValueError for an unknown method, at decoration time.
+    """
+    if isinstance(func, (Method, str)):
+        if "method" in options:
+            raise TypeError("parallelize() got the method twice (positionally and as method=)")
+        options["method"] = func
+        func = None
+    method, executor = _parse_options(options)
+    if func is None:
+        return lambda f: _wrap(f, method, executor)
+    return _wrap(func, method, executor)
+
+
+def _parse_options(options: dict[str, Any]) -> tuple[Method, Executor | None]:
+    unknown = [name for name in options if name not in _OPTIONS]
+    if unknown:
+        name = unknown[0]
+        close = difflib.get_close_matches(name, _OPTIONS, n=1)
+        hint = f" Did you mean {close[0]!r}?" if close else ""
+        raise TypeError(
+            f"parallelize() got an unknown option {name!r}; valid options are "
+            f"{', '.join(_OPTIONS)}.{hint}"
+        )
+    executor = options.get("executor")
+    if executor is not None and not isinstance(executor, Executor):
+        raise TypeError(
+            f"parallelize(executor=...) needs a concurrent.futures.Executor instance, "
+            f"got {type(executor).__name__}"
+        )
+    if executor is not None and "method" in options:
+        raise TypeError("parallelize() takes either method= or executor=, not both")
+    method = Method.parse(options.get("method", Method.THREAD))
+    return method, executor
+
+
+def _wrap(func: Any, method: Method, executor: Executor | None) -> Any:
+    target = func.__func__ if isinstance(func, (staticmethod, classmethod)) else func
+    if inspect.isclass(target):
+        raise TypeError(
+            f"@parallelize decorates a function or method, not the class {target.__name__}; "
+            "decorate its methods instead"
+        )
+    if not callable(target):
+        raise TypeError(
+            f"@parallelize decorates a function or method, got {type(func).__name__} {func!r}"
+        )
+    if inspect.iscoroutinefunction(target) or inspect.isasyncgenfunction(target):
+        raise TypeError(
+            f"@parallelize cannot run the coroutine function {target.__qualname__}: "
+            "it would return an un-awaited coroutine. Decorate a regular function, "
+            "or run the coroutine with asyncio."
+        )
+
+    if executor is not None:
+        chosen = executor
+
+        def call(
+            wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
+        ) -> SmartFuture[Any]:
+            return submit_call(chosen, wrapped, args, kwargs)
+    else:
+
+        def call(
+            wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
+        ) -> SmartFuture[Any]:
+            return submit_call(default_executor(method), wrapped, args, kwargs)
+
+    return wrapt.decorator(call)(func)

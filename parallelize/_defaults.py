@@ -1,0 +1,119 @@
+"""The default executors behind ``@parallelize``: created lazily, shut down at exit.
+
+One executor per Method, created on first use from the configuration in
+force (:func:`parallelize.configure`, then environment variables). They are
+shut down at interpreter exit (waiting for queued work), re-created if a
+user shut one down, and forgotten in a forked child (its threads and pipes
+belong to the parent), where the next call creates fresh ones.
+"""
+
+from __future__ import annotations
+
+import atexit
+import importlib
+import os
+import threading
+from concurrent.futures import Executor
+
+import smart_future
+
+from . import _config
+from ._executor_base import live_executors
+from ._method import Method
+from ._thread_executor import ThreadExecutor
+
+__all__ = ["configure", "default_executor", "shutdown_default_executors"]
+
+_executors: dict[Method, Executor] = {}
+_lock = threading.Lock()
+# Set by Ctrl-C during a wait: the user wants out, so exit does not wait for running tasks.
+_interrupted = False
+
+
+def default_executor(method: Method | str = Method.THREAD) -> Executor:
+    """The default executor for *method*, created on first use."""
+    method = Method.parse(method)
+    executor = _executors.get(method)
+    if executor is not None and not getattr(executor, "is_shutdown", False):
+        return executor
+    with _lock:
+        executor = _executors.get(method)
+        if executor is None or getattr(executor, "is_shutdown", False):
+            executor = _create(method)
+            _executors[method] = executor
+        return executor
+
+
+def _create(method: Method) -> Executor:
+    if method is Method.THREAD:
+        return ThreadExecutor(_config.thread_workers(), name="default-thread")
+    if method is Method.PROCESS:
+        from ._process import ProcessExecutor
+
+        return ProcessExecutor(_config.process_workers(), name="default-process")
+    try:
+        remote_default = importlib.import_module("remote._default")
+        factory = remote_default.create_default_executor
+    except (ImportError, AttributeError) as exc:
+        raise NotImplementedError(
+            "Method.REMOTE is not available in this version of parallelize; "
+            "use Method.THREAD or Method.PROCESS"
+        ) from exc
+    executor: Executor = factory()
+    return executor
+
+
+def configure(*, thread_workers: int | None = None, process_workers: int | None = None) -> None:
+    """Set the sizes of the default executors (None: environment variable, else default).
+
+    An existing default executor whose size changes is replaced: the old one
+    finishes its queued work in the background and new calls go to the new one.
+    """
+    if thread_workers is not None:
+        _config.validate_workers(thread_workers, "thread_workers")
+    if process_workers is not None:
+        _config.validate_workers(process_workers, "process_workers")
+    _config.set_settings(_config.Settings(thread_workers, process_workers))
+    with _lock:
+        retired = [_executors.pop(m) for m in (Method.THREAD, Method.PROCESS) if m in _executors]
+    for executor in retired:
+        executor.shutdown(wait=False)
+
+
+def shutdown_default_executors(wait: bool = True) -> None:
+    """Shut down every default executor (they are re-created on the next call)."""
+    with _lock:
+        executors = list(_executors.values())
+        _executors.clear()
+    for executor in executors:
+        executor.shutdown(wait=wait)
+
+
+def _cancel_all_queued() -> None:
+    """Ctrl-C during a wait: drop queued work everywhere so the program can stop promptly."""
+    global _interrupted
+    _interrupted = True
+    for executor in live_executors():
+        executor.cancel_queued()
+
+
+def _after_fork_in_child() -> None:
+    global _lock
+    _lock = threading.Lock()
+    for executor in list(_executors.values()):
+        reset = getattr(executor, "_after_fork_in_child", None)
+        if reset is not None:
+            reset()
+    _executors.clear()
+
+
+def _shutdown_at_exit() -> None:
+    # Normally exit waits for queued work, like concurrent.futures. After a
+    # Ctrl-C it does not: worker processes see their pipe close and exit.
+    shutdown_default_executors(wait=not _interrupted)
+
+
+atexit.register(_shutdown_at_exit)
+smart_future.register_interrupt_hook(_cancel_all_queued)
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)

@@ -1,0 +1,122 @@
+"""The small base every parallelize executor shares.
+
+It adds to :class:`concurrent.futures.Executor` what a user of a long-running
+pool wants to see: how many tasks are live, how long they took
+(:meth:`BaseExecutor.stats`), a summary on ``shutdown(quiet=False)``, and
+:meth:`BaseExecutor.shutdown_if_idle`. Subclasses implement ``submit`` (calling
+``_check_open`` and recording into ``self._stats``), ``_shutdown_impl`` and
+``_cancel_queued``.
+"""
+
+from __future__ import annotations
+
+import abc
+import threading
+import weakref
+from concurrent.futures import Executor
+
+from ._stats import ExecutorStats, TaskStats
+
+__all__ = ["BaseExecutor", "live_executors"]
+
+_live_executors: weakref.WeakSet[BaseExecutor] = weakref.WeakSet()
+_live_lock = threading.Lock()
+
+
+def live_executors() -> list[BaseExecutor]:
+    """Every executor created in this process and not yet shut down."""
+    with _live_lock:
+        return [e for e in _live_executors if not e._shutdown]
+
+
+class BaseExecutor(Executor, abc.ABC):
+    """A :class:`concurrent.futures.Executor` with task statistics.
+
+    Lock order: a subclass's own locks may be held while calling into
+    ``self._stats`` (whose lock is a leaf), never the reverse.
+    """
+
+    def __init__(self, *, name: str) -> None:
+        self.name = name
+        self._stats = TaskStats()
+        self._shutdown = False
+        self._shutdown_lock = threading.Lock()
+        with _live_lock:
+            _live_executors.add(self)
+
+    # -- public API -------------------------------------------------------
+
+    @property
+    def live_tasks(self) -> int:
+        """Tasks submitted and not yet finished (queued or running)."""
+        return self._stats.live
+
+    def stats(self) -> ExecutorStats:
+        """A snapshot of counters and task durations; see :class:`ExecutorStats`."""
+        return self._stats.snapshot(self.name)
+
+    def shutdown(
+        self, wait: bool = True, *, cancel_futures: bool = False, quiet: bool = True
+    ) -> None:
+        """Stop accepting work and release the workers.
+
+        With *wait*, block until running and queued tasks have finished. With
+        *cancel_futures*, queued tasks that have not started are cancelled
+        first. With ``quiet=False``, print the :meth:`stats` summary once the
+        executor has stopped. Calling it again is harmless.
+        """
+        with self._shutdown_lock:
+            already = self._shutdown
+            self._shutdown = True
+        if not already:
+            self._shutdown_impl(wait=wait, cancel_futures=cancel_futures)
+        elif wait:
+            self._join()
+        if not quiet:
+            print(self.stats().format(), flush=True)
+
+    def shutdown_if_idle(self) -> bool:
+        """Shut down (without waiting) if no task is queued or running.
+
+        Returns True if the executor is now shut down.
+        """
+        with self._shutdown_lock:
+            if self._shutdown:
+                return True
+            if self.live_tasks:
+                return False
+            self._shutdown = True
+        self._shutdown_impl(wait=False, cancel_futures=False)
+        return True
+
+    def cancel_queued(self) -> int:
+        """Cancel every task that has not started yet; returns how many were cancelled."""
+        return self._cancel_queued()
+
+    @property
+    def is_shutdown(self) -> bool:
+        return self._shutdown
+
+    def __repr__(self) -> str:
+        state = "shut down" if self._shutdown else f"{self.live_tasks} live tasks"
+        return f"<{type(self).__name__} {self.name!r}: {state}>"
+
+    # -- for subclasses ---------------------------------------------------
+
+    def _check_open(self) -> None:
+        if self._shutdown:
+            raise RuntimeError(
+                f"cannot submit to {type(self).__name__} {self.name!r}: it has been shut down. "
+                "Create a new executor, or use the default one through @parallelize."
+            )
+
+    @abc.abstractmethod
+    def _shutdown_impl(self, *, wait: bool, cancel_futures: bool) -> None:
+        """Release workers; called exactly once."""
+
+    def _join(self) -> None:
+        """Block until the workers have exited after an earlier shutdown (default: no-op)."""
+
+    @abc.abstractmethod
+    def _cancel_queued(self) -> int:
+        """Cancel tasks that have not started; return how many."""

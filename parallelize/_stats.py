@@ -1,0 +1,184 @@
+"""Task counters and duration statistics shared by every executor.
+
+Recording must be cheap (it sits on the per-task hot path), so `TaskStats`
+only appends to an ``array('d')`` under a lock; numpy is imported lazily when
+a snapshot is taken with :meth:`TaskStats.snapshot`.
+"""
+
+from __future__ import annotations
+
+import enum
+import random
+import threading
+from array import array
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import numpy as np
+    import numpy.typing as npt
+
+__all__ = ["ExecutorStats", "Outcome", "TaskStats"]
+
+# Past this many samples the durations become a uniform reservoir sample, so
+# a long-lived executor keeps bounded memory (8 MB) and unbiased percentiles.
+_MAX_SAMPLES = 1_000_000
+_PERCENTILES = (50.0, 90.0, 95.0, 99.0)
+
+
+class Outcome(enum.Enum):
+    """How a task ended."""
+
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+class TaskStats:
+    """Thread-safe counters and a duration sample for one executor."""
+
+    __slots__ = (
+        "_cancelled",
+        "_durations",
+        "_failed",
+        "_lock",
+        "_seen",
+        "_submitted",
+        "_succeeded",
+    )
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._submitted = 0
+        self._succeeded = 0
+        self._failed = 0
+        self._cancelled = 0
+        self._seen = 0
+        self._durations = array("d")
+
+    def task_submitted(self, count: int = 1) -> None:
+        with self._lock:
+            self._submitted += count
+
+    def task_finished(self, outcome: Outcome, duration: float | None = None) -> None:
+        """Record the end of a task; *duration* (seconds) is None for tasks that never ran."""
+        with self._lock:
+            if outcome is Outcome.SUCCEEDED:
+                self._succeeded += 1
+            elif outcome is Outcome.FAILED:
+                self._failed += 1
+            else:
+                self._cancelled += 1
+            if duration is None:
+                return
+            self._seen += 1
+            if len(self._durations) < _MAX_SAMPLES:
+                self._durations.append(duration)
+            else:
+                slot = random.randrange(self._seen)
+                if slot < _MAX_SAMPLES:
+                    self._durations[slot] = duration
+
+    @property
+    def live(self) -> int:
+        """Tasks submitted and not yet finished (queued or running)."""
+        with self._lock:
+            return self._submitted - self._succeeded - self._failed - self._cancelled
+
+    def snapshot(self, name: str, **extra: Any) -> ExecutorStats:
+        import numpy as np
+
+        with self._lock:
+            durations = np.frombuffer(self._durations, dtype=np.float64).copy()
+            return ExecutorStats(
+                name=name,
+                submitted=self._submitted,
+                succeeded=self._succeeded,
+                failed=self._failed,
+                cancelled=self._cancelled,
+                durations=durations,
+                extra=extra,
+            )
+
+
+@dataclass(frozen=True)
+class ExecutorStats:
+    """A point-in-time snapshot of an executor's work.
+
+    ``durations`` holds the run time in seconds of finished tasks (a uniform
+    sample once more than a million tasks have run). Percentiles and the
+    histogram are computed from it with numpy.
+    """
+
+    name: str
+    submitted: int
+    succeeded: int
+    failed: int
+    cancelled: int
+    durations: npt.NDArray[np.float64] = field(repr=False)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def finished(self) -> int:
+        return self.succeeded + self.failed + self.cancelled
+
+    @property
+    def live(self) -> int:
+        """Tasks submitted and not finished: queued or running."""
+        return self.submitted - self.finished
+
+    def percentiles(self, qs: tuple[float, ...] = _PERCENTILES) -> dict[float, float]:
+        """Duration percentiles in seconds, ``{50.0: p50, ...}``; empty when nothing ran."""
+        import numpy as np
+
+        if self.durations.size == 0:
+            return {}
+        values = np.percentile(self.durations, qs)
+        return {q: float(v) for q, v in zip(qs, values, strict=False)}
+
+    def histogram(self, bins: int = 20) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float64]]:
+        """``(counts, edges)`` of durations on log-spaced bins (durations span decades)."""
+        import numpy as np
+
+        if self.durations.size == 0:
+            return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float64)
+        low = max(float(self.durations.min()), 1e-7)
+        high = max(float(self.durations.max()), low * 1.0001)
+        edges = np.geomspace(low, high, bins + 1)
+        counts, edges = np.histogram(np.clip(self.durations, low, high), bins=edges)
+        return counts.astype(np.int64), edges
+
+    def format(self, width: int = 40) -> str:
+        """A human-readable summary table with a text histogram."""
+        lines = [
+            f"{self.name}: {self.submitted} submitted, {self.succeeded} succeeded, "
+            f"{self.failed} failed, {self.cancelled} cancelled, {self.live} live"
+        ]
+        pct = self.percentiles()
+        if pct:
+            mean = float(self.durations.mean())
+            parts = ", ".join(f"p{q:g} {_human_seconds(v)}" for q, v in pct.items())
+            lines.append(
+                f"  duration: mean {_human_seconds(mean)}, {parts}, "
+                f"max {_human_seconds(float(self.durations.max()))}"
+            )
+            counts, edges = self.histogram(bins=10)
+            peak = int(counts.max()) or 1
+            for count, lo, hi in zip(counts, edges[:-1], edges[1:], strict=False):
+                bar = "#" * round(width * int(count) / peak)
+                lines.append(
+                    f"  {_human_seconds(float(lo)):>9} - {_human_seconds(float(hi)):>9} "
+                    f"{int(count):>8} {bar}"
+                )
+        return "\n".join(lines)
+
+    def __str__(self) -> str:
+        return self.format()
+
+
+def _human_seconds(seconds: float) -> str:
+    if seconds < 1e-3:
+        return f"{seconds * 1e6:.1f}us"
+    if seconds < 1:
+        return f"{seconds * 1e3:.1f}ms"
+    return f"{seconds:.2f}s"

@@ -1,0 +1,117 @@
+"""Turning a decorated call into a SmartFuture, waiting for SmartFuture arguments first.
+
+A call whose (top-level positional or keyword) arguments include SmartFutures
+that are not finished is not submitted straight away: the caller gets a
+SmartFuture at once, and the call is submitted when every such argument has
+finished, with the arguments replaced by their values. If one of them
+failed, the call is not run and its future fails with the same exception.
+So chains like ``g(f(1))`` never block the caller.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from collections.abc import Callable
+from concurrent.futures import Executor, Future, InvalidStateError
+from typing import Any
+
+from smart_future import SmartFuture
+
+__all__ = ["submit_call"]
+
+
+def submit_call(
+    executor: Executor, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> SmartFuture[Any]:
+    pending = [a for a in args if isinstance(a, SmartFuture)]
+    if kwargs:
+        pending.extend(v for v in kwargs.values() if isinstance(v, SmartFuture))
+    if not pending:
+        return SmartFuture(executor.submit(fn, *args, **kwargs))
+    unfinished = [sf for sf in pending if not sf.done()]
+    if not unfinished:
+        return _submit_resolved(executor, fn, args, kwargs)
+    return _submit_when_ready(executor, fn, args, kwargs, unfinished)
+
+
+def _resolve(
+    args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    """Replace finished SmartFutures by their values (raising a failed one's exception)."""
+    new_args = tuple(a.result() if isinstance(a, SmartFuture) else a for a in args)
+    new_kwargs = {k: (v.result() if isinstance(v, SmartFuture) else v) for k, v in kwargs.items()}
+    return new_args, new_kwargs
+
+
+def _submit_resolved(
+    executor: Executor, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> SmartFuture[Any]:
+    try:
+        args, kwargs = _resolve(args, kwargs)
+    except BaseException as exc:
+        failed: Future[Any] = Future()
+        failed.set_exception(exc)
+        return SmartFuture(failed)
+    return SmartFuture(executor.submit(fn, *args, **kwargs))
+
+
+def _submit_when_ready(
+    executor: Executor,
+    fn: Callable[..., Any],
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    unfinished: list[SmartFuture[Any]],
+) -> SmartFuture[Any]:
+    outer: Future[Any] = Future()
+    remaining = [len(unfinished)]
+    lock = threading.Lock()
+
+    def on_dependency_done(_: Any) -> None:
+        with lock:
+            remaining[0] -= 1
+            if remaining[0]:
+                return
+        if outer.cancelled():
+            return
+        try:
+            resolved_args, resolved_kwargs = _resolve(args, kwargs)
+            inner = executor.submit(fn, *resolved_args, **resolved_kwargs)
+        except BaseException as exc:
+            _set_exception_unless_cancelled(outer, exc)
+            return
+        _chain(inner, outer)
+
+    for dependency in unfinished:
+        dependency.future.add_done_callback(on_dependency_done)
+    return SmartFuture(outer)
+
+
+def _chain(inner: Future[Any], outer: Future[Any]) -> None:
+    """Copy inner's outcome to outer; cancelling outer cancels inner."""
+
+    def copy(done: Future[Any]) -> None:
+        if done.cancelled():
+            outer.cancel()
+            return
+        exc = done.exception()
+        if exc is not None:
+            _set_exception_unless_cancelled(outer, exc)
+        elif not outer.done():
+            with contextlib.suppress(InvalidStateError):  # outer was cancelled meanwhile
+                outer.set_result(done.result())
+
+    def propagate_cancel(done: Future[Any]) -> None:
+        if done.cancelled():
+            inner.cancel()
+
+    outer.add_done_callback(propagate_cancel)
+    inner.add_done_callback(copy)
+
+
+def _set_exception_unless_cancelled(future: Future[Any], exc: BaseException) -> None:
+    if future.done():
+        return
+    # The future may be cancelled between the check and the set.
+    with contextlib.suppress(InvalidStateError):
+        future.set_exception(exc)

@@ -1,0 +1,83 @@
+"""The contract between the REMOTE scheduler and the transports that reach hosts.
+
+A :class:`HostLink` is one persistent connection to one host's worker agent
+(over SSH, or over local pipes for the embedded default pool). The scheduler
+sends it attempts of bundles and hears back through :class:`LinkEvents`.
+
+Threading contract:
+- ``submit``/``cancel``/``close`` may be called from any thread and never
+  block on the network for long (they queue a frame or write to a socket).
+- Events are delivered from the link's own reader thread, one at a time, in
+  the order the agent produced them. Handlers must be quick (post to the
+  scheduler's queue); they must not call ``connect``.
+- After ``on_link_down`` the link delivers no further events; every attempt
+  that was in flight on it without a result is lost.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+__all__ = ["HostLink", "HostSpec", "HostUnavailableError", "LinkEvents"]
+
+
+@dataclass(frozen=True)
+class HostSpec:
+    """One validated entry of a worker pool (see the pool file reference)."""
+
+    name: str  # display name: the TOML key, or the host if none
+    host: str  # hostname, IP, or an alias from ~/.ssh/config; "local" hosts use pipes
+    user: str | None = None
+    port: int = 22
+    slots: int = 1
+    weight: float = 1.0
+    python: str = "python3"
+    identity_file: str | None = None
+    gateway: str | None = None  # "user@host:port" of a jump host
+    strict_host_key_checking: bool = True
+    is_local: bool = False  # embedded pool: a local agent over pipes, no SSH
+
+
+class HostUnavailableError(ConnectionError):
+    """A host could not be reached or is unusable; the message names the host and why."""
+
+
+class LinkEvents(Protocol):
+    def on_result(
+        self, link: HostLink, attempt_id: int, ok: bool, payload: bytes, duration: float
+    ) -> None:
+        """An attempt finished. ``ok``: payload is the pickled return value; otherwise the
+        pickled ``(exception, traceback_text)`` the user's function raised (not an
+        infrastructure failure). ``duration``: seconds the function ran on the host."""
+
+    def on_attempt_lost(self, link: HostLink, attempt_id: int, reason: str) -> None:
+        """An attempt failed for infrastructure reasons (its process died with an exit code or
+        signal, its result could not be read); the link itself is still usable."""
+
+    def on_link_down(self, link: HostLink, reason: str) -> None:
+        """The connection is gone; every attempt in flight on it is lost."""
+
+
+class HostLink(Protocol):
+    spec: HostSpec
+
+    def connect(self, events: LinkEvents) -> None:
+        """Connect, start the agent and check the remote Python and cloudpickle.
+
+        Blocks up to the connect timeout; raises HostUnavailableError naming the host
+        and the problem (unreachable, authentication, version mismatch, ...)."""
+
+    def submit(self, attempt_id: int, fn_id: int, fn_payload: bytes, args_payload: bytes) -> None:
+        """Start an attempt in its own process on the host. ``fn_payload`` (the pickled
+        function, identified by ``fn_id``) is always given; the link sends it to the agent
+        only the first time, the agent caches it by ``fn_id``."""
+
+    def cancel(self, attempt_id: int) -> None:
+        """Kill the attempt's process on the host; no event follows for that attempt."""
+
+    def close(self) -> None:
+        """Close the connection; the agent kills its children and exits. Idempotent."""
+
+    @property
+    def alive(self) -> bool: ...
