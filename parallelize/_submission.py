@@ -24,15 +24,25 @@ __all__ = ["submit_call"]
 def submit_call(
     executor: Executor, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
 ) -> SmartFuture[Any]:
-    pending = [a for a in args if isinstance(a, SmartFuture)]
-    if kwargs:
-        pending.extend(v for v in kwargs.values() if isinstance(v, SmartFuture))
-    if not pending:
+    if not _has_smart_future(args, kwargs):
         return SmartFuture(executor.submit(fn, *args, **kwargs))
+    pending = [a for a in args if isinstance(a, SmartFuture)]
+    pending.extend(v for v in kwargs.values() if isinstance(v, SmartFuture))
     unfinished = [sf for sf in pending if not sf.done()]
     if not unfinished:
         return _submit_resolved(executor, fn, args, kwargs)
     return _submit_when_ready(executor, fn, args, kwargs, unfinished)
+
+
+def _has_smart_future(args: tuple[Any, ...], kwargs: dict[str, Any]) -> bool:
+    for value in args:
+        if isinstance(value, SmartFuture):
+            return True
+    if kwargs:
+        for value in kwargs.values():
+            if isinstance(value, SmartFuture):
+                return True
+    return False
 
 
 def _resolve(

@@ -64,10 +64,14 @@ def _worker_loop(
             future.set_result(result)
             del result
         del future, fn, args, kwargs
-        # Announce one idle thread so submit() reuses it instead of starting another.
-        if executor_ref() is None:
+        executor = executor_ref()
+        if executor is None:
             return
-        idle.release()
+        # Announce one idle thread so submit() reuses it instead of starting another;
+        # once every thread exists nobody looks, so skip the (Python-level) semaphore.
+        if len(executor._threads) < executor.max_workers:
+            idle.release()
+        del executor
 
 
 class ThreadExecutor(BaseExecutor):
@@ -99,7 +103,8 @@ class ThreadExecutor(BaseExecutor):
             self._check_open()
             self._stats.task_submitted()
             self._queue.put((future, fn, args, kwargs))
-            self._maybe_start_thread()
+            if len(self._threads) < self.max_workers:
+                self._maybe_start_thread()
         return future
 
     def _maybe_start_thread(self) -> None:

@@ -1,0 +1,26 @@
+"""Smart futures: futures that can be used as the values they will hold.
+
+``SmartFuture`` wraps a ``concurrent.futures.Future``; using it as a value
+(``f(1) + f(2)``, ``len(sf)``, ``sf.attr``, ...) blocks until the task is done
+and then acts on the task's value, re-raising the task's exception if it
+failed.  ``repr()`` never blocks.
+
+``wait_any()`` yields futures as they complete, ``wait_all()`` waits for all
+of them; neither raises task exceptions, both log failed tasks.
+
+``register_interrupt_hook()`` registers a callback run when Ctrl-C
+interrupts any of these waits; waited futures that had not started are
+cancelled at that point too.
+
+Logging goes to the ``smart_future`` logger, which has a NullHandler.
+"""
+
+import logging
+
+from smart_future._interrupt import register_interrupt_hook
+from smart_future._smart_future import SmartFuture
+from smart_future._wait import wait_all, wait_any
+
+__all__ = ["SmartFuture", "register_interrupt_hook", "wait_all", "wait_any"]
+
+logging.getLogger("smart_future").addHandler(logging.NullHandler())
