@@ -1,0 +1,33 @@
+"""REMOTE execution: run calls on worker slots of a pool of hosts reached over SSH.
+
+``RemoteExecutor`` is a :class:`concurrent.futures.Executor`; each call is sent as
+a *bundle* (the cloudpickled function and arguments) to a slot chosen by a
+:class:`SelectionPolicy`, retried elsewhere on infrastructure failures, backed
+up on another host when it straggles, and poisoned after ``max_attempts``
+failures. Without a pool file, the embedded default pool runs local agents.
+"""
+
+from __future__ import annotations
+
+from ._bundle import AttemptState, BundleState
+from ._errors import RemoteExecutorException
+from ._executor import RemoteExecutor
+from ._link import HostSpec, HostUnavailableError
+from ._policies import RoundRobinPolicy, SelectionPolicy, WeightedRandomPolicy
+from ._pool_config import PoolConfig, PoolConfigError, embedded_pool, load_pool
+
+__all__ = [
+    "AttemptState",
+    "BundleState",
+    "HostSpec",
+    "HostUnavailableError",
+    "PoolConfig",
+    "PoolConfigError",
+    "RemoteExecutor",
+    "RemoteExecutorException",
+    "RoundRobinPolicy",
+    "SelectionPolicy",
+    "WeightedRandomPolicy",
+    "embedded_pool",
+    "load_pool",
+]

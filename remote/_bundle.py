@@ -1,0 +1,237 @@
+"""Bundles and attempts: what the REMOTE scheduler tracks for each call.
+
+A *bundle* is one call of a user function: the pickled function (``fn_id`` +
+``fn_payload``), the pickled arguments and the caller's future. Each time the
+scheduler sends it to a slot of a host it creates an *attempt*. A bundle can
+have several attempts: retries after infrastructure failures and *backups*
+(speculative copies of a straggler); the first attempt to finish wins.
+
+State machines (every other transition raises :class:`IllegalTransitionError`)::
+
+    Bundle:  PENDING -> RUNNING            an attempt was started
+             PENDING -> CANCELLED          the user cancelled it before it ran
+             PENDING -> FAILED             no host reachable for host_down_timeout
+             RUNNING -> PENDING            every running attempt was lost: re-queued
+             RUNNING -> SUCCEEDED          an attempt returned a value
+             RUNNING -> FAILED             an attempt raised (user exception)
+             RUNNING -> POISONED           max_attempts infrastructure failures
+             RUNNING -> CANCELLED          the user cancelled it (attempts killed)
+             SUCCEEDED, FAILED, POISONED, CANCELLED are terminal.
+
+    Attempt: RUNNING -> WON                its result decided the bundle
+             RUNNING -> LOST               infrastructure failure (process died, host down)
+             RUNNING -> CANCELLED          a loser of a race, or cancelled by the user
+
+Only the scheduler thread touches these objects (see ``_scheduler``), so they
+carry no locks.
+"""
+
+from __future__ import annotations
+
+import enum
+from concurrent.futures import Future
+from typing import Any
+
+from ._errors import IllegalTransitionError
+
+__all__ = ["Attempt", "AttemptState", "Bundle", "BundleState"]
+
+
+class BundleState(enum.Enum):
+    PENDING = "pending"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    POISONED = "poisoned"
+    CANCELLED = "cancelled"
+
+    @property
+    def terminal(self) -> bool:
+        return not _BUNDLE_TRANSITIONS[self]
+
+
+class AttemptState(enum.Enum):
+    RUNNING = "running"
+    WON = "won"
+    LOST = "lost"
+    CANCELLED = "cancelled"
+
+    @property
+    def terminal(self) -> bool:
+        return not _ATTEMPT_TRANSITIONS[self]
+
+
+_BUNDLE_TRANSITIONS: dict[BundleState, frozenset[BundleState]] = {
+    BundleState.PENDING: frozenset(
+        {BundleState.RUNNING, BundleState.CANCELLED, BundleState.FAILED}
+    ),
+    BundleState.RUNNING: frozenset(
+        {
+            BundleState.PENDING,
+            BundleState.SUCCEEDED,
+            BundleState.FAILED,
+            BundleState.POISONED,
+            BundleState.CANCELLED,
+        }
+    ),
+    BundleState.SUCCEEDED: frozenset(),
+    BundleState.FAILED: frozenset(),
+    BundleState.POISONED: frozenset(),
+    BundleState.CANCELLED: frozenset(),
+}
+
+_ATTEMPT_TRANSITIONS: dict[AttemptState, frozenset[AttemptState]] = {
+    AttemptState.RUNNING: frozenset({AttemptState.WON, AttemptState.LOST, AttemptState.CANCELLED}),
+    AttemptState.WON: frozenset(),
+    AttemptState.LOST: frozenset(),
+    AttemptState.CANCELLED: frozenset(),
+}
+
+
+def bundle_transition_allowed(old: BundleState, new: BundleState) -> bool:
+    return new in _BUNDLE_TRANSITIONS[old]
+
+
+def attempt_transition_allowed(old: AttemptState, new: AttemptState) -> bool:
+    return new in _ATTEMPT_TRANSITIONS[old]
+
+
+class Attempt:
+    """One run of a bundle on one slot of one host."""
+
+    __slots__ = (
+        "bundle_id",
+        "end",
+        "host",
+        "id",
+        "is_backup",
+        "reason",
+        "slot",
+        "start",
+        "state",
+    )
+
+    def __init__(
+        self, attempt_id: int, bundle_id: int, host: str, slot: int, start: float, is_backup: bool
+    ) -> None:
+        self.id = attempt_id
+        self.bundle_id = bundle_id
+        self.host = host
+        self.slot = slot
+        self.start = start
+        self.end: float | None = None
+        self.is_backup = is_backup
+        self.state = AttemptState.RUNNING
+        self.reason = ""
+
+    def finish(self, state: AttemptState, now: float, reason: str = "") -> None:
+        if not attempt_transition_allowed(self.state, state):
+            raise IllegalTransitionError(
+                f"attempt {self.id} of bundle {self.bundle_id}: {self.state.name} -> {state.name}"
+            )
+        self.state = state
+        self.end = now
+        self.reason = reason
+
+    @property
+    def duration(self) -> float | None:
+        return None if self.end is None else self.end - self.start
+
+    def __repr__(self) -> str:
+        backup = " backup" if self.is_backup else ""
+        return (
+            f"<Attempt {self.id} of bundle {self.bundle_id} on {self.host}#{self.slot}{backup}:"
+            f" {self.state.name}>"
+        )
+
+
+class Bundle:
+    """One call: the payloads, the caller's future, its attempts and its state."""
+
+    __slots__ = (
+        "args_payload",
+        "attempts",
+        "finished_at",
+        "fn_id",
+        "fn_name",
+        "fn_payload",
+        "future",
+        "id",
+        "started_at",
+        "state",
+        "submitted_at",
+    )
+
+    def __init__(
+        self,
+        bundle_id: int,
+        fn_name: str,
+        fn_payload: bytes,
+        args_payload: bytes,
+        future: Future[Any],
+        submitted_at: float,
+    ) -> None:
+        self.id = bundle_id
+        self.fn_name = fn_name
+        self.fn_id: int | None = None  # assigned by the scheduler (one id per distinct payload)
+        self.fn_payload = fn_payload
+        self.args_payload = args_payload
+        self.future = future
+        self.state = BundleState.PENDING
+        self.attempts: list[Attempt] = []
+        self.submitted_at = submitted_at
+        self.started_at: float | None = None
+        self.finished_at: float | None = None
+
+    def transition(self, state: BundleState, now: float) -> None:
+        if not bundle_transition_allowed(self.state, state):
+            raise IllegalTransitionError(
+                f"bundle {self.id} ({self.fn_name}): {self.state.name} -> {state.name}"
+            )
+        self.state = state
+        if state.terminal:
+            self.finished_at = now
+
+    def start_attempt(
+        self, attempt_id: int, host: str, slot: int, now: float, *, is_backup: bool = False
+    ) -> Attempt:
+        """Record a new attempt; a PENDING bundle becomes RUNNING, a backup needs RUNNING."""
+        if self.state is BundleState.PENDING:
+            if is_backup:
+                raise IllegalTransitionError(f"bundle {self.id}: backup of a PENDING bundle")
+            self.transition(BundleState.RUNNING, now)
+            if self.started_at is None:
+                self.started_at = now
+        elif self.state is not BundleState.RUNNING:
+            raise IllegalTransitionError(
+                f"bundle {self.id} ({self.fn_name}): new attempt while {self.state.name}"
+            )
+        elif not is_backup:
+            raise IllegalTransitionError(
+                f"bundle {self.id}: a non-backup attempt of a RUNNING bundle"
+            )
+        attempt = Attempt(attempt_id, self.id, host, slot, now, is_backup)
+        self.attempts.append(attempt)
+        return attempt
+
+    @property
+    def running_attempts(self) -> list[Attempt]:
+        return [a for a in self.attempts if a.state is AttemptState.RUNNING]
+
+    @property
+    def lost_attempts(self) -> list[Attempt]:
+        return [a for a in self.attempts if a.state is AttemptState.LOST]
+
+    @property
+    def backups(self) -> int:
+        """How many backup attempts were ever started for this bundle."""
+        return sum(1 for a in self.attempts if a.is_backup)
+
+    @property
+    def tried_hosts(self) -> frozenset[str]:
+        return frozenset(a.host for a in self.attempts)
+
+    def __repr__(self) -> str:
+        return (
+            f"<Bundle {self.id} {self.fn_name}: {self.state.name}, {len(self.attempts)} attempts>"
+        )

@@ -1,0 +1,194 @@
+"""RemoteExecutor: a concurrent.futures executor whose workers are slots on SSH hosts.
+
+``submit`` pickles the call in the caller's thread (so an unpicklable function
+or argument raises :class:`~parallelize._errors.PicklingError` at once),
+wraps it in a :class:`~remote._bundle.Bundle` and posts it to the
+:class:`~remote._scheduler.Scheduler`, whose single thread owns every bundle
+and host (see that module for the threading model, retries, backups and
+cancellation).
+
+Returned futures stay PENDING in concurrent.futures terms until their result
+arrives (they are never marked running), so ``future.cancel()`` works on a
+bundle that is already running on a host: a done-callback tells the scheduler,
+which kills the bundle's processes on their hosts. ``executor.cancel(future)``
+is the same thing spelled as a method.
+"""
+
+from __future__ import annotations
+
+import functools
+import itertools
+import logging
+import os
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future
+from typing import TYPE_CHECKING, Any
+
+from parallelize._executor_base import BaseExecutor
+from parallelize._pickling import callable_name, dumps_args, dumps_function, split_bound_method
+from parallelize._stats import ExecutorStats
+
+from ._bundle import Bundle
+from ._link import HostLink, HostSpec
+from ._policies import SelectionPolicy, make_policy
+from ._scheduler import LinkFactory, Scheduler
+
+if TYPE_CHECKING:
+    from ._pool_config import PoolConfig
+
+__all__ = ["RemoteExecutor", "default_link_factory"]
+
+logger = logging.getLogger("remote")
+
+_embedded_logged = False
+_bundle_ids = itertools.count(1)
+
+
+def default_link_factory(spec: HostSpec, *, connect_timeout: float = 10.0) -> HostLink:
+    """A LocalLink (pipes) for an embedded-pool host, an SSHLink otherwise."""
+    if spec.is_local:
+        from ._local_link import LocalLink
+
+        return LocalLink(spec, connect_timeout=connect_timeout)
+    from ._ssh_link import SSHLink
+
+    return SSHLink(spec, connect_timeout=connect_timeout)
+
+
+def _resolve_pool(
+    pool: PoolConfig | str | os.PathLike[str] | Sequence[HostSpec] | None,
+) -> tuple[list[HostSpec], float]:
+    """The hosts of the pool and its connect timeout."""
+    global _embedded_logged
+    if isinstance(pool, (list, tuple)):
+        return list(pool), 10.0
+    assert not isinstance(pool, Sequence) or isinstance(pool, str)
+    from ._pool_config import PoolConfig, embedded_pool, load_pool
+
+    if isinstance(pool, PoolConfig):
+        return list(pool.hosts), pool.connect_timeout
+    config = load_pool(os.fspath(pool)) if pool is not None else load_pool()
+    if config is None:
+        config = embedded_pool()
+        if not _embedded_logged:
+            _embedded_logged = True
+            logger.info(
+                "no worker pool configured (no pool file; see PARALLELIZE_POOL_FILE): using "
+                "the embedded default pool, %d local agent slot(s) on this machine",
+                sum(h.slots for h in config.hosts),
+            )
+    return list(config.hosts), config.connect_timeout
+
+
+class RemoteExecutor(BaseExecutor):
+    """Runs calls on a pool of hosts reached over SSH (or local agents for the embedded pool).
+
+    *pool*: a :class:`PoolConfig`, the path of a pool file, a list of :class:`HostSpec`, or
+    None for the configured pool (``PARALLELIZE_POOL_FILE`` or the user's pool file), falling
+    back to the embedded default pool (logged once at INFO on the ``remote`` logger).
+    *policy*: ``"weighted"`` (random, proportional to weight x free slots), ``"round_robin"``
+    or a :class:`SelectionPolicy`. Every *heartbeat_interval* seconds the
+    status is logged at INFO on the ``remote`` logger and, with *backups*, one straggling
+    bundle may get a speculative copy on another host (at most *max_backups_per_bundle*
+    each; the first copy to finish wins). A bundle whose attempts fail for infrastructure
+    reasons *max_attempts* times is poisoned; when no host is reachable for
+    *host_down_timeout* seconds pending calls fail with :class:`RemoteExecutorException`.
+    """
+
+    def __init__(
+        self,
+        pool: PoolConfig | str | os.PathLike[str] | Sequence[HostSpec] | None = None,
+        *,
+        policy: str | SelectionPolicy = "weighted",
+        heartbeat_interval: float = 5.0,
+        backups: bool = True,
+        max_backups_per_bundle: int = 2,
+        max_attempts: int = 3,
+        host_down_timeout: float = 60.0,
+        name: str = "remote",
+        link_factory: LinkFactory | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        hosts, connect_timeout = _resolve_pool(pool)
+        self.hosts = hosts
+        if link_factory is None:
+            link_factory = functools.partial(default_link_factory, connect_timeout=connect_timeout)
+        selection = make_policy(policy)
+        super().__init__(name=name)
+        self._scheduler = Scheduler(
+            hosts,
+            link_factory,
+            policy=selection,
+            stats=self._stats,
+            name=name,
+            heartbeat_interval=heartbeat_interval,
+            backups=backups,
+            max_backups_per_bundle=max_backups_per_bundle,
+            max_attempts=max_attempts,
+            host_down_timeout=host_down_timeout,
+            clock=clock,
+        )
+
+    # -- submitting -----------------------------------------------------
+
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:
+        self._check_open()
+        target, call_args = split_bound_method(fn, args)
+        fn_payload = dumps_function(target)
+        args_payload = dumps_args(target, call_args, kwargs)
+        future: Future[Any] = Future()
+        bundle = Bundle(
+            next(_bundle_ids), callable_name(fn), fn_payload, args_payload, future, time.monotonic()
+        )
+        scheduler = self._scheduler
+
+        def _on_done(f: Future[Any]) -> None:
+            if f.cancelled():
+                scheduler.cancel(bundle)
+
+        future.add_done_callback(_on_done)
+        self._stats.task_submitted()
+        scheduler.submit(bundle)
+        return future
+
+    def cancel(self, future: Future[Any]) -> bool:
+        """Cancel a call of this executor, killing its processes if it is running."""
+        return future.cancel()
+
+    # -- introspection ----------------------------------------------------
+
+    def stats(self) -> ExecutorStats:
+        """Counters and durations, with ``extra`` holding the scheduler's view.
+
+        ``extra``: ``done``/``in_flight``/``pending`` and per-state bundle counts,
+        ``backups_started``/``backups_won``, ``p50``/``p95``/``eta`` in seconds,
+        ``hosts`` (name -> state, slots, in_flight, done, lost, p50, p95, reason,
+        in_flight_bundles) and ``attempts``: one record per finished attempt
+        (bundle, attempt, host, slot, start, end (seconds since the executor
+        started), outcome, is_backup, reason) for drawing a timeline.
+        """
+        extra = self._scheduler.call(self._scheduler.snapshot)
+        return self._stats.snapshot(self.name, **extra)
+
+    def heartbeat_now(self) -> None:
+        """Log the status table and consider a backup right away."""
+        self._scheduler.heartbeat_now()
+
+    # -- BaseExecutor hooks -------------------------------------------------
+
+    def _shutdown_impl(self, *, wait: bool, cancel_futures: bool) -> None:
+        if cancel_futures:
+            self._cancel_queued()
+        self._scheduler.stop()
+        if wait:
+            self._join()
+
+    def _join(self) -> None:
+        self._scheduler.join()
+
+    def _cancel_queued(self) -> int:
+        scheduler = self._scheduler
+        if not scheduler.alive:
+            return 0
+        return scheduler.call(scheduler.cancel_pending)
