@@ -18,7 +18,7 @@ from concurrent.futures import Executor
 import smart_future
 
 from . import _config
-from ._executor_base import live_executors
+from ._executor_base import abandon_work_at_exit, live_executors, waits_at_exit
 from ._method import Method
 from ._thread_executor import ThreadExecutor
 
@@ -26,8 +26,6 @@ __all__ = ["configure", "default_executor", "shutdown_default_executors"]
 
 _executors: dict[Method, Executor] = {}
 _lock = threading.Lock()
-# Set by Ctrl-C during a wait: the user wants out, so exit does not wait for running tasks.
-_interrupted = False
 
 
 def default_executor(method: Method | str = Method.THREAD) -> Executor:
@@ -91,8 +89,7 @@ def shutdown_default_executors(wait: bool = True) -> None:
 
 def _cancel_all_queued() -> None:
     """Ctrl-C during a wait: drop queued work everywhere so the program can stop promptly."""
-    global _interrupted
-    _interrupted = True
+    abandon_work_at_exit()
     for executor in live_executors():
         executor.cancel_queued()
 
@@ -110,7 +107,7 @@ def _after_fork_in_child() -> None:
 def _shutdown_at_exit() -> None:
     # Normally exit waits for queued work, like concurrent.futures. After a
     # Ctrl-C it does not: worker processes see their pipe close and exit.
-    shutdown_default_executors(wait=not _interrupted)
+    shutdown_default_executors(wait=waits_at_exit())
 
 
 atexit.register(_shutdown_at_exit)

@@ -17,10 +17,24 @@ from concurrent.futures import Executor
 
 from ._stats import ExecutorStats, TaskStats
 
-__all__ = ["BaseExecutor", "live_executors"]
+__all__ = ["BaseExecutor", "abandon_work_at_exit", "live_executors", "waits_at_exit"]
 
 _live_executors: weakref.WeakSet[BaseExecutor] = weakref.WeakSet()
 _live_lock = threading.Lock()
+# Cleared by Ctrl-C during a wait: the user wants out, so at interpreter exit
+# executors stop their workers instead of waiting for running tasks.
+_wait_at_exit = True
+
+
+def abandon_work_at_exit() -> None:
+    """Make interpreter exit stop workers at once instead of waiting for their tasks."""
+    global _wait_at_exit
+    _wait_at_exit = False
+
+
+def waits_at_exit() -> bool:
+    """Whether interpreter exit waits for queued and running tasks (the default)."""
+    return _wait_at_exit
 
 
 def live_executors() -> list[BaseExecutor]:

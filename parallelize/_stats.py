@@ -8,15 +8,19 @@ a snapshot is taken with :meth:`TaskStats.snapshot`.
 from __future__ import annotations
 
 import enum
+import html
+import os
 import random
 import threading
 from array import array
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     import numpy as np
     import numpy.typing as npt
+    from matplotlib.axes import Axes
 
 __all__ = ["ExecutorStats", "Outcome", "TaskStats"]
 
@@ -57,9 +61,8 @@ class TaskStats:
         self._durations = array("d")
 
     def task_submitted(self, count: int = 1) -> None:
-        """Count submitted tasks. Callers serialise this call with their own submit lock
-        (every executor holds one while submitting), which keeps the hot path to one lock."""
-        self._submitted += count
+        with self._lock:
+            self._submitted += count
 
     def task_finished(self, outcome: Outcome, duration: float | None = None) -> None:
         """Record the end of a task; *duration* (seconds) is None for tasks that never ran."""
@@ -176,6 +179,46 @@ class ExecutorStats:
     def __str__(self) -> str:
         return self.format()
 
+    # -- notebooks and pictures ----------------------------------------------
+
+    def _repr_html_(self) -> str:
+        """HTML tables for Jupyter: counts, durations, and per-host rows from ``extra["hosts"]``."""
+        return _stats_html(self)
+
+    def plot_histogram(self, ax: Axes | None = None, *, bins: int = 30) -> Axes:
+        """Plot task durations on log-spaced bins (p50/p90/p99 marked); return the Axes.
+
+        Needs matplotlib (``pip install 'parallelize[plot]'``); a new figure is
+        made when *ax* is None. Raises ValueError when no task has finished.
+        """
+        from ._plot import plot_histogram
+
+        return plot_histogram(self, ax, bins=bins)
+
+    def plot_timeline(self, ax: Axes | None = None) -> Axes:
+        """Plot one row per worker slot and one bar per attempt; return the Axes.
+
+        Drawn from ``extra["attempts"]`` (executors that track attempts, such as
+        REMOTE, record them): colour by outcome, backups hatched, failed and lost
+        attempts marked with a red x, a dashed arrow from a straggler to its
+        backup, bundle ids on backed-up and unusually long bars. Needs matplotlib
+        (``pip install 'parallelize[plot]'``). Raises ValueError when the
+        executor records no attempts.
+        """
+        from ._plot import plot_timeline
+
+        return plot_timeline(self, ax)
+
+    def save_timeline(self, path: str | os.PathLike[str], **savefig: Any) -> Path:
+        """Render :meth:`plot_timeline` to an image file (PNG, SVG, PDF: by suffix).
+
+        Does not use pyplot, so it works in scripts and on machines without a
+        display; *savefig* keyword arguments go to ``Figure.savefig``.
+        """
+        from ._plot import save_timeline
+
+        return save_timeline(self, path, **savefig)
+
 
 def _human_seconds(seconds: float) -> str:
     if seconds < 1e-3:
@@ -183,3 +226,64 @@ def _human_seconds(seconds: float) -> str:
     if seconds < 1:
         return f"{seconds * 1e3:.1f}ms"
     return f"{seconds:.2f}s"
+
+
+def _html_cell(value: Any) -> str:
+    if value is None:
+        text = ""
+    elif isinstance(value, float):
+        text = f"{value:.4g}"
+    else:
+        text = str(value)
+    return html.escape(text)
+
+
+def _html_table(headers: list[str], rows: list[list[Any]], caption: str | None = None) -> str:
+    parts = ['<table style="border-collapse:collapse;margin:0.3em 0">']
+    if caption is not None:
+        parts.append(
+            f'<caption style="text-align:left;font-weight:bold">{html.escape(caption)}</caption>'
+        )
+    parts.append("<thead><tr>")
+    parts.extend(f'<th style="text-align:right">{html.escape(h)}</th>' for h in headers)
+    parts.append("</tr></thead><tbody>")
+    for row in rows:
+        parts.append("<tr>")
+        parts.extend(f'<td style="text-align:right">{_html_cell(v)}</td>' for v in row)
+        parts.append("</tr>")
+    parts.append("</tbody></table>")
+    return "".join(parts)
+
+
+def _stats_html(stats: ExecutorStats) -> str:
+    tables = [
+        _html_table(
+            ["submitted", "succeeded", "failed", "cancelled", "live"],
+            [[stats.submitted, stats.succeeded, stats.failed, stats.cancelled, stats.live]],
+            caption=stats.name,
+        )
+    ]
+    pct = stats.percentiles()
+    if pct:
+        headers = ["mean"] + [f"p{q:g}" for q in pct] + ["max"]
+        values = [float(stats.durations.mean()), *pct.values(), float(stats.durations.max())]
+        tables.append(
+            _html_table(headers, [[_human_seconds(v) for v in values]], caption="task duration")
+        )
+    else:
+        tables.append("<p><em>no finished tasks yet</em></p>")
+    scalars = [
+        [key, value]
+        for key, value in stats.extra.items()
+        if isinstance(value, (str, int, float, bool)) or value is None
+    ]
+    if scalars:
+        tables.append(_html_table(["", "value"], scalars))
+    hosts = stats.extra.get("hosts")
+    if isinstance(hosts, list) and hosts and all(isinstance(h, dict) for h in hosts):
+        columns: list[Any] = []
+        for host in hosts:
+            columns.extend(k for k in host if k not in columns)
+        rows = [[host.get(c) for c in columns] for host in hosts]
+        tables.append(_html_table([str(c) for c in columns], rows, caption="hosts"))
+    return '<div class="parallelize-stats">' + "".join(tables) + "</div>"

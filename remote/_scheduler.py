@@ -54,6 +54,7 @@ from concurrent.futures import TimeoutError as FuturesTimeoutError
 from typing import Any, TypeVar
 
 from parallelize._errors import attach_remote_traceback
+from parallelize._executor_base import waits_at_exit
 from parallelize._stats import Outcome, TaskStats
 
 from ._bundle import Attempt, AttemptState, Bundle, BundleState
@@ -149,10 +150,13 @@ _live_schedulers: weakref.WeakSet[Scheduler] = weakref.WeakSet()
 def _finish_all_at_exit() -> None:
     """Like concurrent.futures: let submitted calls finish, then close every link (agents
     exit). Unreachable pools cannot hang this: pending calls fail after host_down_timeout.
-    A Ctrl-C while waiting fails what is left at once."""
+    A Ctrl-C while waiting, or one during an earlier wait, fails what is left at once."""
     schedulers = list(_live_schedulers)
     for sched in schedulers:
-        sched.stop()
+        if waits_at_exit():
+            sched.stop()
+        else:
+            sched.abort("interrupted (Ctrl-C) before the interpreter exited")
     try:
         for sched in schedulers:
             sched.join()

@@ -62,12 +62,12 @@ def _run_script(code: str) -> subprocess.CompletedProcess[str]:
 def test_queued_work_finishes_at_interpreter_exit() -> None:
     proc = _run_script(
         """
-        import threading
+        import os
         from parallelize import parallelize, Method
 
         @parallelize
         def show(i):
-            print("thread", i, flush=True)
+            os.write(1, f"thread {i}\\n".encode())  # one write: lines cannot interleave
 
         @parallelize(method=Method.PROCESS)
         def compute(i):

@@ -1,0 +1,51 @@
+"""Wire format between a :class:`ProcessExecutor` and its worker processes.
+
+Shared by the parent and the worker, so it imports nothing but ``struct``.
+
+Every message is a *frame*: an 8-byte little-endian payload length followed by
+the payload. Two pipes connect the parent and each worker (the fds are passed
+on the worker's command line):
+
+parent -> worker (the "task pipe"):
+    1. one startup frame: ``pickle((sys_path, pythonpath_or_None))``;
+    2. then task frames: ``pickle((evict_fids, [(task_id, fid, fn_bytes_or_None, args_bytes),
+       ...]))``. ``fn_bytes`` is sent only the first time this worker sees ``fid``;
+       ``evict_fids`` lists functions the worker must forget (the parent mirrors
+       the worker's bounded cache). ``args_bytes`` is a nested pickle of
+       ``(args, kwargs)`` so that a failure to unpickle it fails only that task.
+    Closing the task pipe (EOF) tells the worker to exit at once: that is how a
+    graceful shutdown ends and also what happens when the parent dies.
+
+worker -> parent (the "result pipe"):
+    result frames whose payload starts with ``RESULT_HEAD`` = (kind, task_id,
+    duration seconds) followed by a kind-specific pickle. The worker runs its
+    tasks one at a time in arrival order and sends one frame per task, so the
+    parent can attribute a worker's death to the first unanswered task.
+"""
+
+from __future__ import annotations
+
+import struct
+
+__all__ = [
+    "FRAME_HEAD",
+    "KIND_ERROR",
+    "KIND_OK",
+    "KIND_READY",
+    "KIND_UNPICKLABLE_RESULT",
+    "RESULT_HEAD",
+    "WORKER_EXIT_ON_EOF",
+]
+
+FRAME_HEAD = struct.Struct("<Q")
+RESULT_HEAD = struct.Struct("<Bqd")
+
+# Result kinds (first field of RESULT_HEAD).
+KIND_READY = 0  # the worker has applied the startup message; no payload
+KIND_OK = 1  # payload: pickle of the return value
+KIND_ERROR = 2  # payload: pickle of (exc_bytes | None, type_name, message, traceback_text,
+#                 is_base_exception)
+KIND_UNPICKLABLE_RESULT = 3  # payload: pickle of (result_type_name, error_text)
+
+# Exit status of a worker whose task pipe reached EOF.
+WORKER_EXIT_ON_EOF = 0

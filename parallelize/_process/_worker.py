@@ -1,0 +1,241 @@
+"""The worker process of :class:`ProcessExecutor`: ``python -m parallelize._process._worker``.
+
+Usage: ``python -m parallelize._process._worker TASK_FD RESULT_FD``. See
+``_protocol`` for the messages. Kept small and light to import (``cloudpickle``
+and ``traceback`` are imported only when needed) so that a worker starts fast.
+
+Two threads:
+
+* the *main* thread reads task frames from the task pipe, runs the tasks one
+  by one in arrival order and writes one result frame per task to the result
+  pipe.
+* a *watchdog* thread waits (``poll``) for the task pipe to lose its writer --
+  the parent shut the pool down, or died, even by SIGKILL -- and then calls
+  ``os._exit`` at once, even if a task is still running: a worker never
+  outlives its parent. (It watches the pipe rather than reading it, so that
+  the main thread reads tasks without a thread hop.)
+
+SIGINT is ignored: a Ctrl-C in the terminal reaches the whole process group,
+and the parent decides what to cancel.
+"""
+
+from __future__ import annotations
+
+import signal
+
+signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+import importlib  # noqa: E402
+import io  # noqa: E402
+import os  # noqa: E402
+import pickle  # noqa: E402
+import select  # noqa: E402
+import sys  # noqa: E402
+import threading  # noqa: E402
+from time import perf_counter  # noqa: E402
+
+from ._protocol import (  # noqa: E402
+    FRAME_HEAD,
+    KIND_ERROR,
+    KIND_OK,
+    KIND_READY,
+    KIND_UNPICKLABLE_RESULT,
+    RESULT_HEAD,
+    WORKER_EXIT_ON_EOF,
+)
+
+TYPE_CHECKING = False  # not imported from typing: the worker does not need typing at run time
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from types import TracebackType
+    from typing import Any, BinaryIO
+
+_FRAME_HEAD_SIZE = FRAME_HEAD.size
+
+
+def _read_frame(stream: BinaryIO) -> bytes | None:
+    """One frame's payload, or None at EOF (or on a read error)."""
+    try:
+        head = stream.read(_FRAME_HEAD_SIZE)
+        if len(head) < _FRAME_HEAD_SIZE:
+            return None
+        (size,) = FRAME_HEAD.unpack(head)
+        payload = stream.read(size)
+    except (OSError, ValueError):
+        return None
+    if len(payload) < size:
+        return None
+    return payload
+
+
+def _send(fd: int, body: bytes) -> None:
+    """Write one frame; if the parent is gone, exit."""
+    view = memoryview(FRAME_HEAD.pack(len(body)) + body)
+    try:
+        while view:
+            view = view[os.write(fd, view) :]
+    except OSError:
+        os._exit(WORKER_EXIT_ON_EOF)
+
+
+def _watchdog(task_fd: int) -> None:
+    """Exit the moment the task pipe has no writer left, even while a task runs.
+
+    ``poll`` with no requested events still reports POLLHUP (no writer left)
+    and does not consume data, so the main thread can keep reading the same
+    pipe directly (no thread hop per message).
+    """
+    poller = select.poll()
+    poller.register(task_fd, 0)
+    while True:
+        try:
+            events = poller.poll()
+        except InterruptedError:  # pragma: no cover - retried by Python since 3.5
+            continue
+        if any(mask & (select.POLLHUP | select.POLLERR | select.POLLNVAL) for _, mask in events):
+            # The parent closed the pipe or died: leave now, running task or not.
+            os._exit(WORKER_EXIT_ON_EOF)
+
+
+def _cloudpickle_dumps(obj: Any) -> bytes:
+    import cloudpickle
+
+    return cloudpickle.dumps(obj, protocol=5)  # type: ignore[no-any-return]
+
+
+def _dumps(obj: Any) -> bytes:
+    """Plain pickle (fast) and cloudpickle for what plain pickle cannot handle.
+
+    Plain pickle refuses classes and functions it cannot find by reference
+    (those the parent sent by value, lambdas), so falling back is safe.
+    """
+    try:
+        return pickle.dumps(obj, protocol=5)
+    except Exception:
+        return _cloudpickle_dumps(obj)
+
+
+def _type_name(tp: type) -> str:
+    module = getattr(tp, "__module__", None)
+    if module in (None, "builtins", "__main__"):
+        return tp.__qualname__
+    return f"{module}.{tp.__qualname__}"
+
+
+def _error_body(task_id: int, duration: float, exc: BaseException, skip_frames: int) -> bytes:
+    import traceback
+
+    tb: TracebackType | None = exc.__traceback__
+    for _ in range(skip_frames):  # hide the worker's own frame(s)
+        if tb is not None and tb.tb_next is not None:
+            tb = tb.tb_next
+    text = "".join(traceback.format_exception(type(exc), exc, tb))
+    try:
+        message = str(exc)
+    except Exception:
+        message = "<exception str() failed>"
+    exc.__traceback__ = None
+    exc.__context__ = None
+    exc.__cause__ = None
+    try:
+        exc_bytes: bytes | None = _dumps(exc)
+    except Exception:
+        exc_bytes = None
+    payload = pickle.dumps(
+        (exc_bytes, _type_name(type(exc)), message, text, not isinstance(exc, Exception)),
+        protocol=5,
+    )
+    return RESULT_HEAD.pack(KIND_ERROR, task_id, duration) + payload
+
+
+def _fallback_error_body(task_id: int, duration: float, exc: BaseException) -> bytes:
+    payload = pickle.dumps(
+        (None, _type_name(type(exc)), "<the exception could not be formatted>", "", False),
+        protocol=5,
+    )
+    return RESULT_HEAD.pack(KIND_ERROR, task_id, duration) + payload
+
+
+def _result_body(task_id: int, duration: float, result: Any) -> bytes:
+    try:
+        payload = _dumps(result)
+    except Exception as exc:
+        detail = pickle.dumps((_type_name(type(result)), f"{type(exc).__name__}: {exc}"))
+        return RESULT_HEAD.pack(KIND_UNPICKLABLE_RESULT, task_id, duration) + detail
+    return RESULT_HEAD.pack(KIND_OK, task_id, duration) + payload
+
+
+def _flush_stdio() -> None:
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            if stream is not None:
+                stream.flush()
+        except Exception:
+            pass
+
+
+def _serve(stream: BinaryIO, result_fd: int) -> None:
+    functions: dict[int, Callable[..., Any]] = {}
+    function_bytes: dict[int, bytes] = {}
+    loads = pickle.loads
+    while True:
+        message = _read_frame(stream)
+        if message is None:
+            os._exit(WORKER_EXIT_ON_EOF)
+        evict, tasks, new_path = loads(message)
+        if new_path is not None:
+            sys.path[:] = new_path
+            importlib.invalidate_caches()
+        for fid in evict:
+            functions.pop(fid, None)
+            function_bytes.pop(fid, None)
+        for task_id, fid, fn_bytes, args_bytes in tasks:
+            if fn_bytes is not None:
+                function_bytes[fid] = fn_bytes
+            started = 0.0
+            try:
+                fn = functions.get(fid)
+                if fn is None:
+                    # Kept as bytes until it loads, so a failing load fails each task.
+                    fn = functions[fid] = loads(function_bytes[fid])
+                args, kwargs = loads(args_bytes)
+                started = perf_counter()
+                result = fn(*args, **kwargs)
+                duration = perf_counter() - started
+            except BaseException as exc:  # SystemExit/KeyboardInterrupt too: the worker survives
+                duration = perf_counter() - started if started else 0.0
+                try:
+                    body = _error_body(task_id, duration, exc, 1 if started else 0)
+                except Exception:
+                    body = _fallback_error_body(task_id, duration, exc)
+                del exc
+            else:
+                body = _result_body(task_id, duration, result)
+                del result
+            _flush_stdio()
+            _send(result_fd, body)
+
+
+def main(argv: list[str]) -> None:
+    task_fd, result_fd = int(argv[1]), int(argv[2])
+    os.set_inheritable(task_fd, False)
+    os.set_inheritable(result_fd, False)
+    stream = io.BufferedReader(io.FileIO(task_fd, "r"), buffer_size=1 << 16)
+    startup = _read_frame(stream)
+    if startup is None:
+        os._exit(WORKER_EXIT_ON_EOF)
+    sys_path, pythonpath = pickle.loads(startup)
+    sys.path[:] = sys_path
+    if pythonpath is None:
+        os.environ.pop("PYTHONPATH", None)
+    else:
+        os.environ["PYTHONPATH"] = pythonpath
+    threading.Thread(
+        target=_watchdog, args=(task_fd,), name="parallelize-worker-watchdog", daemon=True
+    ).start()
+    _send(result_fd, RESULT_HEAD.pack(KIND_READY, 0, 0.0))
+    _serve(stream, result_fd)
+
+
+if __name__ == "__main__":
+    main(sys.argv)
