@@ -18,13 +18,13 @@ from typing import Any
 
 from smart_future import SmartFuture
 
-__all__ = ["submit_call"]
+__all__ = ["has_smart_future", "submit_call"]
 
 
 def submit_call(
     executor: Executor, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
 ) -> SmartFuture[Any]:
-    if not _has_smart_future(args, kwargs):
+    if not has_smart_future(args, kwargs):
         return SmartFuture(executor.submit(fn, *args, **kwargs))
     pending = [a for a in args if isinstance(a, SmartFuture)]
     pending.extend(v for v in kwargs.values() if isinstance(v, SmartFuture))
@@ -34,7 +34,7 @@ def submit_call(
     return _submit_when_ready(executor, fn, args, kwargs, unfinished)
 
 
-def _has_smart_future(args: tuple[Any, ...], kwargs: dict[str, Any]) -> bool:
+def has_smart_future(args: tuple[Any, ...], kwargs: dict[str, Any]) -> bool:
     for value in args:
         if isinstance(value, SmartFuture):
             return True
