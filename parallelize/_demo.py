@@ -61,7 +61,7 @@ def main() -> int:
         lambda: [int(v) for v in wait_all([fetch(u) for u in urls])],
     )
 
-    limits = [60_000] * (2 * cpus)
+    limits = [200_000] * (4 * cpus)
     primes = parallelize(method=Method.PROCESS)(count_primes)
     primes(10).result()  # start the worker processes before timing
     _section(
@@ -77,8 +77,12 @@ def main() -> int:
         print(f"REMOTE: skipped ({exc})")
     else:
         remote_primes(10).result()
+        hosts = getattr(executor, "hosts", [])
+        where = ", ".join(f"{h.name} ({h.slots} slots)" for h in hosts) or repr(executor)
+        if any(getattr(h, "is_local", False) for h in hosts):
+            where += ": the embedded local pool, as no pool file is configured"
         _section(
-            f"REMOTE: {len(limits)} CPU-bound calls on {executor!r}",
+            f"REMOTE: {len(limits)} CPU-bound calls on {where}",
             lambda: [count_primes(n) for n in limits],
             lambda: [p.result() for p in [remote_primes(n) for n in limits]],
         )

@@ -484,10 +484,16 @@ class _Pool:
             if worker.state is _State.READY or worker.state is _State.STARTING:
                 have = len(worker.in_flight)
                 if have <= low:
-                    self._send_batch(worker, depth - have)
+                    self._send_batch(worker, min(depth - have, self._fair_share()))
         while self.pending and len(self.workers) < self.max_workers:
             worker = self._spawn()
-            self._send_batch(worker, depth)
+            self._send_batch(worker, min(depth, self._fair_share()))
+
+    def _fair_share(self) -> int:
+        # The depth comes from the average duration of *all* tasks so far, which
+        # a few tiny calls can make misleadingly small; never give one worker
+        # more than its share of the queue, so a burst of long tasks is spread.
+        return max(1, -(-len(self.pending) // self.max_workers))
 
     # -- the result thread --------------------------------------------------
 
