@@ -484,16 +484,19 @@ class _Pool:
             if worker.state is _State.READY or worker.state is _State.STARTING:
                 have = len(worker.in_flight)
                 if have <= low:
-                    self._send_batch(worker, min(depth - have, self._fair_share()))
+                    self._send_batch(worker, min(depth - have, self._fair_share(worker)))
         while self.pending and len(self.workers) < self.max_workers:
             worker = self._spawn()
-            self._send_batch(worker, min(depth, self._fair_share()))
+            self._send_batch(worker, min(depth, self._fair_share(worker)))
 
-    def _fair_share(self) -> int:
+    def _fair_share(self, worker: _Worker) -> int:
         # The depth comes from the average duration of *all* tasks so far, which
-        # a few tiny calls can make misleadingly small; never give one worker
-        # more than its share of the queue, so a burst of long tasks is spread.
-        return max(1, -(-len(self.pending) // self.max_workers))
+        # a few tiny calls can make misleadingly small; never give a worker more
+        # than its share of the outstanding work, so a burst of long tasks is
+        # spread evenly over the pool.
+        outstanding = len(self.pending) + sum(len(w.in_flight) for w in self.workers)
+        share = -(-outstanding // self.max_workers)
+        return max(1, share - len(worker.in_flight))
 
     # -- the result thread --------------------------------------------------
 
