@@ -45,8 +45,10 @@ class RatioBenchmark:
         rounds: int = 5,
         max_ratio: float,
         what: str,
+        max_candidate_seconds: float | None = None,
     ) -> RatioResult | None:
-        """Time *candidate* against *baseline*; assert median ratio <= *max_ratio*."""
+        """Time *candidate* against *baseline*; assert median ratio <= *max_ratio* and,
+        for targets stated in absolute terms, candidate median <= *max_candidate_seconds*."""
         baseline_times: list[float] = []
 
         def setup() -> None:
@@ -76,6 +78,10 @@ class RatioBenchmark:
         assert result.ratio <= max_ratio, (
             f"{what}: ratio {result.ratio:.3f} above target {max_ratio}"
         )
+        if max_candidate_seconds is not None:
+            assert result.candidate_median <= max_candidate_seconds, (
+                f"{what}: {result.candidate_median:.4f} s above target {max_candidate_seconds} s"
+            )
         return result
 
 
