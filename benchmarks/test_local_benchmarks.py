@@ -14,7 +14,7 @@ from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-from conftest import RatioBenchmark
+from _ratio import RatioBenchmark
 
 import parallelize as par
 from parallelize import Method, parallelize

@@ -17,8 +17,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from _ratio import RatioBenchmark
 from bench_remote import SLOW_HOSTS, connect_all, noop, work
-from conftest import RatioBenchmark
 
 from remote import RemoteExecutor
 
@@ -36,8 +36,10 @@ MAKESPAN_LOWER_BOUND = 1.5
 @pytest.fixture(scope="module")
 def sshd_pool(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SshdPool]:
     if not sshd_available():
-        pytest.fail("OpenSSH server (/usr/sbin/sshd) is not installed: apt-get install "
-                    "openssh-server (scripts/test.sh does it)")
+        pytest.fail(
+            "OpenSSH server (/usr/sbin/sshd) is not installed: apt-get install "
+            "openssh-server (scripts/test.sh does it)"
+        )
     pool = SshdPool(tmp_path_factory.mktemp("bench-sshd"))
     yield pool
     pool.stop_all()
@@ -57,12 +59,14 @@ def std_pool() -> Iterator[ProcessPoolExecutor]:
     pool.shutdown()
 
 
-def test_remote_round_trip(ratio_benchmark: RatioBenchmark, sshd_pool: SshdPool,
-                           std_pool: ProcessPoolExecutor) -> None:
+def test_remote_round_trip(
+    ratio_benchmark: RatioBenchmark, sshd_pool: SshdPool, std_pool: ProcessPoolExecutor
+) -> None:
     (spec,) = sshd_pool.specs(1, slots=1, first=1)
     executor = _executor([spec], backups=False)
     trips = 100
     try:
+
         def candidate() -> None:
             for _ in range(trips):
                 executor.submit(noop).result(60)
@@ -72,23 +76,30 @@ def test_remote_round_trip(ratio_benchmark: RatioBenchmark, sshd_pool: SshdPool,
                 std_pool.submit(noop).result(60)
 
         result = ratio_benchmark.measure(
-            candidate, baseline, rounds=7, max_ratio=float("inf"),  # context only
+            candidate,
+            baseline,
+            rounds=7,
+            max_ratio=float("inf"),  # context only
             max_candidate_seconds=trips * 0.002,
             what=f"REMOTE {trips} sequential no-op round trips over SSH vs ProcessPoolExecutor",
         )
         if result is not None:
-            print(f"REMOTE round trip: {result.candidate_median / trips * 1e3:.3f} ms per call "
-                  "(target < 2 ms)")
+            print(
+                f"REMOTE round trip: {result.candidate_median / trips * 1e3:.3f} ms per call "
+                "(target < 2 ms)"
+            )
     finally:
         executor.shutdown()
 
 
-def test_remote_throughput(ratio_benchmark: RatioBenchmark, sshd_pool: SshdPool,
-                           std_pool: ProcessPoolExecutor) -> None:
+def test_remote_throughput(
+    ratio_benchmark: RatioBenchmark, sshd_pool: SshdPool, std_pool: ProcessPoolExecutor
+) -> None:
     specs = sshd_pool.specs(2, slots=2, first=1)
     executor = _executor(specs, backups=False)
     calls = 2000
     try:
+
         def candidate() -> None:
             for f in [executor.submit(noop) for _ in range(calls)]:
                 f.result(120)
@@ -98,39 +109,51 @@ def test_remote_throughput(ratio_benchmark: RatioBenchmark, sshd_pool: SshdPool,
                 f.result(120)
 
         result = ratio_benchmark.measure(
-            candidate, baseline, rounds=5, max_ratio=float("inf"),  # context only
+            candidate,
+            baseline,
+            rounds=5,
+            max_ratio=float("inf"),  # context only
             max_candidate_seconds=1.0,
             what=f"REMOTE {calls} no-op calls over 2 hosts x 2 slots vs ProcessPoolExecutor(4)",
         )
         if result is not None:
-            print(f"REMOTE throughput: {calls / result.candidate_median:.0f} calls/s "
-                  "(target >= 2000)")
+            print(
+                f"REMOTE throughput: {calls / result.candidate_median:.0f} calls/s (target >= 2000)"
+            )
     finally:
         executor.shutdown()
 
 
 def _run_job(executor: RemoteExecutor) -> list[str]:
     slow = frozenset(SLOW_HOSTS)
-    return [f.result(300) for f in [executor.submit(work, TASK_SECONDS, slow)
-                                    for _ in range(TASKS)]]
+    return [
+        f.result(300) for f in [executor.submit(work, TASK_SECONDS, slow) for _ in range(TASKS)]
+    ]
 
 
 @pytest.mark.parametrize("backups", [True, False], ids=["backups-on", "backups-off"])
-def test_remote_straggler_makespan(ratio_benchmark: RatioBenchmark, sshd_pool: SshdPool,
-                                   backups: bool) -> None:
+def test_remote_straggler_makespan(
+    ratio_benchmark: RatioBenchmark, sshd_pool: SshdPool, backups: bool
+) -> None:
     healthy_specs = sshd_pool.specs(3, slots=2, first=1)
     straggler_specs = sshd_pool.specs(3, slots=2, first=4)
     SLOW_HOSTS.add(straggler_specs[2].name)  # tasks run 10x slower there
     healthy = _executor(healthy_specs, heartbeat_interval=HEARTBEAT)
     straggling = _executor(straggler_specs, heartbeat_interval=HEARTBEAT, backups=backups)
     try:
-        what = (f"REMOTE makespan, {TASKS} x {TASK_SECONDS * 1e3:.0f} ms on 3 hosts x 2 slots, "
-                f"one host 10x slower, backups {'on' if backups else 'off'}, vs 3 healthy hosts")
+        what = (
+            f"REMOTE makespan, {TASKS} x {TASK_SECONDS * 1e3:.0f} ms on 3 hosts x 2 slots, "
+            f"one host 10x slower, backups {'on' if backups else 'off'}, vs 3 healthy hosts"
+        )
         # The issue asked for 1.25x with backups; no schedule can beat 1.5x for this
         # job (see MAKESPAN_LOWER_BOUND), so the target is within 20% of that bound.
         result = ratio_benchmark.measure(
-            lambda: _run_job(straggling), lambda: _run_job(healthy), rounds=3,
-            max_ratio=MAKESPAN_LOWER_BOUND * 1.2 if backups else float("inf"), what=what)
+            lambda: _run_job(straggling),
+            lambda: _run_job(healthy),
+            rounds=3,
+            max_ratio=MAKESPAN_LOWER_BOUND * 1.2 if backups else float("inf"),
+            what=what,
+        )
         extra = straggling.stats().extra
         print(f"backups started {extra['backups_started']}, won {extra['backups_won']}")
         if result is not None:

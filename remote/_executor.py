@@ -21,15 +21,19 @@ import itertools
 import logging
 import os
 import time
+import weakref
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FuturesTimeoutError
 from typing import TYPE_CHECKING, Any
 
 from parallelize._executor_base import BaseExecutor
 from parallelize._pickling import callable_name, dumps_args, dumps_function, split_bound_method
 from parallelize._stats import ExecutorStats
+from smart_future import register_status_provider
 
 from ._bundle import Bundle
+from ._heartbeat import format_summary
 from ._link import HostLink, HostSpec
 from ._policies import SelectionPolicy, make_policy
 from ._scheduler import LinkFactory, Scheduler
@@ -54,6 +58,37 @@ def default_link_factory(spec: HostSpec, *, connect_timeout: float = 10.0) -> Ho
     from ._ssh_link import SSHLink
 
     return SSHLink(spec, connect_timeout=connect_timeout)
+
+
+# How long a progress bar's status refresh waits for the scheduler thread's answer.
+_STATUS_TIMEOUT = 0.1
+
+
+class _StatusLine:
+    """The executor's status provider for progress bars (``smart_future`` status providers).
+
+    Returns :func:`~remote._heartbeat.format_summary` of the scheduler's heartbeat data,
+    or None while the executor has no work. The data is computed on the scheduler thread;
+    if it does not answer within ``_STATUS_TIMEOUT`` the previous line is shown again.
+    Holds the scheduler weakly so a registration never keeps it alive."""
+
+    def __init__(self, scheduler: Scheduler) -> None:
+        self._scheduler = weakref.ref(scheduler)
+        self._last: str | None = None
+
+    def __call__(self) -> str | None:
+        scheduler = self._scheduler()
+        if scheduler is None or not scheduler.alive:
+            return None
+        try:
+            status = scheduler.call(scheduler.status, timeout=_STATUS_TIMEOUT)
+        except FuturesTimeoutError:
+            return self._last
+        if not status.in_flight and not status.pending:
+            self._last = None
+        else:
+            self._last = format_summary(scheduler.name, status)
+        return self._last
 
 
 def _resolve_pool(
@@ -129,6 +164,7 @@ class RemoteExecutor(BaseExecutor):
             host_down_timeout=host_down_timeout,
             clock=clock,
         )
+        self._unregister_status = register_status_provider(_StatusLine(self._scheduler))
 
     # -- submitting -----------------------------------------------------
 
@@ -178,6 +214,7 @@ class RemoteExecutor(BaseExecutor):
     # -- BaseExecutor hooks -------------------------------------------------
 
     def _shutdown_impl(self, *, wait: bool, cancel_futures: bool) -> None:
+        self._unregister_status()
         if cancel_futures:
             self._cancel_queued()
         self._scheduler.stop()

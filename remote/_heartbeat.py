@@ -20,6 +20,7 @@ __all__ = [
     "PoolStatus",
     "backup_score",
     "format_status",
+    "format_summary",
     "percentile",
     "pick_backup",
 ]
@@ -163,3 +164,33 @@ def format_status(name: str, status: PoolStatus) -> str:
             f" {h.lost:>5} {_fmt(h.p50):>8} {_fmt(h.p95):>8}  {bundles or '-'}{extra}"
         )
     return "\n".join(lines)
+
+
+def _short(seconds: float) -> str:
+    if seconds < 1:
+        return f"{seconds * 1e3:.0f}ms"
+    if seconds < 10:
+        return f"{seconds:.1f}s"
+    if seconds < 120:
+        return f"{seconds:.0f}s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f}min"
+    return f"{seconds / 3600:.1f}h"
+
+
+def format_summary(name: str, status: PoolStatus) -> str:
+    """One line for a progress bar, e.g.
+    ``remote: 3/3 hosts up, 12 in flight, 40 pending, p50 0.8s, ETA 35s``."""
+    up = sum(1 for h in status.hosts if h.state == "up")
+    parts = [
+        f"{up}/{len(status.hosts)} hosts up",
+        f"{status.in_flight} in flight",
+        f"{status.pending} pending",
+    ]
+    if status.p50 is not None:
+        parts.append(f"p50 {_short(status.p50)}")
+    if status.eta is not None:
+        parts.append(f"ETA {_short(status.eta)}")
+    if status.poisoned:
+        parts.append(f"{status.poisoned} poisoned")
+    return f"{name}: " + ", ".join(parts)

@@ -44,6 +44,7 @@ _logger = logging.getLogger("smart_future")
 _SLOTS = frozenset({"future", "__weakref__"})
 
 _REPR_LIMIT = 80
+_DISPLAY_HOOK_PREFIXES = ("_repr_", "_ipython_")
 
 
 def _unwrap(obj: Any) -> Any:
@@ -303,7 +304,10 @@ class SmartFuture(Generic[T]):
 
     def __getattr__(self, name: str) -> Any:
         # Only reached for names not found on the SmartFuture itself.
-        if name in _SLOTS:
+        if name in _SLOTS or name.startswith(_DISPLAY_HOOK_PREFIXES):
+            # IPython probes _repr_html_, _ipython_display_ ... to show a cell's
+            # result: answering for the value would block, so a SmartFuture
+            # shows as its (never blocking) repr in notebooks too.
             raise AttributeError(name)
         return getattr(self.result(), name)
 

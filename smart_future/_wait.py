@@ -9,6 +9,10 @@ Neither function raises a task's exception.  A task that failed is logged at
 ERROR level on the ``smart_future`` logger, with its traceback, when its
 future is yielded (``log_exceptions=False`` turns this off); the exception is
 raised when ``result()`` is called on that future.
+
+``progress=True`` shows a ``tqdm.auto`` bar while waiting (see
+:mod:`smart_future._progress`); with progress off (the default) the waiting
+loop is the plain one, with no per-completion overhead.
 """
 
 from __future__ import annotations
@@ -16,21 +20,32 @@ from __future__ import annotations
 import logging
 import queue
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Generator, Iterable, Iterator
 from concurrent.futures import Future
-from typing import Any, TypeAlias
+from typing import Any, NamedTuple, TypeAlias, TypeVar
 
-from smart_future import _interrupt
+from smart_future import _interrupt, _progress
+from smart_future._progress import ProgressOption
 from smart_future._smart_future import SmartFuture
 
 __all__ = ["wait_all", "wait_any"]
 
 _logger = logging.getLogger("smart_future")
 
-AnyFuture: TypeAlias = SmartFuture[Any] | Future[Any]
+T = TypeVar("T")
+
+AnyFuture: TypeAlias = SmartFuture[T] | Future[T]
 
 
-def _as_smart(futures: Iterable[AnyFuture], caller: str) -> list[SmartFuture[Any]]:
+class _ProgressSpec(NamedTuple):
+    desc: str | None
+
+
+def _progress_spec(progress: object, desc: str | None) -> _ProgressSpec | None:
+    return _ProgressSpec(desc) if _progress.wants_progress(progress) else None
+
+
+def _as_smart(futures: Iterable[AnyFuture[T]], caller: str) -> list[SmartFuture[T]]:
     """Wrap ``futures`` in SmartFutures, one per input element, in order.
 
     Inputs sharing an inner future map to the same SmartFuture object (the
@@ -39,8 +54,8 @@ def _as_smart(futures: Iterable[AnyFuture], caller: str) -> list[SmartFuture[Any
     if isinstance(futures, (SmartFuture, Future)):
         # A SmartFuture is iterable when its value is; refuse the ambiguity.
         raise TypeError(f"{caller}() expects an iterable of futures, not a single future")
-    seen: dict[Future[Any], SmartFuture[Any]] = {}
-    out: list[SmartFuture[Any]] = []
+    seen: dict[Future[T], SmartFuture[T]] = {}
+    out: list[SmartFuture[T]] = []
     for item in futures:
         if isinstance(item, SmartFuture):
             inner = item.future
@@ -73,30 +88,38 @@ def _format_timeout(timeout: float) -> str:
 
 
 def _completed(
-    futures: list[SmartFuture[Any]],
+    futures: list[SmartFuture[T]],
     timeout: float | None,
-    callback: Callable[[SmartFuture[Any]], object] | None,
+    callback: Callable[[SmartFuture[T]], object] | None,
     log_exceptions: bool,
-) -> Iterator[SmartFuture[Any]]:
-    """Register done-callbacks now; return the generator yielding completions."""
-    done_queue: queue.SimpleQueue[Future[Any]] = queue.SimpleQueue()
+    progress: _ProgressSpec | None = None,
+) -> Iterator[SmartFuture[T]]:
+    """Register done-callbacks now; return the generator yielding completions.
+
+    ``progress`` is None for no bar, else the settings of the bar to show.
+    """
+    done_queue: queue.SimpleQueue[Future[T]] = queue.SimpleQueue()
     by_inner = {sf.future: sf for sf in futures}
     deadline = None if timeout is None else time.monotonic() + timeout
     # Already-finished futures call back immediately, so they come first, in
     # input order; the rest in the order they finish.
     for inner in by_inner:
         inner.add_done_callback(done_queue.put)
+    if progress is not None:
+        return _drain_with_progress(
+            done_queue, by_inner, timeout, deadline, callback, log_exceptions, progress
+        )
     return _drain(done_queue, by_inner, timeout, deadline, callback, log_exceptions)
 
 
 def _drain(
-    done_queue: queue.SimpleQueue[Future[Any]],
-    pending: dict[Future[Any], SmartFuture[Any]],
+    done_queue: queue.SimpleQueue[Future[T]],
+    pending: dict[Future[T], SmartFuture[T]],
     timeout: float | None,
     deadline: float | None,
-    callback: Callable[[SmartFuture[Any]], object] | None,
+    callback: Callable[[SmartFuture[T]], object] | None,
     log_exceptions: bool,
-) -> Iterator[SmartFuture[Any]]:
+) -> Iterator[SmartFuture[T]]:
     total = len(pending)
     try:
         while pending:
@@ -118,9 +141,71 @@ def _drain(
         raise
 
 
+def _drain_with_progress(
+    done_queue: queue.SimpleQueue[Future[T]],
+    pending: dict[Future[T], SmartFuture[T]],
+    timeout: float | None,
+    deadline: float | None,
+    callback: Callable[[SmartFuture[T]], object] | None,
+    log_exceptions: bool,
+    progress: _ProgressSpec,
+) -> Iterator[SmartFuture[T]]:
+    """``_drain`` with a progress bar, closed however the generator ends."""
+    total = len(pending)
+    bar: _progress.WaitProgress | None = None
+    try:
+        bar = _progress.WaitProgress(total, progress.desc)
+        while pending:
+            inner = _next_done_ticking(done_queue, deadline, bar)
+            if inner is None:
+                assert timeout is not None
+                raise TimeoutError(
+                    f"{len(pending)} of {total} futures still pending "
+                    f"after {_format_timeout(timeout)} s"
+                )
+            sf = pending.pop(inner)
+            bar.task_done(inner)
+            if log_exceptions:
+                _log_failure(sf)
+            if callback is not None:
+                callback(sf)
+            yield sf
+    except KeyboardInterrupt:
+        _interrupt.notify_interrupted(list(pending))
+        raise
+    finally:
+        if bar is not None:
+            bar.close()
+
+
+def _next_done_ticking(
+    done_queue: queue.SimpleQueue[Future[T]], deadline: float | None, bar: _progress.WaitProgress
+) -> Future[T] | None:
+    """``_next_done`` that wakes to refresh ``bar`` every ``REFRESH_INTERVAL`` seconds."""
+    slice_ = _interrupt.WAIT_SLICE
+    while True:
+        now = time.monotonic()
+        bar.tick(now)
+        step = max(bar.next_refresh - now, 0.001)
+        if slice_ is not None:
+            step = min(step, slice_)
+        if deadline is not None:
+            remaining = deadline - now
+            if remaining <= 0:
+                try:
+                    return done_queue.get_nowait()
+                except queue.Empty:
+                    return None
+            step = min(step, remaining)
+        try:
+            return done_queue.get(timeout=step)
+        except queue.Empty:
+            continue
+
+
 def _next_done(
-    done_queue: queue.SimpleQueue[Future[Any]], deadline: float | None
-) -> Future[Any] | None:
+    done_queue: queue.SimpleQueue[Future[T]], deadline: float | None
+) -> Future[T] | None:
     """Next finished future from the queue, or None once ``deadline`` passes."""
     slice_ = _interrupt.WAIT_SLICE
     while True:
@@ -140,12 +225,14 @@ def _next_done(
 
 
 def wait_any(
-    futures: Iterable[AnyFuture],
+    futures: Iterable[AnyFuture[T]],
     *,
-    callback: Callable[[SmartFuture[Any]], object] | None = None,
+    callback: Callable[[SmartFuture[T]], object] | None = None,
     log_exceptions: bool = True,
     timeout: float | None = None,
-) -> Iterator[SmartFuture[Any]]:
+    progress: ProgressOption = False,
+    desc: str | None = None,
+) -> Iterator[SmartFuture[T]]:
     """Yield the given futures as they complete (finish or are cancelled).
 
     Args:
@@ -159,6 +246,15 @@ def wait_any(
             the ``smart_future`` logger with its traceback when yielded.
         timeout: Maximum total number of seconds to wait, counted from this
             call.  None (the default) waits without limit.
+        progress: True shows a progress bar (``tqdm.auto``: a widget in
+            Jupyter, a bar on stderr elsewhere) counting completions, with
+            failed and cancelled counts and the status providers' strings
+            (see ``register_status_provider()``) in its postfix.  ``"auto"``
+            shows it only when stderr is a terminal or in a Jupyter kernel.
+            False (the default) shows nothing.  The bar opens on the first
+            ``next()`` and closes when iteration ends, fails, times out or the
+            iterator is closed.
+        desc: The progress bar's label.
 
     Returns:
         An iterator over the futures in completion order; futures already
@@ -173,19 +269,23 @@ def wait_any(
             before it propagates.
         TypeError: if ``futures`` is a single future or contains objects
             that are not futures.
+        ValueError: if ``progress`` is not True, False or ``"auto"``.
 
     Task exceptions are never raised here; call ``result()`` on the yielded
     future to get the value or the exception.
     """
-    return _completed(_as_smart(futures, "wait_any"), timeout, callback, log_exceptions)
+    spec = _progress_spec(progress, desc)
+    return _completed(_as_smart(futures, "wait_any"), timeout, callback, log_exceptions, spec)
 
 
 def wait_all(
-    futures: Iterable[AnyFuture],
+    futures: Iterable[AnyFuture[T]],
     *,
     log_exceptions: bool = True,
     timeout: float | None = None,
-) -> list[SmartFuture[Any]]:
+    progress: ProgressOption = False,
+    desc: str | None = None,
+) -> list[SmartFuture[T]]:
     """Wait until all the given futures complete; return them in input order.
 
     Args:
@@ -194,6 +294,10 @@ def wait_all(
         log_exceptions: If true, each failed task is logged at ERROR level on
             the ``smart_future`` logger with its traceback.
         timeout: Maximum number of seconds to wait; None waits without limit.
+        progress: True shows a progress bar while waiting, ``"auto"`` only
+            when stderr is a terminal or in a Jupyter kernel; as for
+            ``wait_any()``.  The bar is closed before this returns or raises.
+        desc: The progress bar's label.
 
     Returns:
         A list with one SmartFuture per input element, in input order (inputs
@@ -206,11 +310,19 @@ def wait_all(
         KeyboardInterrupt: on Ctrl-C; the pending futures that have not
             started are cancelled and the interrupt hooks run first.
         TypeError: as for ``wait_any()``.
+        ValueError: if ``progress`` is not True, False or ``"auto"``.
 
     Task exceptions are never raised here: check ``exception()`` or call
     ``result()`` on the returned futures.
     """
+    spec = _progress_spec(progress, desc)
     smart = _as_smart(futures, "wait_all")
-    for _ in _completed(smart, timeout, None, log_exceptions):
-        pass
+    completions = _completed(smart, timeout, None, log_exceptions, spec)
+    try:
+        for _ in completions:
+            pass
+    finally:
+        # Close the bar now, not when the generator is collected.
+        if spec is not None and isinstance(completions, Generator):
+            completions.close()
     return smart

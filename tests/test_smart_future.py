@@ -662,6 +662,7 @@ def test_public_api() -> None:
         "register_interrupt_hook",
         "wait_all",
         "wait_any",
+        "register_status_provider",
     }
     assert any(
         isinstance(h, logging.NullHandler) for h in logging.getLogger("smart_future").handlers
@@ -679,3 +680,11 @@ def _repo_root() -> Any:
     from pathlib import Path
 
     return Path(smart_future.__file__).resolve().parent.parent
+
+
+def test_notebook_display_hooks_do_not_block() -> None:
+    # IPython looks these up to display a cell's result; a pending future must not block.
+    sf: SmartFuture[int] = SmartFuture(Future())
+    assert not hasattr(sf, "_repr_html_")
+    assert not hasattr(sf, "_ipython_display_")
+    assert "pending" in repr(sf)

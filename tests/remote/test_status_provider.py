@@ -1,0 +1,109 @@
+"""The RemoteExecutor's heartbeat summary shown in progress bars (smart_future status
+providers), on the embedded pool (local agents, no SSH)."""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Callable
+
+import cloudpickle
+import pytest
+
+import remote._executor as executor_module
+import smart_future
+from remote import RemoteExecutor, embedded_pool
+from remote._heartbeat import HostStatus, PoolStatus, format_summary
+from smart_future import _status
+
+# the agents cannot import this module: its functions are pickled by value
+cloudpickle.register_pickle_by_value(sys.modules[__name__])
+
+
+def _nap(seconds: float) -> float:
+    import time
+
+    time.sleep(seconds)
+    return seconds
+
+
+def test_provider_summarises_heartbeat_and_is_unregistered(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    registered: list[Callable[[], str | None]] = []
+    real = smart_future.register_status_provider
+
+    def spy(provider: Callable[[], str | None]) -> Callable[[], None]:
+        registered.append(provider)
+        return real(provider)
+
+    monkeypatch.setattr(executor_module, "register_status_provider", spy)
+    # An explicit embedded pool: no user pool file can be picked up.
+    executor = RemoteExecutor(embedded_pool(2), name="remote")
+    try:
+        assert len(registered) == 1
+        provider = registered[0]
+        assert provider in _status._providers.values()
+        assert provider() is None  # idle: nothing to show
+        futures = [executor.submit(_nap, 0.4) for _ in range(6)]
+        started = time.monotonic()
+        line = provider()
+        assert line is not None and line.startswith("remote: ")
+        assert "in flight" in line and "pending" in line and "hosts up" in line
+        seen = [line]
+        while not any(", 2 in flight" in text for text in seen):
+            assert time.monotonic() - started < 20 and not any(f.done() for f in futures), seen
+            time.sleep(0.05)
+            seen.append(provider() or "")
+        assert "1/1 hosts up" in seen[-1]
+        assert any(text.startswith("remote: 1/1 hosts up") for text in _status.collect_status())
+        assert [f.result(timeout=30) for f in futures] == [0.4] * 6
+        assert len(registered) == 1  # once per executor, not per call
+    finally:
+        executor.shutdown()
+    assert provider not in _status._providers.values()
+    assert provider() is None
+    assert not any(text.startswith("remote:") for text in _status.collect_status())
+
+
+def test_provider_is_quick() -> None:
+    executor = RemoteExecutor(embedded_pool(1), name="quick")
+    try:
+        provider = next(
+            p for p in _status._providers.values() if isinstance(p, executor_module._StatusLine)
+        )
+        future = executor.submit(_nap, 0.3)
+        started = time.perf_counter()
+        for _ in range(20):
+            provider()
+        assert time.perf_counter() - started < 20 * executor_module._STATUS_TIMEOUT + 0.5
+        future.result(timeout=30)
+    finally:
+        executor.shutdown()
+
+
+def test_format_summary() -> None:
+    hosts = tuple(
+        HostStatus(
+            name=f"h{i}", state=state, slots=4, in_flight=0, done=0, lost=0, p50=None, p95=None
+        )
+        for i, state in enumerate(["up", "up", "down"])
+    )
+    status = PoolStatus(
+        done=5,
+        in_flight=12,
+        pending=40,
+        succeeded=5,
+        failed=0,
+        poisoned=0,
+        cancelled=0,
+        backups_started=0,
+        backups_won=0,
+        p50=0.8,
+        p95=1.5,
+        eta=35.2,
+        hosts=hosts,
+    )
+    assert format_summary("remote", status) == (
+        "remote: 2/3 hosts up, 12 in flight, 40 pending, p50 800ms, ETA 35s"
+    )
