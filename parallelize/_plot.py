@@ -89,7 +89,7 @@ def _parse_attempts(stats: ExecutorStats) -> list[_Attempt]:
         end = item["end"]
         attempts.append(
             _Attempt(
-                slot=str(item["slot"]),
+                slot=_slot_label(item),
                 start=float(item["start"]),
                 end=None if end is None else float(end),
                 outcome=outcome,
@@ -111,6 +111,13 @@ def _new_axes(figsize: tuple[float, float]) -> Axes:
 
     _fig, ax = plt.subplots(figsize=figsize)
     return ax
+
+
+def _slot_label(item: Mapping[str, Any]) -> str:
+    # Records may name the slot fully ("host1/0") or give the host apart.
+    slot = str(item["slot"])
+    host = item.get("host")
+    return f"{host}/{slot}" if host is not None and "/" not in slot else slot
 
 
 def _timeline_size(slots: int) -> tuple[float, float]:
