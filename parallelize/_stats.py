@@ -280,6 +280,8 @@ def _stats_html(stats: ExecutorStats) -> str:
     if scalars:
         tables.append(_html_table(["", "value"], scalars))
     hosts = stats.extra.get("hosts")
+    if isinstance(hosts, dict):  # REMOTE keys its rows by host name
+        hosts = [{"host": name, **row} for name, row in hosts.items() if isinstance(row, dict)]
     if isinstance(hosts, list) and hosts and all(isinstance(h, dict) for h in hosts):
         columns: list[Any] = []
         for host in hosts:

@@ -236,3 +236,11 @@ def test_live_executor_stats_html() -> None:
             future.result()
         html = executor.stats()._repr_html_()
     assert ">4<" in html
+
+
+def test_html_hosts_table_accepts_rows_keyed_by_host_name() -> None:
+    from parallelize._stats import TaskStats
+
+    stats = TaskStats().snapshot("remote", hosts={"node<1>": {"state": "up", "done": 3}})
+    html = stats._repr_html_()
+    assert "node&lt;1&gt;" in html and ">state</th>" in html
