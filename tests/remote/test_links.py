@@ -418,3 +418,30 @@ def test_result_payload_is_the_pickled_value(harness: Harness) -> None:
         harness.events.wait(lambda: 1 in harness.events.results) or (harness.events.results[1])
     )
     assert ok and pickle.loads(payload) == {"a": 1} and duration >= 0
+
+
+def test_ssh_through_a_gateway(ssh_hosts: Any) -> None:
+    gateway, target = ssh_hosts(2)
+    via = replace(target, gateway=f"{gateway.user}@{gateway.host}:{gateway.port}")
+    events = EventRecorder()
+    link = SSHLink(via)
+    link.connect(events)
+    try:
+        link.submit(1, 1, *call(lambda: os.environ["PARALLELIZE_TEST_HOST"]))
+        assert events.result(1) == (True, target.name)
+        # The connection runs through the gateway: cutting the gateway's sessions
+        # takes the link down although the target host is untouched.
+        ssh_hosts.kill_sessions(gateway)
+        events.wait(lambda: bool(events.down))
+    finally:
+        link.close()
+
+
+def test_unreachable_gateway_is_named(ssh_hosts: Any) -> None:
+    (target,) = ssh_hosts(1)
+    with socket.socket() as probe:  # a loopback port with nothing listening
+        probe.bind(("127.0.0.1", 0))
+        free_port = probe.getsockname()[1]
+    via = replace(target, gateway=f"{target.user}@127.0.0.1:{free_port}")
+    with pytest.raises(HostUnavailableError, match=rf"127\.0\.0\.1:{free_port}"):
+        SSHLink(via, connect_timeout=5).connect(EventRecorder())
