@@ -9,6 +9,8 @@ failures. Without a pool file, the embedded default pool runs local agents.
 
 from __future__ import annotations
 
+import logging
+
 from ._bundle import AttemptState, BundleState
 from ._errors import RemoteExecutorException
 from ._executor import RemoteExecutor
@@ -31,3 +33,5 @@ __all__ = [
     "embedded_pool",
     "load_pool",
 ]
+
+logging.getLogger(__name__).addHandler(logging.NullHandler())
