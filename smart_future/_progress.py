@@ -110,6 +110,10 @@ class WaitProgress:
         self._bar.refresh()
 
     def close(self) -> None:
+        # A last refresh: the bar stays on screen, so its status must not be
+        # one taken before the work finished (short jobs refresh only once).
+        self.next_refresh = 0.0
+        self.tick(time.monotonic())
         self._bar.close()
 
     def _set_postfix(self) -> None:

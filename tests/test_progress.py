@@ -305,3 +305,23 @@ def test_in_a_jupyter_kernel(tmp_path: Any) -> None:
     assert widget or "5/5" in texts(second, "stderr"), second.outputs
     html = "".join(o.get("data", {}).get("text/html", "") for o in third.outputs)
     assert "parallelize-stats" in html and "default-thread" in html
+
+
+def test_final_bar_shows_the_status_at_the_end(capsys: pytest.CaptureFixture[str]) -> None:
+    """A short job refreshes the status once at the start; the bar left on screen must
+    still show the status once the work is done, not the stale first line."""
+    future: Future[int] = Future()
+
+    def provider() -> str:
+        if future.done():
+            return "idle"
+        future.set_result(1)  # the work ends right after the first status is taken
+        return "busy"
+
+    unregister = register_status_provider(provider)
+    try:
+        wait_all([future], progress=True, timeout=EVENT_TIMEOUT)
+    finally:
+        unregister()
+    last = final_bar(capsys.readouterr().err)
+    assert "idle" in last and "busy" not in last
