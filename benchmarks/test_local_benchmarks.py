@@ -9,15 +9,16 @@ import os
 import tempfile
 import time
 import tracemalloc
-from collections.abc import Iterator
-from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+from collections.abc import Callable, Iterator
+from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import pytest
 from _ratio import RatioBenchmark
 
 import parallelize as par
-from parallelize import Method, parallelize
+from parallelize import Method, SmartFuture, parallelize
 
 N_CALLS = 10_000
 WORKERS = 2
@@ -71,23 +72,27 @@ def process_pools() -> Iterator[tuple[ProcessPoolExecutor, par.ProcessExecutor]]
     ours.shutdown()
 
 
-def test_thread_10k_noop_calls(ratio_benchmark: RatioBenchmark, thread_pools: tuple) -> None:
-    std, ours = thread_pools
+def _submit_all_then_gather(submit: Callable[[], Future[None] | SmartFuture[None]]) -> None:
+    futures = [submit() for _ in range(N_CALLS)]
+    for f in futures:
+        f.result()
+
+
+def _measure_10k_noop_calls(
+    ratio_benchmark: RatioBenchmark, std: Executor, ours: Executor, **options: Any
+) -> None:
     decorated = parallelize(executor=ours)(noop)
-
-    def baseline() -> None:
-        futures = [std.submit(noop) for _ in range(N_CALLS)]
-        for f in futures:
-            f.result()
-
-    def candidate() -> None:
-        futures = [decorated() for _ in range(N_CALLS)]
-        for f in futures:
-            f.result()
-
     ratio_benchmark.measure(
-        candidate,
-        baseline,
+        lambda: _submit_all_then_gather(decorated),
+        lambda: _submit_all_then_gather(lambda: std.submit(noop)),
+        **options,
+    )
+
+
+def test_thread_10k_noop_calls(ratio_benchmark: RatioBenchmark, thread_pools: tuple) -> None:
+    _measure_10k_noop_calls(
+        ratio_benchmark,
+        *thread_pools,
         rounds=7,
         max_ratio=1.3,
         what="THREAD 10k no-op calls, @parallelize vs ThreadPoolExecutor",
@@ -95,22 +100,9 @@ def test_thread_10k_noop_calls(ratio_benchmark: RatioBenchmark, thread_pools: tu
 
 
 def test_process_10k_noop_calls(ratio_benchmark: RatioBenchmark, process_pools: tuple) -> None:
-    std, ours = process_pools
-    decorated = parallelize(executor=ours)(noop)
-
-    def baseline() -> None:
-        futures = [std.submit(noop) for _ in range(N_CALLS)]
-        for f in futures:
-            f.result()
-
-    def candidate() -> None:
-        futures = [decorated() for _ in range(N_CALLS)]
-        for f in futures:
-            f.result()
-
-    ratio_benchmark.measure(
-        candidate,
-        baseline,
+    _measure_10k_noop_calls(
+        ratio_benchmark,
+        *process_pools,
         rounds=5,
         max_ratio=0.5,
         what="PROCESS 10k no-op calls, @parallelize vs ProcessPoolExecutor",

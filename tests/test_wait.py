@@ -3,16 +3,13 @@
 from __future__ import annotations
 
 import logging
-import signal
-import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from types import CodeType, FrameType
 from typing import Any
 
 import pytest
+from sigint_helpers import interrupt_main_when_blocked
 
 from smart_future import SmartFuture, _interrupt, register_interrupt_hook, wait_all, wait_any
 from smart_future import _wait as _wait_module
@@ -284,47 +281,6 @@ def test_many_futures_linear_time(completed_before: bool) -> None:
 # ----------------------------------------------------------------------
 # Ctrl-C
 # ----------------------------------------------------------------------
-
-
-@pytest.fixture
-def default_sigint() -> Iterator[None]:
-    if not hasattr(signal, "pthread_kill"):
-        pytest.skip("needs signal.pthread_kill")
-    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, previous)
-
-
-def interrupt_main_when_blocked(
-    innermost: str, inside: CodeType, on_failure: Callable[[], object]
-) -> threading.Thread:
-    """Send SIGINT to the main thread once it blocks in ``innermost`` under ``inside``."""
-    main_id = threading.main_thread().ident
-    assert main_id is not None
-
-    def run() -> None:
-        deadline = time.monotonic() + WAIT
-        while time.monotonic() < deadline:
-            frame = sys._current_frames().get(main_id)
-            if frame is not None and frame.f_code.co_name == innermost and _under(frame, inside):
-                signal.pthread_kill(main_id, signal.SIGINT)
-                return
-            time.sleep(0.001)
-        on_failure()
-
-    thread = threading.Thread(target=run, daemon=True)
-    thread.start()
-    return thread
-
-
-def _under(frame: FrameType | None, code: CodeType) -> bool:
-    while frame is not None:
-        if frame.f_code is code:
-            return True
-        frame = frame.f_back
-    return False
 
 
 @pytest.mark.timeout(30)
