@@ -24,7 +24,15 @@ from smart_future import SmartFuture, wait_all, wait_any
 
 from ._decorator import parallelize
 from ._defaults import configure, default_executor, shutdown_default_executors
-from ._errors import PicklingError, RemoteTraceback, WorkerDiedError
+from ._errors import (
+    AttemptRecord,
+    ParallelizeError,
+    PicklingError,
+    PoisonedCallError,
+    RemoteTraceback,
+    TaskLostError,
+    WorkerDiedError,
+)
 from ._executor_base import BaseExecutor
 from ._method import Method
 from ._stats import ExecutorStats
@@ -34,13 +42,17 @@ if TYPE_CHECKING:
     from ._process import ProcessExecutor
 
 __all__ = [
+    "AttemptRecord",
     "BaseExecutor",
     "ExecutorStats",
     "Method",
+    "ParallelizeError",
     "PicklingError",
+    "PoisonedCallError",
     "ProcessExecutor",
     "RemoteTraceback",
     "SmartFuture",
+    "TaskLostError",
     "ThreadExecutor",
     "WorkerDiedError",
     "configure",

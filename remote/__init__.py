@@ -10,23 +10,25 @@ failures. Without a pool file, the embedded default pool runs local agents.
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 from ._bundle import AttemptState, BundleState
-from ._errors import RemoteExecutorException
+from ._errors import HostErrorKind, HostUnavailableError, IllegalTransitionError, deprecated_alias
 from ._executor import RemoteExecutor
-from ._link import HostSpec, HostUnavailableError
+from ._link import HostSpec
 from ._policies import RoundRobinPolicy, SelectionPolicy, WeightedRandomPolicy
 from ._pool_config import PoolConfig, PoolConfigError, embedded_pool, load_pool
 
 __all__ = [
     "AttemptState",
     "BundleState",
+    "HostErrorKind",
     "HostSpec",
     "HostUnavailableError",
+    "IllegalTransitionError",
     "PoolConfig",
     "PoolConfigError",
     "RemoteExecutor",
-    "RemoteExecutorException",
     "RoundRobinPolicy",
     "SelectionPolicy",
     "WeightedRandomPolicy",
@@ -35,3 +37,9 @@ __all__ = [
 ]
 
 logging.getLogger(__name__).addHandler(logging.NullHandler())
+
+
+def __getattr__(name: str) -> Any:
+    if name == "RemoteExecutorException":  # deprecated alias, kept for old code
+        return deprecated_alias(name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -29,7 +29,8 @@ from pathlib import Path
 from typing import Any
 
 from . import _wire
-from ._link import HostSpec, HostUnavailableError, LinkEvents
+from ._errors import HostErrorKind, HostUnavailableError
+from ._link import HostSpec, LinkEvents
 
 __all__ = ["AgentLink", "bootstrap_code", "check_hello"]
 
@@ -88,7 +89,9 @@ def check_hello(spec: HostSpec, info: dict[str, Any]) -> None:
         raise HostUnavailableError(
             f"{where}: the worker agent cannot start with {python}: {info['error']}. "
             f"Fix: install cloudpickle there (`{spec.python} -m pip install cloudpickle`) or "
-            f"point `python = ...` for this host in the pool file at an interpreter that has it."
+            f"point `python = ...` for this host in the pool file at an interpreter that has it.",
+            kind=HostErrorKind.VERSION,
+            host=spec.name,
         )
     remote = str(info.get("python", "?"))
     local = f"{sys.version_info[0]}.{sys.version_info[1]}"
@@ -97,7 +100,9 @@ def check_hello(spec: HostSpec, info: dict[str, Any]) -> None:
             f"{where} runs Python {remote} ({python}) but the controller runs Python "
             f"{sys.version.split()[0]}: pickled functions only work between the same major.minor "
             f'version. Fix: set `python = "/path/to/python{local}"` for this host in the pool '
-            f"file (or install Python {local} there)."
+            f"file (or install Python {local} there).",
+            kind=HostErrorKind.VERSION,
+            host=spec.name,
         )
     import cloudpickle
 
@@ -245,7 +250,9 @@ class AgentLink:
             if remaining <= 0:
                 raise HostUnavailableError(
                     f"host {self.spec.name!r} ({self.spec.host}): the worker agent did not "
-                    f"start within {self.connect_timeout:g} s{self._stderr_summary()}"
+                    f"start within {self.connect_timeout:g} s{self._stderr_summary()}",
+                    kind=HostErrorKind.AGENT_START,
+                    host=self.spec.name,
                 )
             try:
                 data = self._read(remaining)
@@ -261,7 +268,9 @@ class AgentLink:
                     f"host {self.spec.name!r} ({self.spec.host}): the worker agent exited "
                     f"before saying hello ({detail or 'stream closed'}) when started as "
                     f"{self.spec.python!r}{self._stderr_summary()}. Fix: check that "
-                    f"`python` for this host names a Python 3 interpreter with cloudpickle."
+                    f"`python` for this host names a Python 3 interpreter with cloudpickle.",
+                    kind=HostErrorKind.AGENT_START,
+                    host=self.spec.name,
                 )
             frames = self._frames.feed(data)
             if frames:
@@ -269,10 +278,16 @@ class AgentLink:
                 if kind != _wire.HELLO:
                     raise HostUnavailableError(
                         f"host {self.spec.name!r}: unexpected {_wire.message_name(kind)} "
-                        "from the worker agent before HELLO"
+                        "from the worker agent before HELLO",
+                        kind=HostErrorKind.AGENT_START,
+                        host=self.spec.name,
                     )
                 if len(frames) > 1:
-                    raise HostUnavailableError(f"host {self.spec.name!r}: garbled agent output")
+                    raise HostUnavailableError(
+                        f"host {self.spec.name!r}: garbled agent output",
+                        kind=HostErrorKind.AGENT_START,
+                        host=self.spec.name,
+                    )
                 return _wire.decode_hello(body)
 
     def submit(self, attempt_id: int, fn_id: int, fn_payload: bytes, args_payload: bytes) -> None:
@@ -280,7 +295,9 @@ class AgentLink:
             if not self.alive:
                 raise HostUnavailableError(
                     f"host {self.spec.name!r}: the link is "
-                    f"{'closed' if self._closed else 'down'}; cannot submit attempt {attempt_id}"
+                    f"{'closed' if self._closed else 'down'}; cannot submit attempt {attempt_id}",
+                    kind=HostErrorKind.LINK_LOST,
+                    host=self.spec.name,
                 )
             first = fn_id not in self._fns_sent
             frame = _wire.encode_submit(
@@ -309,12 +326,18 @@ class AgentLink:
         try:
             with self._write_lock:
                 if not self.alive:
-                    raise HostUnavailableError(f"host {self.spec.name!r}: the link is not up")
+                    raise HostUnavailableError(
+                        f"host {self.spec.name!r}: the link is not up",
+                        kind=HostErrorKind.LINK_LOST,
+                        host=self.spec.name,
+                    )
                 start = time.perf_counter()
                 self._write_locked(_wire.encode_ping(token))
             if not event.wait(timeout) or not stamp:
                 raise HostUnavailableError(
-                    f"host {self.spec.name!r}: no answer to ping within {timeout:g} s"
+                    f"host {self.spec.name!r}: no answer to ping within {timeout:g} s",
+                    kind=HostErrorKind.LINK_LOST,
+                    host=self.spec.name,
                 )
             return stamp[0] - start
         finally:

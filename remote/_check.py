@@ -23,6 +23,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, TextIO
 
+from ._errors import HostErrorKind, HostUnavailableError
 from ._link import HostLink, HostSpec
 from ._pool_config import ENV_VAR, PoolConfig, PoolConfigError, default_pool_path, load_pool
 
@@ -88,65 +89,67 @@ def _ssh_command(spec: HostSpec) -> str:
     return f"ssh {port}{identity}{jump}{spec.user or getpass.getuser()}@{spec.host}"
 
 
-def classify(spec: HostSpec, message: str) -> tuple[bool, str, str]:
-    """(reachable, problem, fix) for the HostUnavailableError *message* of a failed connect."""
-    text = message.lower()
+def classify(
+    spec: HostSpec, message: str, kind: HostErrorKind | None = None
+) -> tuple[bool, str, str]:
+    """(reachable, problem, fix) for a failed connect, from the error's *kind*; the
+    *message* only adds detail (which Python the host runs)."""
     local = _local_major_minor()
-    if "host key mismatch" in text:
-        key = spec.host if spec.port == 22 else f"[{spec.host}]:{spec.port}"
+    key = spec.host if spec.port == 22 else f"[{spec.host}]:{spec.port}"
+    if kind is HostErrorKind.HOST_KEY_MISMATCH:
         return (
             True,
             "host key changed",
             f"verify the host's new key, then remove the old one with `ssh-keygen -R '{key}'`",
         )
-    if "unknown host key" in text:
+    if kind is HostErrorKind.HOST_KEY_UNKNOWN:
         return (
             True,
             "unknown host key",
             f"ssh to it once to accept its key (`{_ssh_command(spec)}`), or set "
             "strict_host_key_checking = false for test pools",
         )
-    if "identity file" in text:
-        return (
-            True,
-            "identity file unusable",
-            "fix identity_file in the pool file, or load the key into ssh-agent (`ssh-add`)",
-        )
-    if "authentication" in text:
+    if kind is HostErrorKind.AUTH:
         return (
             True,
             "authentication failed",
-            "add your public key to ~/.ssh/authorized_keys on the host or set identity_file",
+            "add your public key to ~/.ssh/authorized_keys on the host or set identity_file "
+            "(or load the key into ssh-agent with `ssh-add`)",
         )
-    if "pickled functions only work between the same major.minor" in text:
+    if kind is HostErrorKind.VERSION:
         found = _PYTHON_RE.search(message)
-        theirs = f" (the host runs {found.group(1)})" if found else ""
+        if found is None:
+            return (
+                True,
+                "cloudpickle missing",
+                f"pip install cloudpickle on the host (`{spec.python} -m pip install "
+                "cloudpickle`), or set python = to an interpreter that has it",
+            )
         return (
             True,
-            f"python mismatch{theirs}",
+            f"python mismatch (the host runs {found.group(1)})",
             f'set python = to an interpreter matching {local} (e.g. python = "python{local}")',
         )
-    if "cloudpickle" in text and "cannot start" in text:
+    if kind is HostErrorKind.NOISY_SHELL:
         return (
             True,
-            "cloudpickle missing",
-            f"pip install cloudpickle on the host (`{spec.python} -m pip install cloudpickle`), "
-            "or set python = to an interpreter that has it",
+            "shell prints at login",
+            "make the shell's startup files print nothing for non-interactive sessions",
         )
-    if "os.fork is missing" in text:
-        return True, "not a POSIX host", "use a Linux or macOS host"
-    if "exited before saying hello" in text or ("interpreter" in text and "not found" in text):
+    if kind in (HostErrorKind.AGENT_START, HostErrorKind.CONFIG):
+        if "os.fork is missing" in message:
+            return True, "not a POSIX host", "use a Linux or macOS host"
+        if "did not start within" in message:
+            return (
+                True,
+                "agent start timed out",
+                "check that the host is not overloaded, or raise connect_timeout in [defaults]",
+            )
         return (
             True,
             "python not runnable",
             f"set python = to a Python {local} interpreter with cloudpickle that exists on "
             f"the host (now {spec.python!r})",
-        )
-    if "did not start within" in text:
-        return (
-            True,
-            "agent start timed out",
-            "check that the host is not overloaded, or raise connect_timeout in [defaults]",
         )
     if spec.is_local:
         return False, "local agent failed", "see the message above"
@@ -181,7 +184,8 @@ def check_host(
         if link is not None:
             _close(link)
         message = str(exc) or type(exc).__name__
-        reachable, problem, fix = classify(spec, message)
+        kind = exc.kind if isinstance(exc, HostUnavailableError) else None
+        reachable, problem, fix = classify(spec, message, kind)
         python = None
         found = _PYTHON_RE.search(message)
         if found:

@@ -128,7 +128,7 @@ class RemoteExecutor(BaseExecutor):
     bundle may get a speculative copy on another host (at most *max_backups_per_bundle*
     each; the first copy to finish wins). A bundle whose attempts fail for infrastructure
     reasons *max_attempts* times is poisoned; when no host is reachable for
-    *host_down_timeout* seconds pending calls fail with :class:`RemoteExecutorException`.
+    *host_down_timeout* seconds pending calls fail with :class:`HostUnavailableError`.
     """
 
     def __init__(

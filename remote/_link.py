@@ -19,6 +19,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol
 
+from ._errors import HostUnavailableError
+
 __all__ = ["HostLink", "HostSpec", "HostUnavailableError", "LinkEvents"]
 
 
@@ -37,10 +39,6 @@ class HostSpec:
     gateway: str | None = None  # "user@host:port" of a jump host
     strict_host_key_checking: bool = True
     is_local: bool = False  # embedded pool: a local agent over pipes, no SSH
-
-
-class HostUnavailableError(ConnectionError):
-    """A host could not be reached or is unusable; the message names the host and why."""
 
 
 class LinkEvents(Protocol):

@@ -20,7 +20,8 @@ from collections.abc import Callable
 from typing import Any
 
 from ._agent_client import AgentLink, bootstrap_code
-from ._link import HostSpec, HostUnavailableError
+from ._errors import HostErrorKind, HostUnavailableError
+from ._link import HostSpec
 
 __all__ = ["LocalLink"]
 
@@ -59,7 +60,9 @@ class LocalLink(AgentLink):
         if found is None:
             raise HostUnavailableError(
                 f"host {self.spec.name!r} (local): Python interpreter {python!r} not found. "
-                "Fix: set `python` to an existing interpreter."
+                "Fix: set `python` to an existing interpreter.",
+                kind=HostErrorKind.CONFIG,
+                host=self.spec.name,
             )
         return found
 
@@ -75,7 +78,9 @@ class LocalLink(AgentLink):
             )
         except OSError as exc:
             raise HostUnavailableError(
-                f"host {self.spec.name!r} (local): cannot start the worker agent: {exc}"
+                f"host {self.spec.name!r} (local): cannot start the worker agent: {exc}",
+                kind=HostErrorKind.AGENT_START,
+                host=self.spec.name,
             ) from None
         stderr = self._proc.stderr
         assert stderr is not None

@@ -35,6 +35,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from ._errors import PoolConfigError
 from ._link import HostSpec
 
 __all__ = [
@@ -76,10 +77,6 @@ _HOST_KEYS = (
     "strict_host_key_checking",
     "controller",
 )
-
-
-class PoolConfigError(ValueError):
-    """The pool file is missing or invalid; the message names the file, entry and field."""
 
 
 @dataclass(frozen=True)
@@ -130,16 +127,19 @@ def load_pool(
             f"pool file {chosen} (from {origin}) does not exist. Fix: create it (see "
             f"examples/pool.example.toml) or correct the path"
             + (f", or unset {ENV_VAR}" if origin.startswith("$") else "")
-            + "."
+            + ".",
+            path=str(chosen),
         )
     tomllib = _toml_module(chosen)
     try:
         with open(chosen, "rb") as handle:
             data = tomllib.load(handle)
     except tomllib.TOMLDecodeError as exc:
-        raise PoolConfigError(f"{chosen}: not valid TOML: {exc}. Fix the syntax.") from None
+        raise PoolConfigError(
+            f"{chosen}: not valid TOML: {exc}. Fix the syntax.", path=str(chosen)
+        ) from None
     except OSError as exc:
-        raise PoolConfigError(f"cannot read pool file {chosen}: {exc}") from None
+        raise PoolConfigError(f"cannot read pool file {chosen}: {exc}", path=str(chosen)) from None
     ssh_path = (
         Path(os.fspath(ssh_config)).expanduser()
         if ssh_config is not None
@@ -168,7 +168,9 @@ class _Checker:
 
     def fail(self, entry: str, field: str | None, problem: str, fix: str) -> PoolConfigError:
         where = f"{self.path}: [{entry}]" + (f" field {field!r}" if field else "")
-        return PoolConfigError(f"{where}: {problem}. Fix: {fix}.")
+        return PoolConfigError(
+            f"{where}: {problem}. Fix: {fix}.", path=self.path, entry=entry, field=field
+        )
 
     def keys(self, table: Mapping[str, Any], allowed: tuple[str, ...], entry: str) -> None:
         for key in table:

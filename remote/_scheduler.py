@@ -53,12 +53,18 @@ from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FuturesTimeoutError
 from typing import Any, TypeVar
 
-from parallelize._errors import attach_remote_traceback
+from parallelize._errors import (
+    AttemptRecord,
+    ParallelizeError,
+    PoisonedCallError,
+    TaskLostError,
+    attach_remote_traceback,
+)
 from parallelize._executor_base import waits_at_exit
 from parallelize._stats import Outcome, TaskStats
 
 from ._bundle import Attempt, AttemptState, Bundle, BundleState
-from ._errors import RemoteExecutorException
+from ._errors import HostErrorKind, HostUnavailableError
 from ._heartbeat import (
     BackupCandidate,
     HostStatus,
@@ -246,9 +252,7 @@ class Scheduler:
                 return
         if bundle.future.set_running_or_notify_cancel():
             bundle.future.set_exception(
-                RemoteExecutorException(
-                    f"{bundle.fn_name}: the remote scheduler {self.name!r} has stopped"
-                )
+                TaskLostError(f"{bundle.fn_name}: the remote scheduler {self.name!r} has stopped")
             )
             self._stats.task_finished(Outcome.FAILED, None)
         else:
@@ -531,7 +535,7 @@ class Scheduler:
         try:
             value = pickle.loads(payload)
         except BaseException as exc:
-            error: BaseException = RemoteExecutorException(
+            error: BaseException = ParallelizeError(
                 f"{bundle.fn_name}: the {'result' if ok else 'exception'} sent back by host "
                 f"{host.name} could not be unpickled here ({type(exc).__name__}: {exc})"
             )
@@ -547,7 +551,7 @@ class Scheduler:
                 raise TypeError(f"not an exception: {exc_value!r}")
             attach_remote_traceback(exc_value, str(tb_text))
         except (TypeError, ValueError) as bad:
-            exc_value = RemoteExecutorException(
+            exc_value = ParallelizeError(
                 f"{bundle.fn_name} failed on host {host.name} with an unreadable error: {bad}"
             )
         self._finish(bundle, BundleState.FAILED, now, exc=exc_value, duration=duration)
@@ -581,10 +585,11 @@ class Scheduler:
             details = "; ".join(
                 f"attempt {i} on host {a.host}: {a.reason}" for i, a in enumerate(lost, 1)
             )
-            error = RemoteExecutorException(
+            error = PoisonedCallError(
                 f"{bundle.fn_name} was given up after {len(lost)} infrastructure failures "
                 f"(max_attempts={self._max_attempts}; the call probably kills its worker "
-                f"process): {details}"
+                f"process): {details}",
+                tuple(AttemptRecord(a.host, a.reason, a.duration) for a in lost),
             )
             logger.error("%s: bundle %d poisoned: %s", self.name, bundle.id, error)
             self._finish(bundle, BundleState.POISONED, now, exc=error)
@@ -762,7 +767,12 @@ class Scheduler:
         self._pending.clear()
         self._n_pending = 0
         for bundle in pending:
-            self._finish(bundle, BundleState.FAILED, now, exc=RemoteExecutorException(message))
+            self._finish(
+                bundle,
+                BundleState.FAILED,
+                now,
+                exc=HostUnavailableError(message, HostErrorKind.UNREACHABLE),
+            )
         self._no_host_since = now
 
     # ------------------------------------------------------------------
@@ -882,7 +892,7 @@ class Scheduler:
                     bundle,
                     BundleState.FAILED,
                     now,
-                    exc=RemoteExecutorException(f"{bundle.fn_name}: {reason}"),
+                    exc=TaskLostError(f"{bundle.fn_name}: {reason}"),
                 )
         for bundle in list(self._pending):
             if bundle.state is BundleState.PENDING:
@@ -890,7 +900,7 @@ class Scheduler:
                     bundle,
                     BundleState.FAILED,
                     now,
-                    exc=RemoteExecutorException(f"{bundle.fn_name}: {reason}"),
+                    exc=TaskLostError(f"{bundle.fn_name}: {reason}"),
                 )
         self._pending.clear()
         self._n_pending = 0
@@ -913,7 +923,7 @@ class Scheduler:
                     msg[1],
                     BundleState.FAILED,
                     now,
-                    exc=RemoteExecutorException(f"{msg[1].fn_name}: {reason}"),
+                    exc=TaskLostError(f"{msg[1].fn_name}: {reason}"),
                 )
             elif msg[0] == "call":
                 try:

@@ -28,7 +28,8 @@ from typing import Any
 import paramiko
 
 from ._agent_client import AgentLink, bootstrap_code
-from ._link import HostSpec, HostUnavailableError
+from ._errors import HostErrorKind, HostUnavailableError
+from ._link import HostSpec
 
 __all__ = ["SSHLink", "parse_gateway", "remote_command"]
 
@@ -117,7 +118,9 @@ class SSHLink(AgentLink):
                 except (paramiko.SSHException, OSError) as exc:
                     raise HostUnavailableError(
                         f"{self._where()}: the gateway {spec.gateway} could not reach it: {exc}. "
-                        "Fix: check the host name and port as seen from the gateway."
+                        "Fix: check the host name and port as seen from the gateway.",
+                        kind=HostErrorKind.UNREACHABLE,
+                        host=self.spec.name,
                     ) from None
             else:
                 sock = self._tcp(spec.host, spec.port, deadline)
@@ -130,7 +133,9 @@ class SSHLink(AgentLink):
         except (paramiko.SSHException, OSError, EOFError) as exc:
             self._shutdown_transport()
             raise HostUnavailableError(
-                f"{self._where()}: SSH session failed: {type(exc).__name__}: {exc}"
+                f"{self._where()}: SSH session failed: {type(exc).__name__}: {exc}",
+                kind=HostErrorKind.SSH,
+                host=self.spec.name,
             ) from None
         self._channel = channel
         self._start_thread(lambda: self._stderr_pump(lambda: channel.recv_stderr(65536)), "stderr")
@@ -140,7 +145,9 @@ class SSHLink(AgentLink):
         if remaining <= 0:
             raise HostUnavailableError(
                 f"{self._where()}: connection timed out after {self.connect_timeout:g} s. "
-                "Fix: check that the host is up and reachable, or raise connect_timeout."
+                "Fix: check that the host is up and reachable, or raise connect_timeout.",
+                kind=HostErrorKind.TIMEOUT,
+                host=self.spec.name,
             )
         return remaining
 
@@ -151,12 +158,16 @@ class SSHLink(AgentLink):
             raise HostUnavailableError(
                 f"{self._where(host, port)}: connection timed out after "
                 f"{self.connect_timeout:g} s. Fix: check that the host is up and that SSH "
-                "listens on that port, or raise connect_timeout."
+                "listens on that port, or raise connect_timeout.",
+                kind=HostErrorKind.TIMEOUT,
+                host=self.spec.name,
             ) from None
         except OSError as exc:
             raise HostUnavailableError(
                 f"{self._where(host, port)}: cannot connect: {exc.strerror or exc}. Fix: check "
-                "the host name/address and port and that sshd runs there."
+                "the host name/address and port and that sshd runs there.",
+                kind=HostErrorKind.UNREACHABLE,
+                host=self.spec.name,
             ) from None
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
@@ -195,7 +206,9 @@ class SSHLink(AgentLink):
                 self._remaining(deadline)
             raise HostUnavailableError(
                 f"{self._where(host, port)}: SSH handshake failed: {exc}. Fix: check that "
-                "an SSH server listens there."
+                "an SSH server listens there.",
+                kind=HostErrorKind.SSH,
+                host=self.spec.name,
             ) from None
         self._check_host_key(transport, key_name, known, host, port)
         transport.set_keepalive(max(1, int(self.keepalive_interval)))
@@ -219,7 +232,9 @@ class SSHLink(AgentLink):
                 f"(fingerprint {key.fingerprint}) differs from the one in known_hosts for "
                 f"{key_name}. Someone may be intercepting the connection, or the host was "
                 "reinstalled. Fix: verify the new key, then remove the old entry with "
-                f"`ssh-keygen -R '{key_name}'`."
+                f"`ssh-keygen -R '{key_name}'`.",
+                kind=HostErrorKind.HOST_KEY_MISMATCH,
+                host=self.spec.name,
             )
         if not self.spec.strict_host_key_checking:
             return  # accepted for this connection only; no file is written
@@ -228,7 +243,9 @@ class SSHLink(AgentLink):
             f"{self._where(host, port)}: unknown host key ({key.get_name()} "
             f"{key.fingerprint}) and strict host key checking is on. Fix: connect once with "
             f"`ssh {port_opt}{host}` and accept the key (or add it to ~/.ssh/known_hosts), or set "
-            "`strict_host_key_checking = false` for this host in the pool file (test pools only)."
+            "`strict_host_key_checking = false` for this host in the pool file (test pools only).",
+            kind=HostErrorKind.HOST_KEY_UNKNOWN,
+            host=self.spec.name,
         )
 
     def _keys(self) -> list[tuple[str, Any]]:
@@ -240,12 +257,16 @@ class SSHLink(AgentLink):
             except paramiko.PasswordRequiredException:
                 raise HostUnavailableError(
                     f"{self._where()}: the identity file {path} is protected by a passphrase. "
-                    "Fix: load it into ssh-agent (`ssh-add " + path + "`)."
+                    "Fix: load it into ssh-agent (`ssh-add " + path + "`).",
+                    kind=HostErrorKind.AUTH,
+                    host=self.spec.name,
                 ) from None
             except (OSError, paramiko.SSHException, ValueError) as exc:
                 raise HostUnavailableError(
                     f"{self._where()}: cannot load the identity file {path}: {exc}. Fix: "
-                    "check `identity_file` in the pool file."
+                    "check `identity_file` in the pool file.",
+                    kind=HostErrorKind.AUTH,
+                    host=self.spec.name,
                 ) from None
         if os.environ.get("SSH_AUTH_SOCK"):
             with contextlib.suppress(Exception):
@@ -270,7 +291,9 @@ class SSHLink(AgentLink):
                 continue
             except (paramiko.SSHException, EOFError, OSError) as exc:
                 raise HostUnavailableError(
-                    f"{self._where(host, port)}: authentication as {user!r} failed: {exc}"
+                    f"{self._where(host, port)}: authentication as {user!r} failed: {exc}",
+                    kind=HostErrorKind.AUTH,
+                    host=self.spec.name,
                 ) from None
             if transport.is_authenticated():
                 return
@@ -278,7 +301,9 @@ class SSHLink(AgentLink):
             f"{self._where(host, port)}: authentication as {user!r} failed "
             f"(tried: {', '.join(tried) or 'no keys found'}). Fix: set `identity_file` for this "
             "host, load the key into ssh-agent, and make sure its public key is in the "
-            "remote ~/.ssh/authorized_keys."
+            "remote ~/.ssh/authorized_keys.",
+            kind=HostErrorKind.AUTH,
+            host=self.spec.name,
         )
 
     # -- stream ----------------------------------------------------------------------------

@@ -58,8 +58,10 @@ def test_attempt_transitions(old: AttemptState, new: AttemptState) -> None:
             attempt.finish(new, 3.0)
 
 
-def test_illegal_transition_is_an_assertion_error() -> None:
-    assert issubclass(IllegalTransitionError, AssertionError)
+def test_illegal_transition_survives_python_O() -> None:
+    # a bug must not be stripped by ``python -O`` as an AssertionError would be
+    assert issubclass(IllegalTransitionError, RuntimeError)
+    assert not issubclass(IllegalTransitionError, AssertionError)
 
 
 def test_terminal_states() -> None:

@@ -24,9 +24,9 @@ from typing import Any
 import cloudpickle
 import pytest
 
+from parallelize import ParallelizeError as RemoteExecutorException
 from parallelize._errors import RemoteTraceback
 from remote._default import create_default_executor
-from remote._errors import RemoteExecutorException
 from remote._executor import RemoteExecutor
 from remote._link import HostSpec
 

@@ -18,9 +18,9 @@ from typing import Any
 import cloudpickle
 import pytest
 
+from parallelize import ParallelizeError as RemoteExecutorException
 from parallelize._errors import PicklingError, RemoteTraceback
 from remote._bundle import BundleState
-from remote._errors import RemoteExecutorException
 from remote._executor import RemoteExecutor
 from remote._heartbeat import (
     BackupCandidate,
