@@ -130,7 +130,11 @@ def test_invalid_field(tmp_path: Path, snippet: str, field: str, expected: str) 
     assert f"field {field!r}" in message
     assert expected in message
     assert "Fix:" in message
-    assert (info.value.path, info.value.entry, info.value.field) == (str(path), "hosts.node1", field)
+    assert (info.value.path, info.value.entry, info.value.field) == (
+        str(path),
+        "hosts.node1",
+        field,
+    )
 
 
 def test_invalid_defaults_field(tmp_path: Path) -> None:
