@@ -61,19 +61,46 @@ def _create(method: Method) -> Executor:
     return executor
 
 
-def configure(*, thread_workers: int | None = None, process_workers: int | None = None) -> None:
-    """Set the sizes of the default executors (None: environment variable, else default).
+def configure(
+    *,
+    thread_workers: int | None = None,
+    process_workers: int | None = None,
+    backups: bool | None = None,
+    max_attempts: int | None = None,
+    stall_timeout: float | None = None,
+    host_down_timeout: float | None = None,
+    heartbeat_interval: float | None = None,
+) -> None:
+    """Configure the default executors (None: environment variable, else default).
 
-    An existing default executor whose size changes is replaced: the old one
+    *thread_workers*, *process_workers*: sizes of the THREAD and PROCESS executors.
+    *backups*, *max_attempts*, *stall_timeout*, *host_down_timeout*, *heartbeat_interval*:
+    how REMOTE treats stragglers and failures (see the README's configuration reference).
+    An existing default executor whose settings change is replaced: the old one
     finishes its queued work in the background and new calls go to the new one.
     """
     if thread_workers is not None:
         _config.validate_workers(thread_workers, "thread_workers")
     if process_workers is not None:
         _config.validate_workers(process_workers, "process_workers")
-    _config.set_settings(_config.Settings(thread_workers, process_workers))
+    failure = {
+        "backups": backups,
+        "max_attempts": max_attempts,
+        "stall_timeout": stall_timeout,
+        "host_down_timeout": host_down_timeout,
+        "heartbeat_interval": heartbeat_interval,
+    }
+    for name, value in failure.items():
+        if value is not None:
+            _config.validate_failure_setting(name, value, "configure()")
+    old = _config.current_settings()
+    new = _config.Settings(thread_workers, process_workers, **failure)  # type: ignore[arg-type]
+    _config.set_settings(new)
+    changed = [Method.THREAD, Method.PROCESS]
+    if any(getattr(old, name) != value for name, value in failure.items()):
+        changed.append(Method.REMOTE)
     with _lock:
-        retired = [_executors.pop(m) for m in (Method.THREAD, Method.PROCESS) if m in _executors]
+        retired = [_executors.pop(m) for m in changed if m in _executors]
     for executor in retired:
         executor.shutdown(wait=False)
 

@@ -1,10 +1,16 @@
 """The REMOTE scheduler: one thread that owns every bundle and every host.
 
+This module is long (about 800 lines) because it is the one place that owns the
+pool's state; what can be pure lives elsewhere: host state machine and speed
+estimates (``_hosts``), speculation and slow-host policy (``_speculation``),
+selection (``_policies``), status and percentiles (``_heartbeat``), the bounded
+attempt record (``_attempt_log``), bundle/attempt state machines (``_bundle``).
+
 Concurrency design
 ------------------
 One *scheduler thread* owns all mutable state: the bundles, their attempts,
 the pending queue, the hosts (connection state, running attempts, free slots,
-latency samples) and the selection policy. Nothing else reads or writes that
+speed estimates) and the selection policy. Nothing else reads or writes that
 state, so it needs no locks. Every other thread talks to the scheduler by
 posting a message on its queue (a :class:`queue.SimpleQueue`):
 
@@ -12,20 +18,34 @@ posting a message on its queue (a :class:`queue.SimpleQueue`):
   future's done-callback when the user cancelled it) and ``call`` (run a
   function on the scheduler thread and hand back its result: used for
   ``stats()``, ``cancel_queued()`` and by the tests);
-- each link's reader thread posts ``result``, ``lost`` and ``down`` through a
-  per-connection :class:`_HostEvents` adapter that is tagged with the host and a
-  connection generation, so events of a link that was replaced are ignored;
+- each link's threads post ``result``, ``lost``, ``down`` and ``health``
+  through a per-connection :class:`_HostEvents` adapter that is tagged with the
+  host and a connection generation, so events of a replaced link are ignored;
 - short-lived *connect threads* run the blocking ``HostLink.connect`` and post
   ``connected`` with the outcome;
-- timers (heartbeat, reconnect backoff, the no-host deadline) are handled
-  by the loop itself: it waits on the queue with a timeout up to the next
-  deadline.
+- timers (heartbeat, reconnect backoff, the no-host deadline, speculation
+  re-checks) are handled by the loop itself: it waits on the queue with a
+  timeout up to the next deadline.
 
-After draining a batch of messages the loop runs the timers and then
-``_dispatch``, which starts attempts of pending bundles on free slots. The
-caller's future is completed from the scheduler thread exactly once: the first
-attempt to finish wins and every other running attempt of the bundle is
+The scheduler thread never blocks on I/O: links queue frames for their own
+writer threads, and ``close()`` returns at once (see ``_agent_client``).
+
+After draining a batch of messages the loop runs the timers, then
+``_dispatch`` (backups for calls stuck on SUSPECT hosts first, then pending
+bundles on free slots of UP hosts, keeping calls off much slower hosts), then
+``_speculate`` (backups of stragglers on idle slots; see ``_speculation``).
+The caller's future is completed from the scheduler thread exactly once: the
+first attempt to finish wins and every other running attempt of the bundle is
 cancelled on its host.
+
+Failures: a lost attempt (its process died, its host went down) is retried
+elsewhere up to ``max_attempts`` before the bundle is poisoned
+(:class:`~parallelize.PoisonedCallError`). A host whose connection fails for a
+transient reason is retried with backoff; a permanent one (host key, refused
+key, wrong Python: see :class:`~remote.HostErrorKind`) makes it BROKEN, is
+warned about once where a user sees it, and is retried only on a long backoff;
+when every host is BROKEN, pending calls fail at once with that error. When no
+host is UP for ``host_down_timeout`` seconds, pending calls fail.
 
 Futures are never marked running: they stay PENDING (in concurrent.futures
 terms) until the result arrives, so ``Future.cancel()`` always works on an
@@ -35,19 +55,23 @@ Completion calls ``set_running_or_notify_cancel()`` first, so a result racing a
 cancellation is dropped cleanly. Done-callbacks of futures therefore run on the
 scheduler thread: they must be quick and must not block on other futures of
 the same executor.
+
+At interpreter exit the scheduler finishes what was submitted over connections
+that are still open (its exit hook runs before ordinary ``atexit`` handlers,
+paramiko's among them, which would close every connection first and make the
+calls in flight run twice), then closes its links.
 """
 
 from __future__ import annotations
 
 import atexit
-import heapq
 import logging
 import pickle
 import queue
 import threading
 import time
 import weakref
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FuturesTimeoutError
@@ -63,18 +87,20 @@ from parallelize._errors import (
 from parallelize._executor_base import waits_at_exit
 from parallelize._stats import Outcome, TaskStats
 
+from ._attempt_log import AttemptLog
 from ._bundle import Attempt, AttemptState, Bundle, BundleState
 from ._errors import HostErrorKind, HostUnavailableError
-from ._heartbeat import (
-    BackupCandidate,
-    HostStatus,
-    PoolStatus,
-    format_status,
-    percentile,
-    pick_backup,
-)
+from ._heartbeat import HostStatus, PoolStatus, format_status, percentile
+from ._hosts import Host, HostState
 from ._link import HostLink, HostSpec
 from ._policies import SelectionPolicy
+from ._speculation import (
+    SpeculationConfig,
+    feeds_slow_host,
+    pool_estimate,
+    remaining_time,
+    worth_backup,
+)
 
 __all__ = ["LinkFactory", "Scheduler"]
 
@@ -85,11 +111,31 @@ T = TypeVar("T")
 
 _BACKOFF_START = 1.0
 _BACKOFF_CAP = 60.0
+_BROKEN_BACKOFF_START = 30.0  # a permanent error needs a person: retry rarely
+_BROKEN_BACKOFF_CAP = 600.0
 _MAX_BATCH = 512  # messages handled before dispatching again
-_MAX_ATTEMPT_RECORDS = 200_000
-_HOST_SAMPLES = 1000
 _GLOBAL_SAMPLES = 5000
 _RATE_WINDOW = 30.0  # seconds of completions used for the ETA
+_FN_IDS = 1024  # distinct function payloads remembered (LRU) for their ids
+_CLOSE_WAIT = 3.0  # seconds teardown waits, in all, for links to finish closing
+
+
+def warn_visibly(log: logging.Logger, message: str, *args: Any) -> None:
+    """Log at WARNING; when no handler is configured anywhere (our loggers carry only a
+    NullHandler, which stops ``logging.lastResort``), print it through lastResort, so a
+    problem that needs a person is never silent in a plain script."""
+    log.warning(message, *args)
+    current: logging.Logger | None = log
+    while current is not None:
+        if any(not isinstance(h, logging.NullHandler) for h in current.handlers):
+            return
+        if not current.propagate:
+            break
+        current = current.parent
+    last = logging.lastResort
+    if last is not None and log.isEnabledFor(logging.WARNING):
+        record = log.makeRecord(log.name, logging.WARNING, "(remote)", 0, message, args, None)
+        last.handle(record)
 
 
 class _HostEvents:
@@ -97,7 +143,7 @@ class _HostEvents:
 
     __slots__ = ("_gen", "_host", "_post")
 
-    def __init__(self, post: Callable[[tuple[Any, ...]], None], host: _Host, gen: int) -> None:
+    def __init__(self, post: Callable[[tuple[Any, ...]], None], host: Host, gen: int) -> None:
         self._post = post
         self._host = host
         self._gen = gen
@@ -113,46 +159,13 @@ class _HostEvents:
     def on_link_down(self, link: HostLink, reason: str) -> None:
         self._post(("down", self._host, self._gen, reason))
 
-
-class _Host:
-    """Scheduler-side state of one host (owned by the scheduler thread)."""
-
-    def __init__(self, spec: HostSpec, index: int) -> None:
-        self.spec = spec
-        self.index = index
-        self.name = spec.name
-        self.weight = spec.weight
-        self.slots = max(1, spec.slots)
-        self.state = "idle"  # idle (never connected) | connecting | up | down | closed
-        self.link: HostLink | None = None
-        self.gen = 0
-        self.reason = ""
-        self.running: dict[int, Attempt] = {}
-        self._free_ids = list(range(self.slots))
-        self.backoff = 0.0
-        self.retry_at = 0.0
-        self.durations: deque[float] = deque(maxlen=_HOST_SAMPLES)
-        self.done = 0
-        self.lost = 0
-
-    @property
-    def free_slots(self) -> int:
-        return self.slots - len(self.running) if self.state == "up" else 0
-
-    def take_slot(self) -> int:
-        return heapq.heappop(self._free_ids)
-
-    def release_slot(self, slot: int) -> None:
-        heapq.heappush(self._free_ids, slot)
-
-    def __repr__(self) -> str:
-        return f"<host {self.name}: {self.state}, {len(self.running)}/{self.slots}>"
+    def on_link_health(self, link: HostLink, suspect: bool, silent: float) -> None:
+        self._post(("health", self._host, self._gen, suspect, silent))
 
 
 _live_schedulers: weakref.WeakSet[Scheduler] = weakref.WeakSet()
 
 
-@atexit.register
 def _finish_all_at_exit() -> None:
     """Like concurrent.futures: let submitted calls finish, then close every link (agents
     exit). Unreachable pools cannot hang this: pending calls fail after host_down_timeout.
@@ -173,6 +186,23 @@ def _finish_all_at_exit() -> None:
             sched.join(timeout=5.0)
 
 
+def _register_exit_hook() -> None:
+    # threading's exit hooks run before atexit's (concurrent.futures relies on the same):
+    # paramiko's atexit handler closes every SSH connection, and if it ran first the
+    # calls in flight would be lost and run again.
+    register = getattr(threading, "_register_atexit", None)
+    if register is not None:
+        try:
+            register(_finish_all_at_exit)
+            return
+        except RuntimeError:  # interpreter already shutting down
+            pass
+    atexit.register(_finish_all_at_exit)
+
+
+_register_exit_hook()
+
+
 class Scheduler:
     """Runs bundles on a pool of hosts; see the module docstring for the threading model."""
 
@@ -187,8 +217,10 @@ class Scheduler:
         heartbeat_interval: float = 5.0,
         backups: bool = True,
         max_backups_per_bundle: int = 2,
+        backup_budget: float = 0.1,
         max_attempts: int = 3,
         host_down_timeout: float = 60.0,
+        timeline_limit: int = 10_000,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if not specs:
@@ -197,6 +229,8 @@ class Scheduler:
             raise ValueError("heartbeat_interval must be positive")
         if max_attempts < 1:
             raise ValueError("max_attempts must be at least 1")
+        if host_down_timeout <= 0:
+            raise ValueError("host_down_timeout must be positive")
         names = [s.name for s in specs]
         if len(set(names)) != len(names):
             raise ValueError(f"host names in the pool must be unique: {names}")
@@ -206,34 +240,41 @@ class Scheduler:
         self._policy = policy
         self._stats = stats
         self._heartbeat_interval = heartbeat_interval
-        self._backups = backups
-        self._max_backups = max(0, max_backups_per_bundle)
+        self._spec = SpeculationConfig(
+            enabled=backups,
+            max_backups_per_bundle=max(0, max_backups_per_bundle),
+            budget=backup_budget,
+        )
         self._max_attempts = max_attempts
         self._host_down_timeout = host_down_timeout
 
         self._q: queue.SimpleQueue[tuple[Any, ...]] = queue.SimpleQueue()
         # --- state below is owned by the scheduler thread -----------------
-        self._hosts = [_Host(spec, i) for i, spec in enumerate(specs)]
+        self._hosts = [Host(spec, i) for i, spec in enumerate(specs)]
         self._pending: deque[Bundle] = deque()
         self._n_pending = 0
+        self._rescue: deque[Bundle] = deque()  # running only on SUSPECT hosts: back up first
         self._running: dict[int, Bundle] = {}  # bundle id -> RUNNING bundle
-        self._attempts: dict[int, tuple[Attempt, Bundle, _Host]] = {}
+        self._attempts: dict[int, tuple[Attempt, Bundle, Host]] = {}
         self._next_attempt_id = 1
-        self._fn_ids: dict[bytes, int] = {}
+        self._fn_ids: OrderedDict[bytes, int] = OrderedDict()
         self._next_fn_id = 1
+        self._submitted = 0
         self._counts = {state: 0 for state in BundleState if state.terminal}
         self._backups_started = 0
+        self._speculative_started = 0
         self._backups_won = 0
         self._durations: deque[float] = deque(maxlen=_GLOBAL_SAMPLES)
         self._completions: deque[float] = deque()
-        self._attempt_log: deque[dict[str, Any]] = deque(maxlen=_MAX_ATTEMPT_RECORDS)
+        self._attempt_log = AttemptLog(timeline_limit)
         self._no_host_since: float | None = None
         self._t0 = self._clock()
         self._next_heartbeat = self._t0 + heartbeat_interval
+        self._next_speculation: float | None = None
         self._last_logged: tuple[int, int, int] | None = None
         self._stopping = False
         self._aborting: str | None = None
-        # --- shared with connect threads -----------------------------------
+        # --- shared with connect threads and callers -----------------------
         self._closed = False
         self._closed_lock = threading.Lock()
 
@@ -244,6 +285,11 @@ class Scheduler:
     # ------------------------------------------------------------------
     # Thread-safe API (called from any thread)
     # ------------------------------------------------------------------
+
+    @property
+    def closed(self) -> bool:
+        """True once the scheduler stopped taking work (torn down)."""
+        return self._closed
 
     def submit(self, bundle: Bundle) -> None:
         with self._closed_lock:
@@ -334,6 +380,7 @@ class Scheduler:
             now = self._clock()
             self._timers(now)
             self._dispatch(now)
+            self._speculate(now)
             if self._stopping and not self._n_pending and not self._running:
                 self._teardown("the executor was shut down")
                 return
@@ -342,10 +389,12 @@ class Scheduler:
         wake = self._next_heartbeat
         if self._has_work() or not self._stopping:
             for host in self._hosts:
-                if host.state == "down":
+                if host.state in (HostState.DOWN, HostState.BROKEN):
                     wake = min(wake, host.retry_at)
         if self._no_host_since is not None and self._n_pending:
             wake = min(wake, self._no_host_since + self._host_down_timeout)
+        if self._next_speculation is not None:
+            wake = min(wake, self._next_speculation)
         return wake
 
     def _has_work(self) -> bool:
@@ -363,8 +412,12 @@ class Scheduler:
             self._on_lost(host, attempt_id, reason)
         elif kind == "down":
             _, host, gen, reason = msg
-            if gen == host.gen and host.state in ("up", "connecting"):
+            if gen == host.gen and host.state.connected:
                 self._host_down(host, reason, self._clock())
+        elif kind == "health":
+            _, host, gen, suspect, silent = msg
+            if gen == host.gen:
+                self._on_health(host, suspect, silent, self._clock())
         elif kind == "connected":
             _, host, gen, link, error = msg
             self._on_connected(host, gen, link, error)
@@ -382,37 +435,46 @@ class Scheduler:
             self._stopping = True
         elif kind == "abort":
             self._aborting = msg[1]
-        else:  # pragma: no cover - a bug
-            raise AssertionError(f"unknown scheduler message {kind!r}")
+        else:  # a bug
+            raise RuntimeError(f"unknown scheduler message {kind!r}")
 
     # ------------------------------------------------------------------
     # Bundles
     # ------------------------------------------------------------------
 
     def _on_submit(self, bundle: Bundle) -> None:
+        self._submitted += 1
         if bundle.future.cancelled():  # cancelled before we even saw it
             self._finish(bundle, BundleState.CANCELLED, self._clock())
             return
         fn_id = self._fn_ids.get(bundle.fn_payload)
         if fn_id is None:
-            if len(self._fn_ids) >= 10_000:  # many distinct lambdas: forget old ids
-                self._fn_ids.clear()
+            if len(self._fn_ids) >= _FN_IDS:  # many distinct lambdas: forget the oldest
+                self._fn_ids.popitem(last=False)
             fn_id = self._fn_ids[bundle.fn_payload] = self._next_fn_id
             self._next_fn_id += 1
+        else:
+            self._fn_ids.move_to_end(bundle.fn_payload)
         bundle.fn_id = fn_id
+        broken = self._broken_error()
+        if broken is not None:
+            self._finish(bundle, BundleState.FAILED, self._clock(), exc=_copy_error(broken))
+            return
         self._pending.append(bundle)
         self._n_pending += 1
         for host in self._hosts:
-            if host.state == "idle":
+            if host.state is HostState.IDLE:
                 self._connect(host)
 
     def _dispatch(self, now: float) -> None:
-        """Start pending bundles on free slots, in order.
+        """Back up calls stuck on SUSPECT hosts, then start pending bundles on free slots.
 
         A retry whose only candidates are hosts that already ran it is deferred while
         some other host that has not run it is up (busy) and other pending bundles can
         use the free slot; a second pass gives deferred retries the slots still free.
         """
+        if self._rescue:
+            self._serve_rescue(now)
         if not self._pending:
             return
         deferred: list[Bundle] = []
@@ -423,20 +485,18 @@ class Scheduler:
 
     def _dispatch_pass(self, now: float, deferred: list[Bundle] | None) -> None:
         pending = self._pending
-        while pending:
+        candidates = self._feedable_hosts(now)
+        while pending and candidates:
             bundle = pending[0]
             if bundle.state is not BundleState.PENDING:
                 pending.popleft()  # cancelled or failed while queued
                 continue
-            candidates = [h for h in self._hosts if h.free_slots > 0]
-            if not candidates:
-                return
             tried = bundle.tried_hosts if bundle.attempts else frozenset()
             if (
                 tried
                 and deferred is not None
                 and all(h.name in tried for h in candidates)
-                and any(h.state == "up" and h.name not in tried for h in self._hosts)
+                and any(h.state is HostState.UP and h.name not in tried for h in self._hosts)
             ):
                 deferred.append(pending.popleft())
                 continue
@@ -446,8 +506,62 @@ class Scheduler:
             pending.popleft()
             self._n_pending -= 1
             self._start_attempt(bundle, host, now, is_backup=False)
+            if host.free_slots == 0:
+                candidates.remove(host)
 
-    def _start_attempt(self, bundle: Bundle, host: _Host, now: float, *, is_backup: bool) -> None:
+    def _feedable_hosts(self, now: float) -> list[Host]:
+        """Hosts with a free slot, less those much slower than the rest while the faster
+        ones can drain the queue sooner (see ``_speculation``). A slow host that has had
+        nothing to do for a while gets one call, so that its estimate can recover."""
+        free = [h for h in self._hosts if h.free_slots > 0]
+        if not free or not self._spec.enabled:
+            return free
+        estimates = {h.index: h.speed_estimate(now) for h in self._hosts if h.state.connected}
+        known = [e for e in estimates.values() if e is not None]
+        if len(known) < 2:
+            return free
+        fastest = min(known)
+        factor = self._spec.slow_factor
+        fast_rate = sum(
+            h.slots / est
+            for h in self._hosts
+            if (est := estimates.get(h.index)) is not None and est <= factor * fastest and est > 0
+        )
+        keep = []
+        for host in free:
+            est = estimates.get(host.index)
+            if feeds_slow_host(est, fastest, fast_rate, self._n_pending, factor):
+                keep.append(host)
+            elif est is not None and not host.running and now - host.last_start > 2 * est:
+                keep.append(host)  # a probe: the host may have recovered
+        return keep
+
+    def _serve_rescue(self, now: float) -> None:
+        rescue = self._rescue
+        while rescue:
+            bundle = rescue[0]
+            running = bundle.running_attempts
+            if (
+                bundle.state is not BundleState.RUNNING
+                or not running
+                or any(self._host_of(a).state is HostState.UP for a in running)
+            ):
+                rescue.popleft()
+                continue
+            busy = {a.host for a in running}
+            options = [h for h in self._hosts if h.free_slots > 0 and h.name not in busy]
+            if not options:
+                return
+            host = self._policy.select(options, bundle.tried_hosts)
+            if host is None:
+                return
+            rescue.popleft()
+            self._start_attempt(bundle, host, now, is_backup=True)
+
+    def _host_of(self, attempt: Attempt) -> Host:
+        return self._attempts[attempt.id][2]
+
+    def _start_attempt(self, bundle: Bundle, host: Host, now: float, *, is_backup: bool) -> None:
         attempt_id = self._next_attempt_id
         self._next_attempt_id += 1
         attempt = bundle.start_attempt(
@@ -455,6 +569,7 @@ class Scheduler:
         )
         self._running[bundle.id] = bundle
         host.running[attempt_id] = attempt
+        host.last_start = now
         self._attempts[attempt_id] = (attempt, bundle, host)
         if is_backup:
             self._backups_started += 1
@@ -464,41 +579,40 @@ class Scheduler:
                 bundle.id,
                 bundle.fn_name,
                 host.name,
-                now - min(a.start for a in bundle.running_attempts),
+                now - min(a.start for a in bundle.attempts if a is not attempt),
             )
         link = host.link
-        assert link is not None and bundle.fn_id is not None
+        if link is None or bundle.fn_id is None:  # an invariant of UP hosts and bundles
+            raise RuntimeError(f"attempt {attempt_id} started on {host!r} with no link")
         try:
             link.submit(attempt_id, bundle.fn_id, bundle.fn_payload, bundle.args_payload)
         except Exception as exc:
             self._host_down(host, f"could not send an attempt: {type(exc).__name__}: {exc}", now)
 
     def _end_attempt(
-        self, attempt: Attempt, host: _Host, state: AttemptState, now: float, reason: str = ""
+        self, attempt: Attempt, host: Host, state: AttemptState, now: float, reason: str = ""
     ) -> None:
         attempt.finish(state, now, reason)
         del self._attempts[attempt.id]
         del host.running[attempt.id]
         host.release_slot(attempt.slot)
-        self._attempt_log.append(
-            {
-                "bundle": attempt.bundle_id,
-                "attempt": attempt.id,
-                "host": attempt.host,
-                "slot": attempt.slot,
-                "start": attempt.start - self._t0,
-                "end": now - self._t0,
-                "outcome": state.value,
-                "is_backup": attempt.is_backup,
-                "reason": reason,
-            }
+        self._attempt_log.add(
+            attempt.bundle_id,
+            attempt.id,
+            attempt.host,
+            attempt.slot,
+            attempt.start - self._t0,
+            now - self._t0,
+            state.value,
+            attempt.is_backup,
+            reason,
         )
 
     def _cancel_attempts(self, bundle: Bundle, now: float, reason: str) -> None:
         for attempt in bundle.running_attempts:
             _, _, host = self._attempts[attempt.id]
             self._end_attempt(attempt, host, AttemptState.CANCELLED, now, reason)
-            if host.link is not None and host.state == "up":
+            if host.link is not None and host.state.connected:
                 try:
                     host.link.cancel(attempt.id)
                 except Exception as exc:
@@ -507,7 +621,7 @@ class Scheduler:
                     )
 
     def _on_result(
-        self, host: _Host, attempt_id: int, ok: bool, payload: bytes, duration: float
+        self, host: Host, attempt_id: int, ok: bool, payload: bytes, duration: float
     ) -> None:
         entry = self._attempts.get(attempt_id)
         if entry is None:
@@ -523,11 +637,12 @@ class Scheduler:
             "" if won else "cancelled by the user",
         )
         elapsed = now - attempt.start
-        host.durations.append(elapsed)
-        host.done += 1
+        host.record_duration(elapsed)
         self._durations.append(elapsed)
         if attempt.is_backup and won:
             self._backups_won += 1
+        for loser in bundle.running_attempts:  # what they ran is a floor on their host's pace
+            self._host_of(loser).record_censored(now - loser.start)
         self._cancel_attempts(bundle, now, f"lost the race to attempt {attempt_id}")
         if not won:
             self._finish(bundle, BundleState.CANCELLED, now)
@@ -556,7 +671,7 @@ class Scheduler:
             )
         self._finish(bundle, BundleState.FAILED, now, exc=exc_value, duration=duration)
 
-    def _on_lost(self, host: _Host, attempt_id: int, reason: str) -> None:
+    def _on_lost(self, host: Host, attempt_id: int, reason: str) -> None:
         entry = self._attempts.get(attempt_id)
         if entry is None:
             return
@@ -610,7 +725,11 @@ class Scheduler:
         self._finish(bundle, BundleState.CANCELLED, now)
 
     def cancel_pending(self) -> int:
-        """Cancel every bundle that has not started (run on the scheduler thread)."""
+        """Cancel every bundle that has not started (run on the scheduler thread).
+
+        Bundles that a free slot can take right now are started first, as a worker of
+        a standard pool would already have picked them up."""
+        self._dispatch(self._clock())
         count = 0
         now = self._clock()
         for bundle in self._pending:
@@ -646,7 +765,8 @@ class Scheduler:
             future.set_result(value)
             self._stats.task_finished(Outcome.SUCCEEDED, duration)
         else:
-            assert exc is not None
+            if exc is None:  # a bug: a failed bundle always has its error
+                raise RuntimeError(f"bundle {bundle.id} failed without an exception")
             if future.running() or future.set_running_or_notify_cancel():
                 future.set_exception(exc)
                 self._stats.task_finished(Outcome.FAILED, duration)
@@ -656,17 +776,79 @@ class Scheduler:
         bundle.args_payload = b""
 
     # ------------------------------------------------------------------
+    # Speculation: backups of stragglers on idle slots
+    # ------------------------------------------------------------------
+
+    def _speculate(self, now: float) -> None:
+        """Start backups while slots are idle, nothing is queued and the budget allows.
+
+        Runs after every batch of events (an attempt started or ended, a host turned
+        suspect), not on the heartbeat; while stragglers may still cross the threshold it
+        schedules a re-check a fraction of a typical attempt later."""
+        self._next_speculation = None
+        cfg = self._spec
+        if not cfg.enabled or not cfg.max_backups_per_bundle or not self._running:
+            return
+        if self._n_pending:
+            return
+        free = [h for h in self._hosts if h.free_slots > 0]
+        if not free:
+            return
+        allowance = cfg.allowance(self._submitted) - self._speculative_started
+        if allowance <= 0:
+            return
+        estimates = {h.index: h.speed_estimate(now) for h in self._hosts}
+        pool_est = pool_estimate(h.estimate for h in self._hosts)
+        if pool_est is None:
+            return  # nothing has finished yet: no notion of slow
+        candidates: list[tuple[float, Bundle]] = []
+        for bundle in self._running.values():
+            running = bundle.running_attempts
+            if not running or bundle.backups >= cfg.max_backups_per_bundle:
+                continue
+            left = min(
+                remaining_time(
+                    now - a.start,
+                    (host := self._host_of(a)).estimate,  # finished attempts only
+                    pool_est,
+                    suspect=host.state is not HostState.UP,
+                    straggle_factor=cfg.straggle_factor,
+                )
+                for a in running
+            )
+            if left > 0:
+                candidates.append((left, bundle))
+        candidates.sort(key=lambda item: -item[0])
+        for left, bundle in candidates:
+            if allowance <= 0 or not free:
+                break
+            busy = {a.host for a in bundle.running_attempts}
+            options = [h for h in free if h.name not in busy]
+            if not options:
+                continue
+            target = min(options, key=lambda h: estimates.get(h.index) or pool_est)
+            if not worth_backup(left, estimates.get(target.index) or pool_est, cfg.gain):
+                continue
+            self._start_attempt(bundle, target, now, is_backup=True)
+            self._speculative_started += 1
+            allowance -= 1
+            if target.free_slots == 0:
+                free.remove(target)
+        if free and allowance > 0 and self._running:
+            self._next_speculation = now + max(0.02, min(pool_est / 4, 1.0))
+
+    # ------------------------------------------------------------------
     # Hosts
     # ------------------------------------------------------------------
 
-    def _connect(self, host: _Host) -> None:
+    def _connect(self, host: Host) -> None:
         host.gen += 1
-        host.state = "connecting"
+        host.transition(HostState.CONNECTING)
         gen = host.gen
         try:
             link = self._link_factory(host.spec)
         except Exception as exc:
-            self._host_down(host, f"{type(exc).__name__}: {exc}", self._clock())
+            self._connect_failed(host, exc, self._clock())
             return
         host.link = link
         events = _HostEvents(self._q.put, host, gen)
@@ -677,35 +859,123 @@ class Scheduler:
             daemon=True,
         ).start()
 
-    def _connect_worker(self, host: _Host, gen: int, link: HostLink, events: _HostEvents) -> None:
-        error: str | None = None
+    def _connect_worker(self, host: Host, gen: int, link: HostLink, events: _HostEvents) -> None:
+        error: BaseException | None = None
         try:
             link.connect(events)
         except BaseException as exc:
-            error = str(exc) or type(exc).__name__
+            error = exc
         with self._closed_lock:
             if not self._closed:
                 self._q.put(("connected", host, gen, link, error))
                 return
         _close_quietly(link)
 
-    def _on_connected(self, host: _Host, gen: int, link: HostLink, error: str | None) -> None:
+    def _on_connected(
+        self, host: Host, gen: int, link: HostLink, error: BaseException | None
+    ) -> None:
         now = self._clock()
-        if gen != host.gen or host.state != "connecting":
+        if gen != host.gen or host.state is not HostState.CONNECTING:
             _close_quietly(link)
             return
         if error is not None:
-            self._host_down(host, error, now)
+            self._connect_failed(host, error, now)
             return
-        host.state = "up"
+        host.transition(HostState.UP)
         host.reason = ""
+        host.error = None
         host.backoff = 0.0
         self._no_host_since = None
         logger.info("%s: host %s is up (%d slots)", self.name, host.name, host.slots)
 
-    def _host_down(self, host: _Host, reason: str, now: float) -> None:
-        was = host.state
-        host.state = "down"
+    def _connect_failed(self, host: Host, error: BaseException, now: float) -> None:
+        if isinstance(error, HostUnavailableError):
+            failure = error
+        else:
+            failure = HostUnavailableError(
+                f"host {host.name!r}: {type(error).__name__}: {error}",
+                HostErrorKind.UNREACHABLE,
+                host.name,
+            )
+        link, host.link = host.link, None
+        if link is not None:
+            _close_quietly(link)
+        host.error = failure
+        host.reason = str(failure)
+        host.gen += 1
+        if failure.permanent:
+            host.transition(HostState.BROKEN)
+            host.backoff = min(max(_BROKEN_BACKOFF_START, host.backoff * 2), _BROKEN_BACKOFF_CAP)
+            if failure.kind.value not in host.warned:
+                host.warned.add(failure.kind.value)
+                warn_visibly(
+                    logger, "%s: host %s cannot be used: %s", self.name, host.name, failure
+                )
+        else:
+            host.transition(HostState.DOWN)
+            host.backoff = min(max(_BACKOFF_START, host.backoff * 2), _BACKOFF_CAP)
+            logger.warning(
+                "%s: host %s is down (%s); retrying in %.3gs",
+                self.name,
+                host.name,
+                failure,
+                host.backoff,
+            )
+        host.retry_at = now + host.backoff
+        self._note_no_host(now)
+        broken = self._broken_error()
+        if broken is not None:
+            self._fail_pending(now, broken)
+
+    def _broken_error(self) -> HostUnavailableError | None:
+        """The error to fail calls with when every host has a permanent error, else None."""
+        errors = []
+        for host in self._hosts:
+            error = host.error
+            if error is None or not error.permanent:
+                return None
+            if host.state not in (HostState.BROKEN, HostState.CONNECTING):
+                return None
+            errors.append(error)
+        if len(errors) == 1:
+            return errors[0]
+        kinds = {e.kind for e in errors}
+        message = "no host of the pool can be used: " + "; ".join(str(e) for e in errors)
+        return HostUnavailableError(
+            message, errors[0].kind if len(kinds) == 1 else HostErrorKind.CONFIG, ""
+        )
+
+    def _on_health(self, host: Host, suspect: bool, silent: float, now: float) -> None:
+        if suspect and host.state is HostState.UP:
+            host.transition(HostState.SUSPECT)
+            host.reason = f"silent for {silent:.1f} s"
+            stuck = [
+                bundle
+                for _, bundle, h in self._attempts.values()
+                if h is host
+                and not any(self._host_of(a).state is HostState.UP for a in bundle.running_attempts)
+            ]
+            if self._spec.enabled:
+                self._rescue.extend(stuck)
+            logger.warning(
+                "%s: host %s has not answered for %.1f s: no new calls go there%s",
+                self.name,
+                host.name,
+                silent,
+                f"; backing up its {len(stuck)} running call(s)"
+                if stuck and self._spec.enabled
+                else "",
+            )
+            self._note_no_host(now)
+        elif not suspect and host.state is HostState.SUSPECT:
+            host.transition(HostState.UP)
+            host.reason = ""
+            self._no_host_since = None
+            logger.info("%s: host %s answers again", self.name, host.name)
+
+    def _host_down(self, host: Host, reason: str, now: float) -> None:
+        was_connected = host.state.connected
+        host.transition(HostState.DOWN)
         host.reason = reason
         host.gen += 1  # ignore anything the old link still says
         link, host.link = host.link, None
@@ -728,13 +998,16 @@ class Scheduler:
                 host,
                 AttemptState.LOST,
                 now,
-                f"host {host.name} went down ({reason})" if was == "up" else reason,
+                f"host {host.name} went down ({reason})" if was_connected else reason,
             )
             host.lost += 1
             affected.append(bundle)
         for bundle in affected:
             self._attempt_failed(bundle, now)
-        if not any(h.state == "up" for h in self._hosts) and self._no_host_since is None:
+        self._note_no_host(now)
+
+    def _note_no_host(self, now: float) -> None:
+        if self._no_host_since is None and not any(h.state is HostState.UP for h in self._hosts):
             self._no_host_since = now
 
     def _timers(self, now: float) -> None:
@@ -742,12 +1015,14 @@ class Scheduler:
         # should be ready for the next call); a never-used host connects at first use
         work = self._has_work()
         for host in self._hosts:
-            if (host.state == "down" and host.retry_at <= now and (work or not self._stopping)) or (
-                host.state == "idle" and work
-            ):
+            if (
+                host.state in (HostState.DOWN, HostState.BROKEN)
+                and host.retry_at <= now
+                and (work or not self._stopping)
+            ) or (host.state is HostState.IDLE and work):
                 self._connect(host)
         if work:
-            if any(h.state == "up" for h in self._hosts):
+            if any(h.state is HostState.UP for h in self._hosts):
                 self._no_host_since = None
             elif self._no_host_since is None:
                 self._no_host_since = now
@@ -759,67 +1034,39 @@ class Scheduler:
             self._heartbeat(now)
 
     def _fail_unreachable(self, now: float) -> None:
-        assert self._no_host_since is not None
+        if self._no_host_since is None:  # only called while no host is up
+            raise RuntimeError("no-host deadline without a start time")
         reasons = "; ".join(_describe(h) for h in self._hosts)
-        message = f"no host of the pool reachable for {now - self._no_host_since:.0f} s: {reasons}"
+        message = (
+            f"no host of the pool reachable for {now - self._no_host_since:.0f} s "
+            f"(host_down_timeout={self._host_down_timeout:g} s): {reasons}"
+        )
         logger.error("%s: %s", self.name, message)
+        kinds = {h.error.kind for h in self._hosts if h.error is not None}
+        kind = kinds.pop() if len(kinds) == 1 else HostErrorKind.UNREACHABLE
+        self._fail_pending(now, HostUnavailableError(message, kind, ""))
+        self._no_host_since = now
+
+    def _fail_pending(self, now: float, error: HostUnavailableError) -> None:
         pending = [b for b in self._pending if b.state is BundleState.PENDING]
         self._pending.clear()
         self._n_pending = 0
         for bundle in pending:
-            self._finish(
-                bundle,
-                BundleState.FAILED,
-                now,
-                exc=HostUnavailableError(message, HostErrorKind.UNREACHABLE),
-            )
-        self._no_host_since = now
+            self._finish(bundle, BundleState.FAILED, now, exc=_copy_error(error))
 
     # ------------------------------------------------------------------
-    # Heartbeat: status and backups
+    # Heartbeat: status
     # ------------------------------------------------------------------
 
     def _heartbeat(self, now: float) -> None:
         self._next_heartbeat = now + self._heartbeat_interval
+        if not logger.isEnabledFor(logging.INFO):
+            return
         status = self.status(now)
         key = (status.done, status.in_flight, status.pending)
         if self._has_work() or key != self._last_logged:
             self._last_logged = key
-            if logger.isEnabledFor(logging.INFO):
-                logger.info("%s", format_status(self.name, status))
-        self._maybe_backup(now, status)
-
-    def _maybe_backup(self, now: float, status: PoolStatus) -> None:
-        if not self._backups or self._max_backups == 0 or self._n_pending:
-            return
-        if status.done < 2 or not self._running:
-            return
-        free = [h for h in self._hosts if h.free_slots > 0]
-        if not free:
-            return
-        p95_by_host = {h.name: h.p95 for h in status.hosts}
-        candidates = []
-        for bundle in self._running.values():
-            running = bundle.running_attempts
-            if not running or bundle.backups >= self._max_backups:
-                continue
-            busy = {a.host for a in running}
-            if not any(h.name not in busy for h in free):
-                continue
-            oldest = min(running, key=lambda a: a.start)
-            candidates.append(
-                BackupCandidate(
-                    bundle.id, now - oldest.start, p95_by_host.get(oldest.host), bundle.backups
-                )
-            )
-        best = pick_backup(candidates, status.p50, status.p95)
-        if best is None:
-            return
-        bundle = self._running[best.bundle_id]
-        busy = {a.host for a in bundle.running_attempts}
-        host = self._policy.select([h for h in free if h.name not in busy], bundle.tried_hosts)
-        if host is not None:
-            self._start_attempt(bundle, host, now, is_backup=True)
+            logger.info("%s", format_status(self.name, status))
 
     def status(self, now: float | None = None) -> PoolStatus:
         """The heartbeat data (scheduler thread only; others use ``call``)."""
@@ -831,7 +1078,7 @@ class Scheduler:
             hosts.append(
                 HostStatus(
                     name=h.name,
-                    state=h.state,
+                    state=h.state.value,
                     slots=h.slots,
                     in_flight=len(h.running),
                     done=h.done,
@@ -871,9 +1118,10 @@ class Scheduler:
         )
 
     def snapshot(self) -> dict[str, Any]:
-        """Status as plain data plus the attempt records (scheduler thread only)."""
+        """Status as plain data plus the kept attempt records (scheduler thread only)."""
         data = self.status().as_dict()
-        data["attempts"] = list(self._attempt_log)
+        data["attempts"] = self._attempt_log.records()
+        data["attempts_total"] = self._attempt_log.total
         return data
 
     # ------------------------------------------------------------------
@@ -903,13 +1151,17 @@ class Scheduler:
                     exc=TaskLostError(f"{bundle.fn_name}: {reason}"),
                 )
         self._pending.clear()
+        self._rescue.clear()
         self._n_pending = 0
+        links = []
         for host in self._hosts:
             link, host.link = host.link, None
             host.gen += 1
-            host.state = "closed"
+            if host.state is not HostState.CLOSED:
+                host.transition(HostState.CLOSED)
             if link is not None:
                 _close_quietly(link)
+                links.append(link)
         # late messages: close links that finished connecting, fail late submits
         while True:
             try:
@@ -918,6 +1170,7 @@ class Scheduler:
                 break
             if msg[0] == "connected":
                 _close_quietly(msg[3])
+                links.append(msg[3])
             elif msg[0] == "submit" and not msg[1].state.terminal:
                 self._finish(
                     msg[1],
@@ -930,11 +1183,23 @@ class Scheduler:
                     msg[2].set_result(msg[1]())
                 except BaseException as exc:
                     msg[2].set_exception(exc)
+        # Links close in the background; give them a moment together so that agents get
+        # their SHUTDOWN and exit before this process does.
+        deadline = time.monotonic() + _CLOSE_WAIT
+        for link in links:
+            wait = getattr(link, "wait_closed", None)
+            if wait is not None:
+                wait(max(0.0, deadline - time.monotonic()))
 
 
-def _describe(host: _Host) -> str:
+def _copy_error(error: HostUnavailableError) -> HostUnavailableError:
+    """A fresh exception per future: a shared instance would collect every caller's frames."""
+    return HostUnavailableError(str(error), error.kind, error.host)
+
+
+def _describe(host: Host) -> str:
     """``host NAME: reason`` (without repeating the name when the reason starts with it)."""
-    reason = host.reason or host.state
+    reason = host.reason or host.state.value
     if reason.startswith((f"host {host.name}", f"host {host.name!r}")):
         return reason
     return f"host {host.name}: {reason}"

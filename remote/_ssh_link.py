@@ -27,7 +27,7 @@ from typing import Any
 
 import paramiko
 
-from ._agent_client import AgentLink, bootstrap_code
+from ._agent_client import AgentLink, LinkTiming, bootstrap_code
 from ._errors import HostErrorKind, HostUnavailableError
 from ._link import HostSpec
 
@@ -72,20 +72,14 @@ class SSHLink(AgentLink):
         *,
         connect_timeout: float = 10.0,
         keepalive_interval: float = 5.0,
-        heartbeat_timeout: float = 30.0,
+        timing: LinkTiming | None = None,
         known_hosts_files: tuple[str, ...] | None = None,
         on_stderr: Callable[[AgentLink, str], None] | None = None,
     ) -> None:
         kwargs: dict[str, Any] = {}
         if on_stderr is not None:
             kwargs["on_stderr"] = on_stderr
-        super().__init__(
-            spec,
-            connect_timeout=connect_timeout,
-            heartbeat_interval=keepalive_interval,
-            heartbeat_timeout=heartbeat_timeout,
-            **kwargs,
-        )
+        super().__init__(spec, connect_timeout=connect_timeout, timing=timing, **kwargs)
         self.keepalive_interval = keepalive_interval
         default_files = ("~/.ssh/known_hosts", "/etc/ssh/ssh_known_hosts")
         self.known_hosts_files = default_files + tuple(known_hosts_files or ())

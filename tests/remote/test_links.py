@@ -19,7 +19,7 @@ import cloudpickle
 import pytest
 from sshd import EventRecorder, processes_marked
 
-from remote._agent_client import AgentLink
+from remote._agent_client import AgentLink, LinkState, LinkTiming
 from remote._link import HostSpec, HostUnavailableError
 from remote._local_link import LocalLink
 from remote._pool_config import embedded_pool
@@ -297,16 +297,23 @@ def test_link_down_when_host_is_killed(ssh_hosts: Any) -> None:
     again.close()
 
 
-def test_frozen_agent_is_detected_by_heartbeat(ssh_hosts: Any) -> None:
+def test_frozen_agent_is_suspect_then_down(ssh_hosts: Any) -> None:
     spec = ssh_hosts(1)[0]
     events = EventRecorder()
-    link = SSHLink(spec, keepalive_interval=0.2, heartbeat_timeout=1.0)
+    link = SSHLink(spec, keepalive_interval=0.2, timing=LinkTiming(stall_timeout=3.0))
     link.connect(events)
     agent = int(link.hello["pid"])
+    wait_until(lambda: link.srtt is not None, 10)  # pings answered: healthy
+    assert link.state is LinkState.UP
     os.kill(agent, signal.SIGSTOP)
     try:
+        events.wait(lambda: bool(events.health), timeout=10)
+        suspect, silent = events.health[0]
+        assert suspect and silent < 3.0
+        assert link.state is LinkState.SUSPECT
         events.wait(lambda: bool(events.down), timeout=15)
         assert "no response" in events.down[0]
+        assert link.state in (LinkState.DOWN, LinkState.CLOSED)
     finally:
         os.kill(agent, signal.SIGCONT)
         link.close()

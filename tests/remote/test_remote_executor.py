@@ -28,6 +28,7 @@ from parallelize import ParallelizeError as RemoteExecutorException
 from parallelize._errors import RemoteTraceback
 from remote._default import create_default_executor
 from remote._executor import RemoteExecutor
+from remote._hosts import HostState
 from remote._link import HostSpec
 
 WAIT = 60.0
@@ -99,7 +100,7 @@ def agent_info(ex: RemoteExecutor) -> dict[str, dict[str, Any]]:
         return {
             h.name: dict(h.link.hello)  # type: ignore[attr-defined]
             for h in ex._scheduler._hosts
-            if h.link is not None and h.state == "up"
+            if h.link is not None and h.state is HostState.UP
         }
 
     return ex._scheduler.call(collect)
@@ -368,6 +369,7 @@ def test_heartbeat_logs_table(caplog: pytest.LogCaptureFixture) -> None:
 EXIT_SCRIPT = """
 import os, sys, time
 from remote._executor import RemoteExecutor
+from remote._hosts import HostState
 ex = RemoteExecutor(heartbeat_interval=0.1)
 ex.submit(os.getpid).result(60)
 futures = [ex.submit(time.sleep, 0.5) for _ in range(6)]

@@ -31,6 +31,7 @@ from remote._heartbeat import (
     percentile,
     pick_backup,
 )
+from remote._hosts import HostState
 from remote._link import HostSpec, HostUnavailableError, LinkEvents
 from remote._policies import RoundRobinPolicy
 
@@ -385,11 +386,11 @@ def test_down_host_is_retried_with_backoff(
     ex = make_executor(pool, host_down_timeout=1000.0)
     future = ex.submit(square, 5)
     pool.wait(lambda: pool.connect_failures.get("a", 0) == 1, "first connect")
-    wait_until(ex, lambda: ex._scheduler._hosts[0].state == "down", "host down")
+    wait_until(ex, lambda: ex._scheduler._hosts[0].state is HostState.DOWN, "host down")
     clock.advance(1.0)  # first backoff: 1 s
     ex.heartbeat_now()
     pool.wait(lambda: pool.connect_failures.get("a", 0) == 2, "second connect")
-    wait_until(ex, lambda: ex._scheduler._hosts[0].state == "down", "host down again")
+    wait_until(ex, lambda: ex._scheduler._hosts[0].state is HostState.DOWN, "host down again")
     clock.advance(1.5)  # second backoff is 2 s: not yet
     ex.heartbeat_now()
     wait_until(ex, lambda: True, "a scheduler round")
@@ -408,7 +409,9 @@ def test_no_host_reachable_fails_pending(
     pool.connect_errors.update(a="connection refused", b="authentication failed")
     ex = make_executor(pool, host_down_timeout=30.0)
     futures = [ex.submit(square, i) for i in range(3)]
-    wait_until(ex, lambda: all(h.state == "down" for h in ex._scheduler._hosts), "hosts down")
+    wait_until(
+        ex, lambda: all(h.state is HostState.DOWN for h in ex._scheduler._hosts), "hosts down"
+    )
     clock.advance(29.0)
     ex.heartbeat_now()
     wait_until(ex, lambda: True, "a scheduler round")
