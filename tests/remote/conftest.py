@@ -28,6 +28,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from faults import Faults, iptables_usable
 from sshd import SshdPool, sshd_available
 
 from remote._link import HostSpec
@@ -107,3 +108,15 @@ def ssh_hosts(sshd_pool: SshdPool) -> Iterator[SshHosts]:
     yield hosts
     for spec in {(s.host, s.port): s for s in hosts.used}.values():
         sshd_pool.kill_sessions(spec)
+
+
+@pytest.fixture
+def faults(sshd_pool: SshdPool) -> Iterator[Faults]:
+    """Cut hosts off (iptables DROP, or SIGSTOP without it); healed after the test."""
+    if not iptables_usable() and os.environ.get("CI", "").lower() == "true":
+        pytest.fail("iptables is not usable (the test script installs it and runs as root)")
+    found = Faults(sshd_pool)
+    try:
+        yield found
+    finally:
+        found.heal_all()
