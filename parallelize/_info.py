@@ -15,7 +15,20 @@ from . import _config
 __all__ = ["ENV_POOL_FILE", "format_info", "main"]
 
 ENV_POOL_FILE = "PARALLELIZE_POOL_FILE"
-_ENV_VARS = (_config.ENV_THREAD_WORKERS, _config.ENV_PROCESS_WORKERS, ENV_POOL_FILE)
+_ENV_VARS = (
+    _config.ENV_THREAD_WORKERS,
+    _config.ENV_PROCESS_WORKERS,
+    ENV_POOL_FILE,
+    *(env for env, _ in _config.FAILURE_SETTINGS.values()),
+)
+# What REMOTE uses when nothing sets a failure-handling setting (see remote/_executor.py).
+_FAILURE_DEFAULTS = {
+    "backups": "True",
+    "max_attempts": "3",
+    "stall_timeout": "10 s",
+    "host_down_timeout": "60 s",
+    "heartbeat_interval": "5 s",
+}
 _VERSIONS = ("parallelize", "cloudpickle", "numpy", "wrapt", "tqdm", "matplotlib")
 _OPTIONAL = frozenset({"matplotlib"})
 
@@ -60,6 +73,39 @@ def _pool_lines() -> list[str]:
     else:
         state = absent
     return [f"  pool file        {path}  [{where}] {state}"]
+
+
+def _pool_executor_table() -> dict[str, object]:
+    """The [executor] table of the pool file in force ({} if none or unreadable)."""
+    try:
+        pool_config = importlib.import_module("remote._pool_config")
+        config = pool_config.load_pool()
+    except Exception:
+        return {}
+    return dict(config.executor) if config is not None else {}
+
+
+def _failure_lines() -> list[str]:
+    settings = _config.current_settings()
+    table = _pool_executor_table()
+    lines = []
+    for name, (env, _) in _config.FAILURE_SETTINGS.items():
+        explicit = getattr(settings, name)
+        raw = os.environ.get(env)
+        if explicit is not None:
+            lines.append(f"  {name:<18} {explicit!s:<6} from configure({name}=...)")
+        elif raw is not None and raw.strip():
+            try:
+                value = _config.failure_setting(name)
+            except ValueError as exc:
+                lines.append(f"  {name:<18} ERROR {exc}")
+                continue
+            lines.append(f"  {name:<18} {value!s:<6} from environment variable {env}={raw}")
+        elif name in table:
+            lines.append(f"  {name:<18} {table[name]!s:<6} from the pool file's [executor] table")
+        else:
+            lines.append(f"  {name:<18} {_FAILURE_DEFAULTS[name]:<6} default")
+    return lines
 
 
 def _default_pool_path() -> Path:
@@ -113,6 +159,8 @@ def format_info() -> str:
         )
     )
     lines.extend(_pool_lines())
+    lines += ["", "REMOTE failure handling (RemoteExecutor arguments override these):"]
+    lines.extend(_failure_lines())
     lines += ["", "environment variables:"]
     for name in _ENV_VARS:
         value = os.environ.get(name)

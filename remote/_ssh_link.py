@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import getpass
+import logging
 import os
 import shlex
 import socket
@@ -32,6 +33,31 @@ from ._errors import HostErrorKind, HostUnavailableError
 from ._link import HostSpec
 
 __all__ = ["SSHLink", "parse_gateway", "remote_command"]
+
+
+class _ToOurLogger(logging.Handler):
+    """paramiko logs failures we report ourselves (as HostUnavailableError, with the fix)
+    at ERROR with full tracebacks, which Python's last-resort handler prints for a script
+    that configured no logging. They go to the ``remote.ssh`` logger at DEBUG instead."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        logging.getLogger("remote.ssh").debug(
+            "paramiko %s: %s",
+            record.levelname.lower(),
+            record.getMessage(),
+            exc_info=record.exc_info,
+        )
+
+
+def _route_paramiko_logging() -> None:
+    paramiko_log = logging.getLogger("paramiko")
+    if paramiko_log.handlers or paramiko_log.level != logging.NOTSET:
+        return  # configured by the user: leave it alone
+    paramiko_log.addHandler(_ToOurLogger())
+    paramiko_log.propagate = False
+
+
+_route_paramiko_logging()
 
 _PREFERRED_KEX = ("curve25519-sha256@libssh.org", "curve25519-sha256")
 _DEFAULT_KEYS = ("id_ed25519", "id_ecdsa", "id_rsa")

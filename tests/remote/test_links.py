@@ -452,3 +452,36 @@ def test_unreachable_gateway_is_named(ssh_hosts: Any) -> None:
     via = replace(target, gateway=f"{target.user}@127.0.0.1:{free_port}")
     with pytest.raises(HostUnavailableError, match=rf"127\.0\.0\.1:{free_port}"):
         SSHLink(via, connect_timeout=5).connect(EventRecorder())
+
+
+def test_silent_host_prints_no_paramiko_traceback(tmp_path: Path) -> None:
+    # A plain script, no logging configured: paramiko's own ERROR records (a banner
+    # timeout, with a traceback) must not reach stderr; our error says what happened.
+    script = tmp_path / "silent.py"
+    script.write_text(
+        "import socket\n"
+        "from remote._link import HostSpec\n"
+        "from remote._ssh_link import SSHLink\n"
+        "from remote import HostUnavailableError\n"
+        "server = socket.socket(); server.bind(('127.0.0.1', 0)); server.listen(8)\n"
+        "spec = HostSpec(name='silent', host='127.0.0.1', port=server.getsockname()[1],\n"
+        "                strict_host_key_checking=False)\n"
+        "class Events:\n"
+        "    def __getattr__(self, name): return lambda *a: None\n"
+        "try:\n"
+        "    SSHLink(spec, connect_timeout=1.0).connect(Events())\n"
+        "except HostUnavailableError as exc:\n"
+        "    print('error:', exc.kind.value)\n"
+    )
+    import subprocess
+
+    proc = subprocess.run(
+        [sys.executable, str(script)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=dict(os.environ, PYTHONPATH=os.getcwd()),
+    )
+    assert proc.stdout.startswith("error: "), (proc.stdout, proc.stderr)
+    assert "Traceback" not in proc.stderr, proc.stderr
+    assert proc.stderr.count("\n") <= 2, proc.stderr
