@@ -1028,8 +1028,7 @@ class Scheduler:
                 self._no_host_since = now
             elif self._n_pending and now - self._no_host_since >= self._host_down_timeout:
                 self._fail_unreachable(now)
-        else:
-            self._no_host_since = None
+        # (without work the clock keeps running: only a host coming up resets it)
         if now >= self._next_heartbeat:
             self._heartbeat(now)
 
@@ -1044,8 +1043,9 @@ class Scheduler:
         logger.error("%s: %s", self.name, message)
         kinds = {h.error.kind for h in self._hosts if h.error is not None}
         kind = kinds.pop() if len(kinds) == 1 else HostErrorKind.UNREACHABLE
+        # _no_host_since stays: until a host is up again, calls that become pending (new
+        # ones, or ones whose attempt was lost on a host that stalled) fail at once.
         self._fail_pending(now, HostUnavailableError(message, kind, ""))
-        self._no_host_since = now
 
     def _fail_pending(self, now: float, error: HostUnavailableError) -> None:
         pending = [b for b in self._pending if b.state is BundleState.PENDING]
