@@ -26,11 +26,12 @@ from collections import deque
 
 from ._bundle import Attempt
 from ._errors import HostUnavailableError, IllegalTransitionError
+from ._heartbeat import percentile
 from ._link import HostLink, HostSpec
 
 __all__ = ["Host", "HostState"]
 
-_HOST_SAMPLES = 200  # recent attempt durations per host, for p50/p95 in the status
+_HOST_SAMPLES = 100  # recent attempt durations per host, for p50/p95 in the status
 _EWMA = 0.3  # weight of the newest duration in a host's speed estimate
 
 
@@ -85,6 +86,9 @@ class Host:
         self.done = 0
         self.lost = 0
         self.warned: set[str] = set()  # permanent-error kinds already warned about
+        self._percentiles: tuple[int, float | None, float | None] = (0, None, None)
+        self.changes = 0  # bumped by the host table on every state or slot change
+        self.status_cache: tuple[int, object] | None = None  # (changes, HostStatus)
 
     def transition(self, new: HostState) -> None:
         if new not in _HOST_TRANSITIONS[self.state]:
@@ -93,7 +97,7 @@ class Host:
 
     @property
     def free_slots(self) -> int:
-        return self.slots - len(self.running) if self.state is HostState.UP else 0
+        return len(self._free_ids) if self.state is HostState.UP else 0
 
     def take_slot(self) -> int:
         return heapq.heappop(self._free_ids)
@@ -108,6 +112,15 @@ class Host:
             self.estimate = seconds
         else:
             self.estimate += _EWMA * (seconds - self.estimate)
+
+    def percentiles(self) -> tuple[float | None, float | None]:
+        """p50 and p95 of the recent durations, recomputed only after new ones."""
+        done, p50, p95 = self._percentiles
+        if done != self.done:
+            ordered = sorted(self.durations)
+            p50, p95 = percentile(ordered, 50), percentile(ordered, 95)
+            self._percentiles = (self.done, p50, p95)
+        return p50, p95
 
     def record_censored(self, seconds: float) -> None:
         """An attempt here was cancelled after *seconds* (it lost a race): the host takes

@@ -75,7 +75,7 @@ from collections import OrderedDict, deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FuturesTimeoutError
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 from parallelize._errors import (
     AttemptRecord,
@@ -91,13 +91,13 @@ from ._attempt_log import AttemptLog
 from ._bundle import Attempt, AttemptState, Bundle, BundleState
 from ._errors import HostErrorKind, HostUnavailableError
 from ._heartbeat import HostStatus, PoolStatus, format_status, percentile
+from ._host_table import HostTable
 from ._hosts import Host, HostState
 from ._link import HostLink, HostSpec
 from ._policies import SelectionPolicy
 from ._speculation import (
     SpeculationConfig,
     feeds_slow_host,
-    pool_estimate,
     remaining_time,
     worth_backup,
 )
@@ -118,6 +118,7 @@ _GLOBAL_SAMPLES = 5000
 _RATE_WINDOW = 30.0  # seconds of completions used for the ETA
 _FN_IDS = 1024  # distinct function payloads remembered (LRU) for their ids
 _CLOSE_WAIT = 3.0  # seconds teardown waits, in all, for links to finish closing
+_SCAN = 0.02  # seconds between two speculation scans at most
 
 
 def warn_visibly(log: logging.Logger, message: str, *args: Any) -> None:
@@ -251,6 +252,8 @@ class Scheduler:
         self._q: queue.SimpleQueue[tuple[Any, ...]] = queue.SimpleQueue()
         # --- state below is owned by the scheduler thread -----------------
         self._hosts = [Host(spec, i) for i, spec in enumerate(specs)]
+        self._table = HostTable(self._hosts)
+        self._policy.prepare(self._hosts)
         self._pending: deque[Bundle] = deque()
         self._n_pending = 0
         self._rescue: deque[Bundle] = deque()  # running only on SUSPECT hosts: back up first
@@ -271,6 +274,7 @@ class Scheduler:
         self._t0 = self._clock()
         self._next_heartbeat = self._t0 + heartbeat_interval
         self._next_speculation: float | None = None
+        self._speculation_scan_at = 0.0
         self._last_logged: tuple[int, int, int] | None = None
         self._stopping = False
         self._aborting: str | None = None
@@ -388,9 +392,9 @@ class Scheduler:
     def _next_wakeup(self) -> float:
         wake = self._next_heartbeat
         if self._has_work() or not self._stopping:
-            for host in self._hosts:
-                if host.state in (HostState.DOWN, HostState.BROKEN):
-                    wake = min(wake, host.retry_at)
+            retry = self._table.next_retry()
+            if retry is not None:
+                wake = min(wake, retry)
         if self._no_host_since is not None and self._n_pending:
             wake = min(wake, self._no_host_since + self._host_down_timeout)
         if self._next_speculation is not None:
@@ -456,15 +460,14 @@ class Scheduler:
         else:
             self._fn_ids.move_to_end(bundle.fn_payload)
         bundle.fn_id = fn_id
-        broken = self._broken_error()
+        broken = self._broken_error() if self._table.up_count == 0 else None
         if broken is not None:
             self._finish(bundle, BundleState.FAILED, self._clock(), exc=_copy_error(broken))
             return
         self._pending.append(bundle)
         self._n_pending += 1
-        for host in self._hosts:
-            if host.state is HostState.IDLE:
-                self._connect(host)
+        for host in self._table.take_idle():
+            self._connect(host)
 
     def _dispatch(self, now: float) -> None:
         """Back up calls stuck on SUSPECT hosts, then start pending bundles on free slots.
@@ -506,31 +509,27 @@ class Scheduler:
             pending.popleft()
             self._n_pending -= 1
             self._start_attempt(bundle, host, now, is_backup=False)
-            if host.free_slots == 0:
-                candidates.remove(host)
+            if host.free_slots == 0 and candidates is not self._table.free:
+                candidates.remove(host)  # (the table's own list updates itself)
 
     def _feedable_hosts(self, now: float) -> list[Host]:
         """Hosts with a free slot, less those much slower than the rest while the faster
         ones can drain the queue sooner (see ``_speculation``). A slow host that has had
-        nothing to do for a while gets one call, so that its estimate can recover."""
-        free = [h for h in self._hosts if h.free_slots > 0]
+        nothing to do for a while gets one call, so that its estimate can recover.
+
+        Usually this is the host table's own list of free hosts (no copy)."""
+        table = self._table
+        free = table.free
         if not free or not self._spec.enabled:
             return free
-        estimates = {h.index: h.speed_estimate(now) for h in self._hosts if h.state.connected}
-        known = [e for e in estimates.values() if e is not None]
-        if len(known) < 2:
-            return free
-        fastest = min(known)
         factor = self._spec.slow_factor
-        fast_rate = sum(
-            h.slots / est
-            for h in self._hosts
-            if (est := estimates.get(h.index)) is not None and est <= factor * fastest and est > 0
-        )
+        table.refresh_speeds(now, factor)
+        if not table.spread:
+            return free
         keep = []
         for host in free:
-            est = estimates.get(host.index)
-            if feeds_slow_host(est, fastest, fast_rate, self._n_pending, factor):
+            est = host.speed_estimate(now)
+            if feeds_slow_host(est, table.fastest, table.fast_rate, self._n_pending, factor):
                 keep.append(host)
             elif est is not None and not host.running and now - host.last_start > 2 * est:
                 keep.append(host)  # a probe: the host may have recovered
@@ -549,7 +548,7 @@ class Scheduler:
                 rescue.popleft()
                 continue
             busy = {a.host for a in running}
-            options = [h for h in self._hosts if h.free_slots > 0 and h.name not in busy]
+            options = [h for h in self._table.free if h.name not in busy]
             if not options:
                 return
             host = self._policy.select(options, bundle.tried_hosts)
@@ -565,7 +564,7 @@ class Scheduler:
         attempt_id = self._next_attempt_id
         self._next_attempt_id += 1
         attempt = bundle.start_attempt(
-            attempt_id, host.name, host.take_slot(), now, is_backup=is_backup
+            attempt_id, host.name, self._table.take_slot(host), now, is_backup=is_backup
         )
         self._running[bundle.id] = bundle
         host.running[attempt_id] = attempt
@@ -595,7 +594,7 @@ class Scheduler:
         attempt.finish(state, now, reason)
         del self._attempts[attempt.id]
         del host.running[attempt.id]
-        host.release_slot(attempt.slot)
+        self._table.release_slot(host, attempt.slot)
         self._attempt_log.add(
             attempt.bundle_id,
             attempt.id,
@@ -782,30 +781,38 @@ class Scheduler:
     def _speculate(self, now: float) -> None:
         """Start backups while slots are idle, nothing is queued and the budget allows.
 
-        Runs after every batch of events (an attempt started or ended, a host turned
-        suspect), not on the heartbeat; while stragglers may still cross the threshold it
-        schedules a re-check a fraction of a typical attempt later."""
+        Runs after batches of events (an attempt started or ended, a host turned suspect),
+        not on the heartbeat, at most every ``_SCAN`` seconds; while stragglers may still
+        cross the threshold it schedules a re-check a fraction of a typical attempt later.
+        Only attempts that can qualify are looked at: the oldest ones (``_running`` is in
+        start order), and those on hosts much slower than the fastest."""
         self._next_speculation = None
         cfg = self._spec
+        table = self._table
         if not cfg.enabled or not cfg.max_backups_per_bundle or not self._running:
             return
-        if self._n_pending:
-            return
-        free = [h for h in self._hosts if h.free_slots > 0]
-        if not free:
+        if self._n_pending or not table.free:
             return
         allowance = cfg.allowance(self._submitted) - self._speculative_started
         if allowance <= 0:
             return
-        estimates = {h.index: h.speed_estimate(now) for h in self._hosts}
-        pool_est = pool_estimate(h.estimate for h in self._hosts)
+        if now < self._speculation_scan_at:
+            self._next_speculation = self._speculation_scan_at
+            return
+        self._speculation_scan_at = now + _SCAN
+        table.refresh_speeds(now, cfg.slow_factor)
+        pool_est = table.median
         if pool_est is None:
             return  # nothing has finished yet: no notion of slow
-        candidates: list[tuple[float, Bundle]] = []
-        for bundle in self._running.values():
+        free = sorted(table.free, key=lambda h: pool_est if h.estimate is None else h.estimate)
+        best_free = pool_est if free[0].estimate is None else free[0].estimate
+        youngest_straggler = cfg.straggle_factor * (table.fastest or pool_est)
+        candidates: dict[int, tuple[float, Bundle]] = {}
+
+        def consider(bundle: Bundle) -> None:
             running = bundle.running_attempts
             if not running or bundle.backups >= cfg.max_backups_per_bundle:
-                continue
+                return
             left = min(
                 remaining_time(
                     now - a.start,
@@ -816,18 +823,28 @@ class Scheduler:
                 )
                 for a in running
             )
-            if left > 0:
-                candidates.append((left, bundle))
-        candidates.sort(key=lambda item: -item[0])
-        for left, bundle in candidates:
+            if worth_backup(left, best_free, cfg.gain):
+                candidates[bundle.id] = (left, bundle)
+
+        for bundle in self._running.values():  # oldest first
+            if bundle.attempts and now - bundle.attempts[0].start < youngest_straggler:
+                break
+            consider(bundle)
+        if table.spread:
+            for host in self._hosts:
+                if host.estimate is not None and host.estimate > cfg.gain * best_free:
+                    for attempt in list(host.running.values()):
+                        consider(self._attempts[attempt.id][1])
+        for left, bundle in sorted(candidates.values(), key=lambda item: -item[0]):
             if allowance <= 0 or not free:
                 break
             busy = {a.host for a in bundle.running_attempts}
-            options = [h for h in free if h.name not in busy]
-            if not options:
+            target = next((h for h in free if h.name not in busy), None)  # fastest first
+            if target is None:
                 continue
-            target = min(options, key=lambda h: estimates.get(h.index) or pool_est)
-            if not worth_backup(left, estimates.get(target.index) or pool_est, cfg.gain):
+            if not worth_backup(
+                left, pool_est if target.estimate is None else target.estimate, cfg.gain
+            ):
                 continue
             self._start_attempt(bundle, target, now, is_backup=True)
             self._speculative_started += 1
@@ -835,7 +852,7 @@ class Scheduler:
             if target.free_slots == 0:
                 free.remove(target)
         if free and allowance > 0 and self._running:
-            self._next_speculation = now + max(0.02, min(pool_est / 4, 1.0))
+            self._next_speculation = now + max(_SCAN, min(pool_est / 4, 1.0))
 
     # ------------------------------------------------------------------
     # Hosts
@@ -843,7 +860,7 @@ class Scheduler:
 
     def _connect(self, host: Host) -> None:
         host.gen += 1
-        host.transition(HostState.CONNECTING)
+        self._table.move(host, HostState.CONNECTING)
         gen = host.gen
         try:
             link = self._link_factory(host.spec)
@@ -881,7 +898,7 @@ class Scheduler:
         if error is not None:
             self._connect_failed(host, error, now)
             return
-        host.transition(HostState.UP)
+        self._table.move(host, HostState.UP)
         host.reason = ""
         host.error = None
         host.backoff = 0.0
@@ -904,16 +921,18 @@ class Scheduler:
         host.reason = str(failure)
         host.gen += 1
         if failure.permanent:
-            host.transition(HostState.BROKEN)
             host.backoff = min(max(_BROKEN_BACKOFF_START, host.backoff * 2), _BROKEN_BACKOFF_CAP)
+            host.retry_at = now + host.backoff
+            self._table.move(host, HostState.BROKEN)
             if failure.kind.value not in host.warned:
                 host.warned.add(failure.kind.value)
                 warn_visibly(
                     logger, "%s: host %s cannot be used: %s", self.name, host.name, failure
                 )
         else:
-            host.transition(HostState.DOWN)
             host.backoff = min(max(_BACKOFF_START, host.backoff * 2), _BACKOFF_CAP)
+            host.retry_at = now + host.backoff
+            self._table.move(host, HostState.DOWN)
             logger.warning(
                 "%s: host %s is down (%s); retrying in %.3gs",
                 self.name,
@@ -921,7 +940,6 @@ class Scheduler:
                 failure,
                 host.backoff,
             )
-        host.retry_at = now + host.backoff
         self._note_no_host(now)
         broken = self._broken_error()
         if broken is not None:
@@ -947,13 +965,12 @@ class Scheduler:
 
     def _on_health(self, host: Host, suspect: bool, silent: float, now: float) -> None:
         if suspect and host.state is HostState.UP:
-            host.transition(HostState.SUSPECT)
+            self._table.move(host, HostState.SUSPECT)
             host.reason = f"silent for {silent:.1f} s"
             stuck = [
                 bundle
-                for _, bundle, h in self._attempts.values()
-                if h is host
-                and not any(self._host_of(a).state is HostState.UP for a in bundle.running_attempts)
+                for bundle in [self._attempts[a.id][1] for a in host.running.values()]
+                if not any(self._host_of(a).state is HostState.UP for a in bundle.running_attempts)
             ]
             if self._spec.enabled:
                 self._rescue.extend(stuck)
@@ -968,14 +985,13 @@ class Scheduler:
             )
             self._note_no_host(now)
         elif not suspect and host.state is HostState.SUSPECT:
-            host.transition(HostState.UP)
+            self._table.move(host, HostState.UP)
             host.reason = ""
             self._no_host_since = None
             logger.info("%s: host %s answers again", self.name, host.name)
 
     def _host_down(self, host: Host, reason: str, now: float) -> None:
         was_connected = host.state.connected
-        host.transition(HostState.DOWN)
         host.reason = reason
         host.gen += 1  # ignore anything the old link still says
         link, host.link = host.link, None
@@ -983,6 +999,7 @@ class Scheduler:
             _close_quietly(link)
         host.backoff = min(max(_BACKOFF_START, host.backoff * 2), _BACKOFF_CAP)
         host.retry_at = now + host.backoff
+        self._table.move(host, HostState.DOWN)
         logger.warning(
             "%s: host %s is down (%s); retrying in %.3gs",
             self.name,
@@ -1007,22 +1024,18 @@ class Scheduler:
         self._note_no_host(now)
 
     def _note_no_host(self, now: float) -> None:
-        if self._no_host_since is None and not any(h.state is HostState.UP for h in self._hosts):
+        if self._no_host_since is None and self._table.up_count == 0:
             self._no_host_since = now
 
     def _timers(self, now: float) -> None:
         # a host that went down is retried with backoff even when idle (it was used, it
         # should be ready for the next call); a never-used host connects at first use
         work = self._has_work()
-        for host in self._hosts:
-            if (
-                host.state in (HostState.DOWN, HostState.BROKEN)
-                and host.retry_at <= now
-                and (work or not self._stopping)
-            ) or (host.state is HostState.IDLE and work):
+        if work or not self._stopping:
+            for host in self._table.due_retries(now):
                 self._connect(host)
         if work:
-            if any(h.state is HostState.UP for h in self._hosts):
+            if self._table.up_count:
                 self._no_host_since = None
             elif self._no_host_since is None:
                 self._no_host_since = now
@@ -1069,26 +1082,31 @@ class Scheduler:
             logger.info("%s", format_status(self.name, status))
 
     def status(self, now: float | None = None) -> PoolStatus:
-        """The heartbeat data (scheduler thread only; others use ``call``)."""
+        """The heartbeat data (scheduler thread only; others use ``call``). A host's row is
+        rebuilt only when the host changed, so a large idle fleet costs little."""
         if now is None:
             now = self._clock()
         hosts = []
         for h in self._hosts:
-            durations = list(h.durations)
-            hosts.append(
-                HostStatus(
-                    name=h.name,
-                    state=h.state.value,
-                    slots=h.slots,
-                    in_flight=len(h.running),
-                    done=h.done,
-                    lost=h.lost,
-                    p50=percentile(durations, 50),
-                    p95=percentile(durations, 95),
-                    reason=h.reason,
-                    in_flight_bundles=tuple(sorted({a.bundle_id for a in h.running.values()})),
-                )
+            cached = h.status_cache
+            if cached is not None and cached[0] == h.changes:
+                hosts.append(cast(HostStatus, cached[1]))
+                continue
+            p50, p95 = h.percentiles()
+            row = HostStatus(
+                name=h.name,
+                state=h.state.value,
+                slots=h.slots,
+                in_flight=len(h.running),
+                done=h.done,
+                lost=h.lost,
+                p50=p50,
+                p95=p95,
+                reason=h.reason,
+                in_flight_bundles=tuple(sorted({a.bundle_id for a in h.running.values()})),
             )
+            h.status_cache = (h.changes, row)
+            hosts.append(row)
         completions = self._completions
         while completions and completions[0] < now - _RATE_WINDOW:
             completions.popleft()
@@ -1099,7 +1117,7 @@ class Scheduler:
         elif len(completions) >= 2 and completions[-1] > completions[0]:
             rate = len(completions) / max(now - completions[0], 1e-9)
             eta = remaining / rate
-        durations = list(self._durations)
+        durations = sorted(self._durations)
         counts = self._counts
         return PoolStatus(
             done=sum(counts.values()),
@@ -1158,7 +1176,7 @@ class Scheduler:
             link, host.link = host.link, None
             host.gen += 1
             if host.state is not HostState.CLOSED:
-                host.transition(HostState.CLOSED)
+                self._table.move(host, HostState.CLOSED)
             if link is not None:
                 _close_quietly(link)
                 links.append(link)

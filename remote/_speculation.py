@@ -24,12 +24,15 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 __all__ = [
+    "MIN_SAVING",
     "SpeculationConfig",
     "feeds_slow_host",
     "pool_estimate",
     "remaining_time",
     "worth_backup",
 ]
+
+MIN_SAVING = 0.01  # seconds a backup must be expected to save
 
 
 @dataclass(frozen=True)
@@ -82,10 +85,11 @@ def remaining_time(
 
 
 def worth_backup(remaining: float, backup_estimate: float | None, gain: float) -> bool:
-    """Whether a copy expected to take *backup_estimate* beats *remaining* by *gain*."""
+    """Whether a copy expected to take *backup_estimate* beats *remaining* by *gain*, and by
+    at least ``MIN_SAVING`` seconds (a copy costs a slot and a transfer)."""
     if backup_estimate is None:
         return math.isinf(remaining)
-    return remaining > gain * backup_estimate
+    return remaining > gain * backup_estimate and remaining - backup_estimate > MIN_SAVING
 
 
 def feeds_slow_host(
