@@ -26,7 +26,7 @@ from parallelize._errors import (
 )
 from parallelize._stats import Outcome, TaskStats
 
-from ._attempt_log import AttemptLog
+from ._attempt_log import AttemptLog, FloatRing, RateWindow
 from ._bundle import Attempt, AttemptState, Bundle, BundleState
 from ._errors import HostUnavailableError
 from ._host_table import HostTable
@@ -50,6 +50,7 @@ logger = logging.getLogger("remote")
 LinkFactory = Callable[[HostSpec], HostLink]
 
 _GLOBAL_SAMPLES = 5000
+_RATE_WINDOW = 30.0  # seconds of completions used for the ETA
 FN_IDS = 1024  # distinct function payloads remembered (LRU) for their ids
 
 
@@ -134,8 +135,8 @@ class SchedulerCore:
         self._backups_started = 0
         self._speculative_started = 0
         self._backups_won = 0
-        self._durations: deque[float] = deque(maxlen=_GLOBAL_SAMPLES)
-        self._completions: deque[float] = deque()
+        self._durations = FloatRing(_GLOBAL_SAMPLES)
+        self._completions = RateWindow(_RATE_WINDOW)
         self._attempt_log = AttemptLog(timeline_limit)
         self._no_host_since: float | None = None
         self._t0 = self._clock()
@@ -341,7 +342,7 @@ class SchedulerCore:
         if was_running:
             del self._running[bundle.id]
         self._counts[state] += 1
-        self._completions.append(now)
+        self._completions.add(now)
         future = bundle.future
         if state is BundleState.CANCELLED:
             future.cancel()

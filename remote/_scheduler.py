@@ -85,6 +85,7 @@ from parallelize._stats import Outcome
 from ._bundle import Bundle, BundleState
 from ._heartbeat import HostStatus, PoolStatus, format_status, percentile
 from ._hosts import HostState
+from ._memory import release_memory
 from ._sched_core import LinkFactory, close_quietly, logger, warn_visibly
 from ._sched_dispatch import Dispatcher
 
@@ -93,8 +94,9 @@ __all__ = ["LinkFactory", "Scheduler", "warn_visibly"]
 T = TypeVar("T")
 
 _MAX_BATCH = 512  # messages handled before dispatching again
-_RATE_WINDOW = 30.0  # seconds of completions used for the ETA
 _CLOSE_WAIT = 3.0  # seconds teardown waits, in all, for links to finish closing
+_TRIM_AFTER = 1000  # calls finished since the last trim before an idle scheduler trims
+_TRIM_DELAY = 0.5  # seconds idle before it does
 
 
 _live_schedulers: weakref.WeakSet[Scheduler] = weakref.WeakSet()
@@ -141,6 +143,8 @@ class Scheduler(Dispatcher):
     """Runs bundles on a pool of hosts; see the module docstring for the threading model."""
 
     _thread: threading.Thread
+    _trim_at: float | None = None
+    _trimmed_at_done = 0
 
     def _start(self) -> None:
         self._thread = threading.Thread(
@@ -248,12 +252,34 @@ class Scheduler(Dispatcher):
             self._timers(now)
             self._dispatch(now)
             self._speculate(now)
+            self._idle_memory(now)
             if self._stopping and not self._n_pending and not self._running:
                 self._teardown("the executor was shut down")
                 return
 
+    def _idle_memory(self, now: float) -> None:
+        """A moment after a run of many calls ends, give freed memory back to the system.
+
+        The futures of a large run are freed when the caller drops them, usually right
+        after; what they leave is scattered through the C heap, which glibc keeps unless
+        asked (``malloc_trim``). Once per run, on this thread, while it has nothing to do."""
+        if self._has_work():
+            self._trim_at = None
+            return
+        done = sum(self._counts.values())
+        if done - self._trimmed_at_done < _TRIM_AFTER:
+            return
+        if self._trim_at is None:
+            self._trim_at = now + _TRIM_DELAY
+        elif now >= self._trim_at:
+            self._trim_at = None
+            self._trimmed_at_done = done
+            release_memory()
+
     def _next_wakeup(self) -> float:
         wake = self._next_heartbeat
+        if self._trim_at is not None:
+            wake = min(wake, self._trim_at)
         if self._has_work() or not self._stopping:
             retry = self._table.next_retry()
             if retry is not None:
@@ -354,17 +380,14 @@ class Scheduler(Dispatcher):
             )
             h.status_cache = (h.changes, row)
             hosts.append(row)
-        completions = self._completions
-        while completions and completions[0] < now - _RATE_WINDOW:
-            completions.popleft()
         remaining = self._n_pending + len(self._running)
         eta: float | None = None
+        rate = self._completions.rate(now)
         if remaining == 0:
             eta = 0.0
-        elif len(completions) >= 2 and completions[-1] > completions[0]:
-            rate = len(completions) / max(now - completions[0], 1e-9)
+        elif rate:
             eta = remaining / rate
-        durations = sorted(self._durations)
+        durations = sorted(self._durations.values())
         counts = self._counts
         return PoolStatus(
             done=sum(counts.values()),
