@@ -485,3 +485,33 @@ def test_silent_host_prints_no_paramiko_traceback(tmp_path: Path) -> None:
     assert proc.stdout.startswith("error: "), (proc.stdout, proc.stderr)
     assert "Traceback" not in proc.stderr, proc.stderr
     assert proc.stderr.count("\n") <= 2, proc.stderr
+
+
+def test_gateway_with_unknown_host_key_is_refused_under_strict_checking(
+    ssh_hosts: Any,
+) -> None:
+    gateway, target = ssh_hosts(2, strict_host_key_checking=True)
+    via = replace(target, gateway=f"{gateway.user}@{gateway.host}:{gateway.port}")
+    # only the user's own known_hosts files, where the test hosts are not
+    link = SSHLink(via)
+    with pytest.raises(HostUnavailableError) as info:
+        link.connect(EventRecorder())
+    assert info.value.kind.value == "host key unknown"
+    assert "the gateway" in str(info.value) and "Fix:" in str(info.value)
+
+
+def test_gateway_tunnel_is_closed_with_the_link(ssh_hosts: Any) -> None:
+    gateway, target = ssh_hosts(2)
+    via = replace(target, gateway=f"{gateway.user}@{gateway.host}:{gateway.port}")
+    link = SSHLink(via)
+    link.connect(EventRecorder())
+    assert link._tunnel is not None
+    port = link._tunnel._forwarder.local_bind_port
+    link.close()
+    assert link.wait_closed(30)
+
+    def port_closed() -> bool:
+        with socket.socket() as probe:
+            return probe.connect_ex(("127.0.0.1", port)) != 0
+
+    wait_until(port_closed, 20)
