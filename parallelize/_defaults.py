@@ -10,7 +10,6 @@ belong to the parent), where the next call creates fresh ones.
 from __future__ import annotations
 
 import atexit
-import importlib
 import os
 import threading
 from concurrent.futures import Executor
@@ -20,6 +19,7 @@ import smart_future
 from . import _config
 from ._executor_base import abandon_work_at_exit, live_executors, waits_at_exit
 from ._method import Method
+from ._registry import method_factory
 from ._thread_executor import ThreadExecutor
 
 __all__ = ["configure", "default_executor", "shutdown_default_executors"]
@@ -49,14 +49,7 @@ def _create(method: Method) -> Executor:
         from ._process import ProcessExecutor
 
         return ProcessExecutor(_config.process_workers(), name="default-process")
-    try:
-        remote_default = importlib.import_module("remote._default")
-        factory = remote_default.create_default_executor
-    except (ImportError, AttributeError) as exc:
-        raise NotImplementedError(
-            "Method.REMOTE is not available in this version of parallelize; "
-            "use Method.THREAD or Method.PROCESS"
-        ) from exc
+    factory = method_factory(method)
     executor: Executor = factory()
     return executor
 

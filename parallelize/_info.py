@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import importlib
 import importlib.metadata
 import os
 import platform
 import sys
 from collections.abc import Callable
-from pathlib import Path
 
 from . import _config
+from ._registry import info_sections
 
 __all__ = ["ENV_POOL_FILE", "format_info", "main"]
 
@@ -21,14 +20,6 @@ _ENV_VARS = (
     ENV_POOL_FILE,
     *(env for env, _ in _config.FAILURE_SETTINGS.values()),
 )
-# What REMOTE uses when nothing sets a failure-handling setting (see remote/_executor.py).
-_FAILURE_DEFAULTS = {
-    "backups": "True",
-    "max_attempts": "3",
-    "stall_timeout": "10 s",
-    "host_down_timeout": "60 s",
-    "heartbeat_interval": "5 s",
-}
 _VERSIONS = ("parallelize", "cloudpickle", "numpy", "wrapt", "tqdm", "matplotlib")
 _OPTIONAL = frozenset({"matplotlib"})
 
@@ -46,71 +37,6 @@ def _size_line(
             return f"  {label:<16} ERROR {exc}"
         return f"  {label:<16} {value:<4} from environment variable {env_name}={raw}"
     return f"  {label:<16} {default():<4} default ({default_text})"
-
-
-def _pool_lines() -> list[str]:
-    finder: Callable[[], Path] | None = None
-    env_name = ENV_POOL_FILE
-    try:
-        pool_config = importlib.import_module("remote._pool_config")
-        finder = pool_config.default_pool_path
-        env_name = getattr(pool_config, "ENV_VAR", ENV_POOL_FILE)
-    except Exception:  # REMOTE not installed or broken: compute the same path here
-        finder = None
-    from_env = os.environ.get(env_name)
-    if from_env:
-        path = Path(from_env).expanduser()
-        where = f"from {env_name}"
-        absent = "(MISSING: REMOTE will fail until the file exists or the variable is unset)"
-    else:
-        path = finder() if finder is not None else _default_pool_path()
-        where = "default location"
-        absent = "(not present: REMOTE uses the embedded local pool)"
-    if path.is_file():
-        state = "(present)"
-    elif path.exists():
-        state = "(not a file: REMOTE will fail)"
-    else:
-        state = absent
-    return [f"  pool file        {path}  [{where}] {state}"]
-
-
-def _pool_executor_table() -> dict[str, object]:
-    """The [executor] table of the pool file in force ({} if none or unreadable)."""
-    try:
-        pool_config = importlib.import_module("remote._pool_config")
-        config = pool_config.load_pool()
-    except Exception:
-        return {}
-    return dict(config.executor) if config is not None else {}
-
-
-def _failure_lines() -> list[str]:
-    settings = _config.current_settings()
-    table = _pool_executor_table()
-    lines = []
-    for name, (env, _) in _config.FAILURE_SETTINGS.items():
-        explicit = getattr(settings, name)
-        raw = os.environ.get(env)
-        if explicit is not None:
-            lines.append(f"  {name:<18} {explicit!s:<6} from configure({name}=...)")
-        elif raw is not None and raw.strip():
-            try:
-                value = _config.failure_setting(name)
-            except ValueError as exc:
-                lines.append(f"  {name:<18} ERROR {exc}")
-                continue
-            lines.append(f"  {name:<18} {value!s:<6} from environment variable {env}={raw}")
-        elif name in table:
-            lines.append(f"  {name:<18} {table[name]!s:<6} from the pool file's [executor] table")
-        else:
-            lines.append(f"  {name:<18} {_FAILURE_DEFAULTS[name]:<6} default")
-    return lines
-
-
-def _default_pool_path() -> Path:
-    base = os.environ.get("XDG_CONFIG_HOME") or os.path.join(os.path.expanduser("~"), ".config")
-    return Path(base) / "parallelize" / "pool.toml"
 
 
 def _version(name: str) -> str:
@@ -158,9 +84,12 @@ def format_info() -> str:
             "cpu_count",
         )
     )
-    lines.extend(_pool_lines())
-    lines += ["", "REMOTE failure handling (RemoteExecutor arguments override these):"]
-    lines.extend(_failure_lines())
+    for title, section in info_sections():
+        lines += ["", f"{title}:"]
+        try:
+            lines.extend(section())
+        except Exception as exc:  # a plugin's bug must not hide the rest
+            lines.append(f"  ERROR {type(exc).__name__}: {exc}")
     lines += ["", "environment variables:"]
     for name in _ENV_VARS:
         value = os.environ.get(name)

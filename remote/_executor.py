@@ -27,11 +27,17 @@ from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FuturesTimeoutError
 from typing import TYPE_CHECKING, Any
 
-from parallelize._config import failure_setting, validate_failure_setting
-from parallelize._errors import PicklingError
-from parallelize._executor_base import BaseExecutor
-from parallelize._pickling import callable_name, dumps_args, dumps_function, split_bound_method
-from parallelize._stats import ExecutorStats
+from parallelize import PicklingError
+from parallelize.ext import (
+    BaseExecutor,
+    ExecutorStats,
+    callable_name,
+    dumps_args,
+    dumps_function,
+    failure_setting,
+    split_bound_method,
+    validate_failure_setting,
+)
 from smart_future import register_status_provider
 
 from ._agent_client import LinkTiming

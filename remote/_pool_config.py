@@ -35,7 +35,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from parallelize._config import FAILURE_SETTINGS, validate_failure_setting
+from parallelize.ext import FAILURE_SETTINGS, validate_failure_setting
 
 from ._errors import PoolConfigError
 from ._link import HostSpec

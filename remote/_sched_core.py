@@ -18,13 +18,8 @@ from collections import OrderedDict, deque
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from parallelize._errors import (
-    AttemptRecord,
-    ParallelizeError,
-    PoisonedCallError,
-    attach_remote_traceback,
-)
-from parallelize._stats import Outcome, TaskStats
+from parallelize import AttemptRecord, ParallelizeError, PoisonedCallError
+from parallelize.ext import Outcome, TaskStats, attach_remote_traceback
 
 from ._attempt_log import AttemptLog, FloatRing, RateWindow
 from ._bundle import Attempt, AttemptState, Bundle, BundleState

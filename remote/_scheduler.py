@@ -78,9 +78,8 @@ from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FuturesTimeoutError
 from typing import Any, TypeVar, cast
 
-from parallelize._errors import TaskLostError
-from parallelize._executor_base import waits_at_exit
-from parallelize._stats import Outcome
+from parallelize import TaskLostError
+from parallelize.ext import Outcome, waits_at_exit
 
 from ._bundle import Bundle, BundleState
 from ._heartbeat import HostStatus, PoolStatus, format_status, percentile
