@@ -17,6 +17,7 @@ straight to the stream from the caller's thread.
 from __future__ import annotations
 
 import base64
+import codecs
 import collections
 import contextlib
 import itertools
@@ -29,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from . import _wire
+from ._fn_lru import FnLRU
 from ._link import HostSpec, HostUnavailableError, LinkEvents
 
 __all__ = ["AgentLink", "bootstrap_code", "check_hello"]
@@ -65,7 +67,9 @@ def bootstrap_code() -> str:
 _sources: list[tuple[str, str]] = []
 
 
-def _agent_blob(name: str, slots: int) -> bytes:
+def _agent_blob(name: str, slots: int, silence_limit: float = 0.0) -> bytes:
+    """The length-prefixed JSON the bootstrap reads: the agent's modules and its argv
+    (display name, slots, controller-silence limit in seconds, 0 = none)."""
     import json
 
     if not _sources:
@@ -76,7 +80,8 @@ def _agent_blob(name: str, slots: int) -> bytes:
                 ("parallelize_agent", (here / "worker.py").read_text()),
             ]
         )
-    data = json.dumps({"modules": _sources, "argv": [name, str(slots)]}).encode()
+    argv = [name, str(slots), repr(float(silence_limit))]
+    data = json.dumps({"modules": _sources, "argv": argv}).encode()
     return len(data).to_bytes(4, "big") + data
 
 
@@ -116,6 +121,15 @@ def _default_stderr(link: AgentLink, line: str) -> None:
         sys.stderr.write(f"[{link.spec.name}] {line}\n")
 
 
+def _default_stdout(link: AgentLink, line: str) -> None:
+    with contextlib.suppress(Exception):
+        sys.stdout.write(f"[{link.spec.name}] {line}\n")
+
+
+_STDOUT_LINE_MAX = 1 << 16  # a longer line without a newline is passed on in pieces
+_NOISE_KEEP = 4096  # bytes of a noisy shell's output kept for the error message
+
+
 class AgentLink:
     """Base of the links that talk to a worker agent; see ``remote/_link.py`` for the contract."""
 
@@ -127,19 +141,28 @@ class AgentLink:
         heartbeat_interval: float = 5.0,
         heartbeat_timeout: float = 30.0,
         on_stderr: Callable[[AgentLink, str], None] | None = _default_stderr,
+        on_stdout: Callable[[AgentLink, str], None] | None = _default_stdout,
+        silence_limit: float = 30.0,
     ) -> None:
         self.spec = spec
         self.connect_timeout = connect_timeout
         self.heartbeat_interval = heartbeat_interval
         self.heartbeat_timeout = heartbeat_timeout
+        # The agent exits (killing its slots) after this long without a byte from us; the
+        # heartbeat pings at least every silence_limit / 4 while the link is up. 0: never.
+        self.silence_limit = silence_limit
         self.hello: dict[str, Any] = {}
         self._on_stderr = on_stderr
+        self._on_stdout = on_stdout
+        self._stdout_pending = b""  # a task's partial stdout line (reader thread only)
+        self._stdout_decoder = codecs.getincrementaldecoder("utf-8")("replace")
+        self._agent_error: str | None = None  # the agent's ERROR frame, if it sent one
         self._stderr_tail: collections.deque[str] = collections.deque(maxlen=40)
         self._events: LinkEvents | None = None
         self._write_lock = threading.Lock()
         self._state_lock = threading.Lock()
         self._inflight: set[int] = set()
-        self._fns_sent: set[int] = set()
+        self._fns_sent = FnLRU()  # mirrors the agent's function cache (under _write_lock)
         self._frames = _wire.FrameBuffer()
         self._pings: dict[int, tuple[threading.Event, list[float]]] = {}
         self._tokens = itertools.count(1)
@@ -225,7 +248,7 @@ class AgentLink:
         deadline = time.monotonic() + self.connect_timeout
         self._open(deadline)
         try:
-            self._write(_agent_blob(self.spec.name, self.spec.slots))
+            self._write(_agent_blob(self.spec.name, self.spec.slots, self.silence_limit))
             info = self._read_hello(deadline)
             check_hello(self.spec, info)
         except BaseException:
@@ -240,12 +263,18 @@ class AgentLink:
         self._start_thread(self._heartbeat, "heartbeat")
 
     def _read_hello(self, deadline: float) -> dict[str, Any]:
+        """Read up to the agent's HELLO: skip (and report) what the remote shell printed before
+        the agent's MAGIC marker; raise HostUnavailableError naming what went wrong."""
+        noise = bytearray()  # everything before MAGIC
+        found = False
         while True:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                raise HostUnavailableError(
-                    f"host {self.spec.name!r} ({self.spec.host}): the worker agent did not "
-                    f"start within {self.connect_timeout:g} s{self._stderr_summary()}"
+                raise self._hello_failure(
+                    noise,
+                    found,
+                    f"the worker agent did not start within {self.connect_timeout:g} s",
+                    f"the agent did not start within {self.connect_timeout:g} s",
                 )
             try:
                 data = self._read(remaining)
@@ -257,13 +286,39 @@ class AgentLink:
             if not data:
                 detail = self._failure_detail()
                 time.sleep(0.05)  # let the stderr thread catch the agent's last words
-                raise HostUnavailableError(
-                    f"host {self.spec.name!r} ({self.spec.host}): the worker agent exited "
-                    f"before saying hello ({detail or 'stream closed'}) when started as "
-                    f"{self.spec.python!r}{self._stderr_summary()}. Fix: check that "
-                    f"`python` for this host names a Python 3 interpreter with cloudpickle."
+                raise self._hello_failure(
+                    noise,
+                    found,
+                    f"the worker agent exited before saying hello ({detail or 'stream closed'}) "
+                    f"when started as {self.spec.python!r}{self._stderr_summary()}. Fix: check "
+                    "that `python` for this host names a Python 3 interpreter with cloudpickle.",
+                    f"no agent started ({detail or 'stream closed'})",
                 )
-            frames = self._frames.feed(data)
+            if not found:
+                noise += data
+                at = noise.find(_wire.MAGIC)
+                if at < 0:
+                    if len(noise) > _NOISE_KEEP + len(_wire.MAGIC):  # keep the head and a tail
+                        del noise[_NOISE_KEEP : len(noise) - len(_wire.MAGIC)]  # to find MAGIC
+                    continue
+                found = True
+                data = bytes(noise[at + len(_wire.MAGIC) :])
+                del noise[at:]
+                if noise:
+                    log.warning(
+                        "host %r: the remote shell printed %d bytes before the worker agent "
+                        "started (ignored): %r. Make the shell startup files print nothing "
+                        "for non-interactive shells.",
+                        self.spec.name,
+                        len(noise),
+                        bytes(noise[:200]),
+                    )
+            try:
+                frames = self._frames.feed(data)
+            except _wire.ProtocolError as exc:
+                raise HostUnavailableError(
+                    f"host {self.spec.name!r}: garbled agent output ({exc})"
+                ) from None
             if frames:
                 kind, body = frames[0]
                 if kind != _wire.HELLO:
@@ -275,6 +330,26 @@ class AgentLink:
                     raise HostUnavailableError(f"host {self.spec.name!r}: garbled agent output")
                 return _wire.decode_hello(body)
 
+    def _hello_failure(
+        self, noise: bytearray, found: bool, plain: str, noisy: str
+    ) -> HostUnavailableError:
+        """The error for a missing HELLO: *plain*, or, when the remote shell printed text and
+        the agent never announced itself, a message that says so and how to fix it."""
+        where = f"host {self.spec.name!r} ({self.spec.host})"
+        if found or not noise.strip():
+            if not plain.startswith("the worker agent exited"):
+                plain += self._stderr_summary()
+            return HostUnavailableError(f"{where}: {plain}")
+        text = bytes(noise[:_NOISE_KEEP]).decode("utf-8", "replace").strip()
+        if len(text) > 300:
+            text = text[:300] + "..."
+        return HostUnavailableError(
+            f"{where}: the remote shell printed text before the agent started, and {noisy}: "
+            f"{text!r}{self._stderr_summary()}. Fix: make the shell startup files on that host "
+            "(~/.bashrc, ~/.profile, ~/.zshenv, ...) print nothing for non-interactive "
+            "shells, e.g. start ~/.bashrc with `[[ $- == *i* ]] || return`."
+        )
+
     def submit(self, attempt_id: int, fn_id: int, fn_payload: bytes, args_payload: bytes) -> None:
         with self._write_lock:
             if not self.alive:
@@ -282,13 +357,15 @@ class AgentLink:
                     f"host {self.spec.name!r}: the link is "
                     f"{'closed' if self._closed else 'down'}; cannot submit attempt {attempt_id}"
                 )
-            first = fn_id not in self._fns_sent
+            # The agent mirrors this LRU: it gets the evicted ids right before the SUBMIT.
+            first, evicted = self._fns_sent.use(fn_id, len(fn_payload))
             frame = _wire.encode_submit(
                 attempt_id, fn_id, fn_payload if first else None, args_payload
             )
+            if evicted:
+                frame = _wire.encode_evict(evicted) + frame
             with self._state_lock:
                 self._inflight.add(attempt_id)
-            self._fns_sent.add(fn_id)
             self._write_locked(frame)
 
     def cancel(self, attempt_id: int) -> None:
@@ -374,12 +451,18 @@ class AgentLink:
         self._link_down(events, reason)
 
     def _dispatch(self, events: LinkEvents, kind: int, body: bytes) -> None:
-        if kind == _wire.RESULT:
+        if kind == _wire.OUTPUT:
+            stream, data = _wire.decode_output(body)
+            if stream == _wire.STDOUT:
+                self._stdout(data, final=False)
+        elif kind == _wire.RESULT:
             attempt_id, ok, payload, duration = _wire.decode_result(body)
+            self._stdout(b"", final=True)  # the task's last partial line before its result
             if self._take(attempt_id):
                 self._deliver(events.on_result, self, attempt_id, ok, payload, duration)
         elif kind == _wire.LOST:
             attempt_id, why = _wire.decode_lost(body)
+            self._stdout(b"", final=True)
             if self._take(attempt_id):
                 self._deliver(events.on_attempt_lost, self, attempt_id, why)
         elif kind == _wire.PONG:
@@ -388,8 +471,29 @@ class AgentLink:
             if waiter is not None:
                 waiter[1].append(now)
                 waiter[0].set()
+        elif kind == _wire.ERROR:
+            # The agent rejected a frame of ours and exits; the reader then sees the stream
+            # end and reports the link down with this reason.
+            self._agent_error = _wire.decode_error(body)
+            if self._down_reason is None:
+                self._down_reason = f"the worker agent rejected a frame: {self._agent_error}"
         else:
             raise _wire.ProtocolError(f"unexpected {_wire.message_name(kind)} from the agent")
+
+    def _stdout(self, data: bytes, *, final: bool) -> None:
+        """Pass tasks' stdout on line by line (reader thread only). A partial line waits for
+        its end, for the end of a task (*final*), or until it is _STDOUT_LINE_MAX long."""
+        if self._on_stdout is None:
+            return
+        pending = self._stdout_pending + data
+        *lines, pending = pending.split(b"\n")
+        if pending and (final or len(pending) >= _STDOUT_LINE_MAX):
+            lines.append(pending)
+            pending = b""
+        self._stdout_pending = pending
+        for raw in lines:
+            text = self._stdout_decoder.decode(raw).rstrip("\r")
+            self._deliver(self._on_stdout, self, text)
 
     def _take(self, attempt_id: int) -> bool:
         with self._state_lock:
@@ -425,14 +529,23 @@ class AgentLink:
         threading.Thread(target=self._shutdown_transport, daemon=True).start()
 
     def _heartbeat(self) -> None:
-        while not self._stop.wait(self.heartbeat_interval):
+        # Besides pinging an idle agent, ping at least every silence_limit / 4 so the agent
+        # never mistakes a live controller for a gone one (stop-gap until the heartbeat
+        # rewrite, which must keep that guarantee).
+        keep_alive = self.silence_limit / 4 if self.silence_limit > 0 else float("inf")
+        last_ping = time.monotonic()
+        while not self._stop.wait(min(self.heartbeat_interval, keep_alive)):
             silent = time.monotonic() - self._last_progress
             if silent > self.heartbeat_timeout:
                 self._down_reason = f"no response from the host for {silent:.0f} s"
                 self._shutdown_transport()  # the reader sees EOF and reports the link down
                 return
-            if silent >= self.heartbeat_interval and self._write_lock.acquire(blocking=False):
+            due = time.monotonic() - last_ping >= keep_alive * 0.9
+            if (silent >= self.heartbeat_interval or due) and self._write_lock.acquire(
+                blocking=False
+            ):
                 try:
                     self._write_locked(_wire.encode_ping(0))
+                    last_ping = time.monotonic()
                 finally:
                     self._write_lock.release()
