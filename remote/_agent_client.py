@@ -248,7 +248,8 @@ class AgentLink:
         deadline = time.monotonic() + self.connect_timeout
         self._open(deadline)
         try:
-            self._write(_agent_blob(self.spec.name, self.spec.slots, self.silence_limit))
+            with contextlib.suppress(OSError):  # if it died already, _read_hello says why
+                self._write(_agent_blob(self.spec.name, self.spec.slots, self.silence_limit))
             info = self._read_hello(deadline)
             check_hello(self.spec, info)
         except BaseException:

@@ -472,7 +472,10 @@ class Agent:
         if slot.evict:
             frame = _wire.encode_evict(slot.evict) + frame
             slot.evict = []
-        slot.fns.add(fn_id)
+        if fn_id in self.fn_cache:
+            slot.fns.add(fn_id)
+        else:  # evicted while the attempt was queued: the slot drops it again next time
+            slot.evict.append(fn_id)
         with contextlib.suppress(OSError):  # a dead slot's reaping reports the attempt lost
             _write_all(slot.task_fd, frame)
 

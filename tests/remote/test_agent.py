@@ -343,6 +343,20 @@ def test_evict_drops_functions_from_agent_and_slots() -> None:
         assert cloudpickle.loads(_wire.decode_result(agent.recv()[1])[2]) == [2, 4]
         agent.send(_wire.encode_submit(5, 2, None, ARGS))  # still cached
         assert _wire.decode_result(agent.recv()[1])[:2] == (5, True)
+        # Evicted while its attempt waits in the agent's queue (one slot, busy): the attempt
+        # still runs, and the slot drops the function again before its next task.
+        agent.send(
+            _wire.encode_submit(
+                7, 7, cloudpickle.dumps(time.sleep), cloudpickle.dumps(((0.5,), {}))
+            )
+            + _wire.encode_submit(8, 8, cloudpickle.dumps(lambda: "queued"), ARGS)
+            + _wire.encode_evict([8])
+        )
+        assert _wire.decode_result(agent.recv()[1])[:2] == (7, True)
+        _, ok, payload, _ = _wire.decode_result(agent.recv()[1])
+        assert ok and cloudpickle.loads(payload) == "queued"
+        agent.submit(9, slot_cache, fn_id=9)
+        assert cloudpickle.loads(_wire.decode_result(agent.recv()[1])[2]) == [2, 4, 7, 9]
         agent.send(_wire.encode_submit(6, 1, None, ARGS))  # evicted: out of step
         assert "names id 1" in expect_protocol_error(agent)
     finally:
