@@ -535,13 +535,13 @@ class AgentLink:
         # rewrite, which must keep that guarantee).
         keep_alive = self.silence_limit / 4 if self.silence_limit > 0 else float("inf")
         last_ping = time.monotonic()
-        while not self._stop.wait(min(self.heartbeat_interval, keep_alive)):
+        while not self._stop.wait(min(self.heartbeat_interval, keep_alive / 2)):
             silent = time.monotonic() - self._last_progress
             if silent > self.heartbeat_timeout:
                 self._down_reason = f"no response from the host for {silent:.0f} s"
                 self._shutdown_transport()  # the reader sees EOF and reports the link down
                 return
-            due = time.monotonic() - last_ping >= keep_alive * 0.9
+            due = time.monotonic() - last_ping >= keep_alive / 2  # so no gap exceeds keep_alive
             if (silent >= self.heartbeat_interval or due) and self._write_lock.acquire(
                 blocking=False
             ):

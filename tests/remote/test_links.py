@@ -529,7 +529,7 @@ def test_noisy_shell_that_stops_the_agent_is_named(
 def test_bad_frame_takes_the_link_down_with_the_agents_reason(harness: Harness) -> None:
     from remote import _wire
 
-    assert len(harness.processes()) == 3
+    wait_until(lambda: len(harness.processes()) == 3)  # slots start after HELLO
     with harness.link._write_lock:
         harness.link._write(_wire.HEADER.pack(10, _wire.PING) + b"\x00" * 9)
     harness.events.wait(lambda: bool(harness.events.down))
