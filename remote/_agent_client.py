@@ -156,7 +156,6 @@ class AgentLink:
         self._on_stdout = on_stdout
         self._stdout_pending = b""  # a task's partial stdout line (reader thread only)
         self._stdout_decoder = codecs.getincrementaldecoder("utf-8")("replace")
-        self._agent_error: str | None = None  # the agent's ERROR frame, if it sent one
         self._stderr_tail: collections.deque[str] = collections.deque(maxlen=40)
         self._events: LinkEvents | None = None
         self._write_lock = threading.Lock()
@@ -274,7 +273,8 @@ class AgentLink:
                 raise self._hello_failure(
                     noise,
                     found,
-                    f"the worker agent did not start within {self.connect_timeout:g} s",
+                    f"the worker agent did not start within {self.connect_timeout:g} s"
+                    f"{self._stderr_summary()}",
                     f"the agent did not start within {self.connect_timeout:g} s",
                 )
             try:
@@ -338,8 +338,6 @@ class AgentLink:
         the agent never announced itself, a message that says so and how to fix it."""
         where = f"host {self.spec.name!r} ({self.spec.host})"
         if found or not noise.strip():
-            if not plain.startswith("the worker agent exited"):
-                plain += self._stderr_summary()
             return HostUnavailableError(f"{where}: {plain}")
         text = bytes(noise[:_NOISE_KEEP]).decode("utf-8", "replace").strip()
         if len(text) > 300:
@@ -358,11 +356,13 @@ class AgentLink:
                     f"host {self.spec.name!r}: the link is "
                     f"{'closed' if self._closed else 'down'}; cannot submit attempt {attempt_id}"
                 )
-            # The agent mirrors this LRU: it gets the evicted ids right before the SUBMIT.
-            first, evicted = self._fns_sent.use(fn_id, len(fn_payload))
+            first = fn_id not in self._fns_sent
             frame = _wire.encode_submit(
                 attempt_id, fn_id, fn_payload if first else None, args_payload
             )
+            # Only once the frame exists (encoding may fail): the agent mirrors this LRU, so
+            # the evicted ids must reach it right before this SUBMIT, in this order.
+            _, evicted = self._fns_sent.use(fn_id, len(fn_payload))
             if evicted:
                 frame = _wire.encode_evict(evicted) + frame
             with self._state_lock:
@@ -475,9 +475,8 @@ class AgentLink:
         elif kind == _wire.ERROR:
             # The agent rejected a frame of ours and exits; the reader then sees the stream
             # end and reports the link down with this reason.
-            self._agent_error = _wire.decode_error(body)
             if self._down_reason is None:
-                self._down_reason = f"the worker agent rejected a frame: {self._agent_error}"
+                self._down_reason = f"the worker agent rejected a frame: {_wire.decode_error(body)}"
         else:
             raise _wire.ProtocolError(f"unexpected {_wire.message_name(kind)} from the agent")
 
