@@ -9,6 +9,11 @@ connection and start it with a short ``python -c`` bootstrap, so any POSIX
 host with Python and cloudpickle works. Hence this module imports only the
 standard library and cloudpickle.
 
+Why one module above the usual size: it is the whole agent program, shipped to hosts as
+source; its state (slots, queue, function cache, streams) belongs to one single-threaded
+loop in :class:`Agent`, and the slot side (``_slot_loop`` onwards) runs in processes forked
+from it.
+
 Design:
 
 - The agent is one single-threaded process with a ``selectors`` loop over
