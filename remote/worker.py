@@ -260,6 +260,7 @@ class Agent:
         self.wake_r, self.wake_w = os.pipe()
         self.frames = _wire.FrameBuffer()
         self.closing = False
+        self.failing = False  # exiting on a protocol error: a failed write must not exit 0
         # Last sign of life of the controller: bytes from it, or it taking ours.
         self.last_heard = time.monotonic()
 
@@ -376,6 +377,8 @@ class Agent:
             except BlockingIOError:
                 written = 0
             except OSError:
+                if self.failing:
+                    raise
                 self.shutdown()  # the controller's end is closed: it is gone
             if written:
                 view = view[written:]
@@ -386,7 +389,8 @@ class Agent:
 
     def _protocol_error(self, message: str) -> None:
         """Answer a bad frame with ERROR, say why on stderr, exit non-zero. Never returns."""
-        with contextlib.suppress(BaseException):
+        self.failing = True
+        with contextlib.suppress(OSError):
             self._send(_wire.encode_error(message))
         self._fail(_EXIT_PROTOCOL, f"protocol error: {message}; exiting")
 
@@ -631,10 +635,12 @@ class Agent:
             self._dequeue()
 
     def _slot_lost(self, slot: _Slot, reason: str) -> None:
-        """The slot rejected its task frame; it exits on its own and is replaced."""
+        """The slot rejected its task frame: it goes (it would exit anyway) and is replaced."""
         attempt_id = slot.attempt
         slot.attempt = None
         slot.retired = True
+        with contextlib.suppress(OSError):
+            os.killpg(slot.pid, signal.SIGKILL)
         if slot in self.idle:
             self.idle.remove(slot)
         if attempt_id is not None and not slot.cancelled:
