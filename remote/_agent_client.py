@@ -29,6 +29,7 @@ Lock order: ``_write_lock`` (outbound queue, function bookkeeping) and
 from __future__ import annotations
 
 import base64
+import codecs
 import collections
 import contextlib
 import enum
@@ -44,6 +45,7 @@ from typing import Any
 
 from . import _wire
 from ._errors import HostErrorKind, HostUnavailableError
+from ._fn_lru import FnLRU
 from ._link import HostSpec, LinkEvents
 
 __all__ = ["AgentLink", "LinkState", "LinkTiming", "bootstrap_code", "check_hello"]
@@ -81,6 +83,8 @@ _sources: list[tuple[str, str]] = []
 
 
 def _agent_blob(name: str, slots: int, silence_limit: float = 0.0) -> bytes:
+    """The length-prefixed JSON the bootstrap reads: the agent's modules and its argv
+    (display name, slots, controller-silence limit in seconds, 0 = none)."""
     import json
 
     if not _sources:
@@ -91,9 +95,8 @@ def _agent_blob(name: str, slots: int, silence_limit: float = 0.0) -> bytes:
                 ("parallelize_agent", (here / "worker.py").read_text()),
             ]
         )
-    data = json.dumps(
-        {"modules": _sources, "argv": [name, str(slots), repr(float(silence_limit))]}
-    ).encode()
+    argv = [name, str(slots), repr(float(silence_limit))]
+    data = json.dumps({"modules": _sources, "argv": argv}).encode()
     return len(data).to_bytes(4, "big") + data
 
 
@@ -207,15 +210,28 @@ _PROGRESS_FRAME = 1 << 16
 
 
 class _Outbound:
-    """One frame waiting for the writer. ``attempt`` is set for SUBMITs so that a
-    CANCEL can drop a SUBMIT that was never written."""
+    """One frame waiting for the writer. ``attempt`` is set for SUBMITs so that a CANCEL
+    can drop a SUBMIT that was never written, if it carries nothing the agent must see
+    (a function or evictions the link's function cache already counts as delivered);
+    such a SUBMIT is written and cancelled right after instead."""
 
-    __slots__ = ("attempt", "data", "dropped")
+    __slots__ = ("attempt", "cancel_after", "data", "droppable", "dropped")
 
-    def __init__(self, data: bytes, attempt: int | None = None) -> None:
+    def __init__(self, data: bytes, attempt: int | None = None, droppable: bool = True) -> None:
         self.data = data
         self.attempt = attempt
+        self.droppable = droppable
         self.dropped = False
+        self.cancel_after = False
+
+
+def _default_stdout(link: AgentLink, line: str) -> None:
+    with contextlib.suppress(Exception):
+        sys.stdout.write(f"[{link.spec.name}] {line}\n")
+
+
+_STDOUT_LINE_MAX = 1 << 16  # a longer line without a newline is passed on in pieces
+_NOISE_KEEP = 4096  # bytes of a noisy shell's output kept for the error message
 
 
 class AgentLink:
@@ -228,12 +244,22 @@ class AgentLink:
         connect_timeout: float = 10.0,
         timing: LinkTiming | None = None,
         on_stderr: Callable[[AgentLink, str], None] | None = _default_stderr,
+        on_stdout: Callable[[AgentLink, str], None] | None = _default_stdout,
+        silence_limit: float | None = None,
     ) -> None:
         self.spec = spec
         self.connect_timeout = connect_timeout
         self.timing = timing or LinkTiming()
+        # The agent exits (killing its slots) after this long without a byte from us; the
+        # pinger writes at least every silence_limit / 4 while the link is up. 0: never.
+        self.silence_limit = (
+            self.timing.agent_silence_limit if silence_limit is None else silence_limit
+        )
         self.hello: dict[str, Any] = {}
         self._on_stderr = on_stderr
+        self._on_stdout = on_stdout
+        self._stdout_pending = b""  # a task's partial stdout line (reader thread only)
+        self._stdout_decoder = codecs.getincrementaldecoder("utf-8")("replace")
         self._stderr_tail: collections.deque[str] = collections.deque(maxlen=40)
         self._events: LinkEvents | None = None
         self._state = LinkState.NEW
@@ -246,7 +272,7 @@ class AgentLink:
         self._outq: collections.deque[_Outbound] = collections.deque()
         self._queued_submits: dict[int, _Outbound] = {}
         self._writer_done = False
-        self._fns_sent: set[int] = set()
+        self._fns_sent = FnLRU()  # mirrors the agent's function cache (under _write_lock)
         # --- health, written by the reader/writer threads, read by the pinger --------
         self._frames = _wire.FrameBuffer()
         self._pings: dict[int, tuple[threading.Event, list[float]]] = {}
@@ -308,9 +334,9 @@ class AgentLink:
             if not chunk:
                 break
             pending += chunk
-            *lines, pending = pending.split(b"\\n")
+            *lines, pending = pending.split(b"\n")
             for raw in lines:
-                self._stderr_line(raw.decode("utf-8", "replace").rstrip("\\r"))
+                self._stderr_line(raw.decode("utf-8", "replace").rstrip("\r"))
         if pending:
             self._stderr_line(pending.decode("utf-8", "replace"))
 
@@ -359,9 +385,8 @@ class AgentLink:
         deadline = time.monotonic() + self.connect_timeout
         try:
             self._open(deadline)
-            self._write(
-                _agent_blob(self.spec.name, self.spec.slots, self.timing.agent_silence_limit)
-            )
+            with contextlib.suppress(OSError):  # if it died already, _read_hello says why
+                self._write(_agent_blob(self.spec.name, self.spec.slots, self.silence_limit))
             info = self._read_hello(deadline)
             check_hello(self.spec, info)
         except BaseException:
@@ -385,14 +410,19 @@ class AgentLink:
         self._start_thread(self._pinger, "pinger")
 
     def _read_hello(self, deadline: float) -> dict[str, Any]:
+        """Read up to the agent's HELLO: skip (and report) what the remote shell printed before
+        the agent's MAGIC marker; raise HostUnavailableError naming what went wrong."""
+        noise = bytearray()  # everything before MAGIC
+        found = False
         while True:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                raise HostUnavailableError(
-                    f"host {self.spec.name!r} ({self.spec.host}): the worker agent did not "
-                    f"start within {self.connect_timeout:g} s{self._stderr_summary()}",
-                    kind=HostErrorKind.AGENT_START,
-                    host=self.spec.name,
+                raise self._hello_failure(
+                    noise,
+                    found,
+                    f"the worker agent did not start within {self.connect_timeout:g} s"
+                    f"{self._stderr_summary()}",
+                    f"the agent did not start within {self.connect_timeout:g} s",
                 )
             try:
                 data = self._read(remaining)
@@ -404,15 +434,41 @@ class AgentLink:
             if not data:
                 detail = self._failure_detail()
                 time.sleep(0.05)  # let the stderr thread catch the agent's last words
+                raise self._hello_failure(
+                    noise,
+                    found,
+                    f"the worker agent exited before saying hello ({detail or 'stream closed'}) "
+                    f"when started as {self.spec.python!r}{self._stderr_summary()}. Fix: check "
+                    "that `python` for this host names a Python 3 interpreter with cloudpickle.",
+                    f"no agent started ({detail or 'stream closed'})",
+                )
+            if not found:
+                noise += data
+                at = noise.find(_wire.MAGIC)
+                if at < 0:
+                    if len(noise) > _NOISE_KEEP + len(_wire.MAGIC):  # keep the head and a tail
+                        del noise[_NOISE_KEEP : len(noise) - len(_wire.MAGIC)]  # to find MAGIC
+                    continue
+                found = True
+                data = bytes(noise[at + len(_wire.MAGIC) :])
+                del noise[at:]
+                if noise:
+                    log.warning(
+                        "host %r: the remote shell printed %d bytes before the worker agent "
+                        "started (ignored): %r. Make the shell startup files print nothing "
+                        "for non-interactive shells.",
+                        self.spec.name,
+                        len(noise),
+                        bytes(noise[:200]),
+                    )
+            try:
+                frames = self._frames.feed(data)
+            except _wire.ProtocolError as exc:
                 raise HostUnavailableError(
-                    f"host {self.spec.name!r} ({self.spec.host}): the worker agent exited "
-                    f"before saying hello ({detail or 'stream closed'}) when started as "
-                    f"{self.spec.python!r}{self._stderr_summary()}. Fix: check that "
-                    f"`python` for this host names a Python 3 interpreter with cloudpickle.",
+                    f"host {self.spec.name!r}: garbled agent output ({exc})",
                     kind=HostErrorKind.AGENT_START,
                     host=self.spec.name,
-                )
-            frames = self._frames.feed(data)
+                ) from None
             if frames:
                 kind, body = frames[0]
                 if kind != _wire.HELLO:
@@ -430,6 +486,28 @@ class AgentLink:
                     )
                 return _wire.decode_hello(body)
 
+    def _hello_failure(
+        self, noise: bytearray, found: bool, plain: str, noisy: str
+    ) -> HostUnavailableError:
+        """The error for a missing HELLO: *plain*, or, when the remote shell printed text and
+        the agent never announced itself, a message that says so and how to fix it."""
+        where = f"host {self.spec.name!r} ({self.spec.host})"
+        if found or not noise.strip():
+            return HostUnavailableError(
+                f"{where}: {plain}", kind=HostErrorKind.AGENT_START, host=self.spec.name
+            )
+        text = bytes(noise[:_NOISE_KEEP]).decode("utf-8", "replace").strip()
+        if len(text) > 300:
+            text = text[:300] + "..."
+        return HostUnavailableError(
+            f"{where}: the remote shell printed text before the agent started, and {noisy}: "
+            f"{text!r}{self._stderr_summary()}. Fix: make the shell startup files on that host "
+            "(~/.bashrc, ~/.profile, ~/.zshenv, ...) print nothing for non-interactive "
+            "shells, e.g. start ~/.bashrc with `[[ $- == *i* ]] || return`.",
+            kind=HostErrorKind.NOISY_SHELL,
+            host=self.spec.name,
+        )
+
     def submit(self, attempt_id: int, fn_id: int, fn_payload: bytes, args_payload: bytes) -> None:
         with self._write_lock:
             if not self.alive:
@@ -443,10 +521,14 @@ class AgentLink:
             frame = _wire.encode_submit(
                 attempt_id, fn_id, fn_payload if first else None, args_payload
             )
+            # Only once the frame exists (encoding may fail): the agent mirrors this LRU, so
+            # the evicted ids must reach it right before this SUBMIT, in this order.
+            _, evicted = self._fns_sent.use(fn_id, len(fn_payload))
+            if evicted:
+                frame = _wire.encode_evict(evicted) + frame
             with self._state_lock:
                 self._inflight.add(attempt_id)
-            self._fns_sent.add(fn_id)
-            item = _Outbound(frame, attempt_id)
+            item = _Outbound(frame, attempt_id, droppable=not first and not evicted)
             self._queued_submits[attempt_id] = item
             self._outq.append(item)
             self._out_ready.notify()
@@ -459,7 +541,10 @@ class AgentLink:
         with self._write_lock:
             queued = self._queued_submits.pop(attempt_id, None)
             if queued is not None:  # never reached the agent: nothing to kill
-                queued.dropped = True
+                if queued.droppable:
+                    queued.dropped = True
+                else:
+                    queued.cancel_after = True
                 return
         self._send_urgent(_wire.encode_cancel(attempt_id))
 
@@ -551,6 +636,8 @@ class AgentLink:
                 return
             if len(item.data) >= _PROGRESS_FRAME:
                 self._progress()
+            if item.cancel_after and item.attempt is not None:
+                self._send_urgent(_wire.encode_cancel(item.attempt))
 
     def _finish_close(self) -> None:
         """Close thread: let the writer flush SHUTDOWN briefly, then tear the transport down."""
@@ -593,12 +680,18 @@ class AgentLink:
         self._link_down(events, reason)
 
     def _dispatch(self, events: LinkEvents, kind: int, body: bytes) -> None:
-        if kind == _wire.RESULT:
+        if kind == _wire.OUTPUT:
+            stream, data = _wire.decode_output(body)
+            if stream == _wire.STDOUT:
+                self._stdout(data, final=False)
+        elif kind == _wire.RESULT:
             attempt_id, ok, payload, duration = _wire.decode_result(body)
+            self._stdout(b"", final=True)  # the task's last partial line before its result
             if self._take(attempt_id):
                 self._deliver(events.on_result, self, attempt_id, ok, payload, duration)
         elif kind == _wire.LOST:
             attempt_id, why = _wire.decode_lost(body)
+            self._stdout(b"", final=True)
             if self._take(attempt_id):
                 self._deliver(events.on_attempt_lost, self, attempt_id, why)
         elif kind == _wire.PONG:
@@ -609,6 +702,11 @@ class AgentLink:
             if waiter is not None:
                 waiter[1].append(now)
                 waiter[0].set()
+        elif kind == _wire.ERROR:
+            # The agent rejected a frame of ours and exits; the reader then sees the stream
+            # end and reports the link down with this reason.
+            if self._down_reason is None:
+                self._down_reason = f"the worker agent rejected a frame: {_wire.decode_error(body)}"
         else:
             raise _wire.ProtocolError(f"unexpected {_wire.message_name(kind)} from the agent")
 
@@ -617,6 +715,21 @@ class AgentLink:
         if sent is not None:
             sample = now - sent
             self._srtt = sample if self._srtt is None else 0.875 * self._srtt + 0.125 * sample
+
+    def _stdout(self, data: bytes, *, final: bool) -> None:
+        """Pass tasks' stdout on line by line (reader thread only). A partial line waits for
+        its end, for the end of a task (*final*), or until it is _STDOUT_LINE_MAX long."""
+        if self._on_stdout is None:
+            return
+        pending = self._stdout_pending + data
+        *lines, pending = pending.split(b"\n")
+        if pending and (final or len(pending) >= _STDOUT_LINE_MAX):
+            lines.append(pending)
+            pending = b""
+        self._stdout_pending = pending
+        for raw in lines:
+            text = self._stdout_decoder.decode(raw).rstrip("\r")
+            self._deliver(self._on_stdout, self, text)
 
     def _take(self, attempt_id: int) -> bool:
         with self._state_lock:
@@ -663,12 +776,18 @@ class AgentLink:
         events = self._events
         assert events is not None
         timing = self.timing
-        interval = timing.interval(self._srtt)
+
+        def next_interval() -> float:
+            # the agent must hear from us well within its silence limit (see __init__)
+            keep_alive = self.silence_limit / 4 if self.silence_limit > 0 else float("inf")
+            return min(timing.interval(self._srtt), keep_alive)
+
+        interval = next_interval()
         while not self._stop.wait(interval):
             now = time.monotonic()
             punctual = True
             interval_before = interval
-            interval = timing.interval(self._srtt)
+            interval = next_interval()
             silent = now - self._last_heard
             if silent > timing.stall_timeout:
                 self._down_reason = (
