@@ -151,7 +151,7 @@ def _wrap(func: Any, method: Method, executor: Executor | None) -> Any:
     return wrapper
 
 
-class _BoundParallelFunction(wrapt.BoundFunctionWrapper):  # type: ignore[misc]
+class _BoundParallelFunction(wrapt.BoundFunctionWrapper):  # type: ignore[type-arg]
     """A decorated method bound to its instance: pickles as ``getattr(instance, name)``."""
 
     def __reduce_ex__(self, protocol: Any) -> tuple[Any, ...]:
@@ -164,7 +164,7 @@ class _BoundParallelFunction(wrapt.BoundFunctionWrapper):  # type: ignore[misc]
         return self.__reduce_ex__(2)
 
 
-class _ParallelFunction(wrapt.FunctionWrapper):  # type: ignore[misc]
+class _ParallelFunction(wrapt.FunctionWrapper):  # type: ignore[type-arg]
     """The wrapper ``@parallelize`` returns: wrapt's, made picklable.
 
     Pickled by reference when it is what its module holds under its name (a
@@ -179,11 +179,11 @@ class _ParallelFunction(wrapt.FunctionWrapper):  # type: ignore[misc]
     _self_options: tuple[Method, Executor | None]
 
     def __reduce_ex__(self, protocol: Any) -> tuple[Any, ...]:
-        module_name = getattr(self, "__module__", None)
+        module_name: str = getattr(self, "__module__", None) or ""
         qualname = getattr(self, "__qualname__", "")
-        if module_name and module_name != "__main__" and "<" not in qualname:
-            if _lookup_static(module_name, qualname) is self:
-                return (_lookup_static, (module_name, qualname))
+        importable = module_name not in ("", "__main__") and "<" not in qualname
+        if importable and _lookup_static(module_name, qualname) is self:
+            return (_lookup_static, (module_name, qualname))
         method, executor = self._self_options
         if executor is not None:
             raise PicklingError(
