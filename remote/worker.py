@@ -503,15 +503,31 @@ def _run(
     duration = time.perf_counter() - started
     try:
         payload = _dumps(value)
-    except BaseException as exc:
-        error = RuntimeError(
+    except BaseException as exc:  # SystemExit in a __reduce__ too: the slot survives
+        import importlib
+        import operator
+
+        message = (
             f"the task's return value (type {type(value).__module__}."
             f"{type(value).__qualname__}) could not be pickled to be sent back from {origin}: "
             f"{type(exc).__name__}: {exc}. Return picklable data instead."
         )
-        return _wire.encode_result(
-            attempt_id, False, _dump_error(error, origin, "pickling the result", exc), duration
-        )
+        tb_text = _format_tb(exc, origin, "pickling the result")
+
+        class PicklingErrorByName:
+            # parallelize.PicklingError, as under PROCESS. The slot cannot import
+            # parallelize (only cloudpickle is required on hosts), so the error
+            # is rebuilt by name where it is unpickled:
+            # methodcaller("PicklingError", message)(import_module("parallelize._errors")).
+            def __reduce__(self) -> tuple[Any, ...]:
+                return (operator.methodcaller("PicklingError", message), (ModuleByName(),))
+
+        class ModuleByName:
+            def __reduce__(self) -> tuple[Any, ...]:
+                return (importlib.import_module, ("parallelize._errors",))
+
+        body = pickle.dumps((PicklingErrorByName(), tb_text), protocol=5)
+        return _wire.encode_result(attempt_id, False, body, duration)
     return _wire.encode_result(attempt_id, True, payload, duration)
 
 
