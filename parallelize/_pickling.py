@@ -31,6 +31,7 @@ import inspect
 import io
 import linecache
 import operator
+import pickle
 import sys
 import threading
 import types
@@ -56,6 +57,9 @@ _function_cache: weakref.WeakKeyDictionary[Callable[..., Any], bytes] = weakref.
 _cache_lock = threading.Lock()
 _own_reduce: set[type] = set()
 _DYNAMIC_FILENAME = "<dynamic-code>"  # what cloudpickle puts in co_filename
+_OPEN_FILE_TYPES = frozenset(
+    {io.TextIOWrapper, io.BufferedReader, io.BufferedWriter, io.BufferedRandom, io.FileIO}
+)
 
 
 def callable_name(fn: Callable[..., Any]) -> str:
@@ -117,6 +121,14 @@ class _Pickler(cloudpickle.Pickler):  # type: ignore[misc]
             return obj.__reduce_ex__(5)
         if kind is types.CodeType:
             return self._code_reduce(obj)
+        if kind in _OPEN_FILE_TYPES:
+            # cloudpickle would send a read-mode file's contents (and refuse others):
+            # a copy that silently diverges from the file. Refuse every open file.
+            name = getattr(obj, "name", "?")
+            raise pickle.PicklingError(
+                f"the open file {name!r} cannot be sent to another process; pass its path "
+                "(or the data read from it) instead"
+            )
         return super().reducer_override(obj)
 
     def _code_reduce(self, code: types.CodeType) -> Any:
