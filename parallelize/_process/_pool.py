@@ -394,7 +394,8 @@ class _Pool:
         os.set_blocking(task_w, False)
         os.set_blocking(result_r, False)
         worker = _Worker(proc, task_w, result_r)
-        startup = pickle.dumps((self.sent_path, self._original_pythonpath), protocol=5)
+        title = f"parallelize worker pool={self.name} parent={os.getpid()}"
+        startup = pickle.dumps((self.sent_path, self._original_pythonpath, title), protocol=5)
         worker.path_version = self.path_version
         self._write(worker, startup)
         self.workers.append(worker)

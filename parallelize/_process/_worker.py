@@ -216,6 +216,15 @@ def _serve(stream: BinaryIO, result_fd: int) -> None:
             _send(result_fd, body)
 
 
+def _set_title(title: str) -> None:
+    """Show *title* in ``ps``/``top`` instead of ``python -c <bootstrap code>``."""
+    try:
+        import setproctitle
+    except ImportError:  # pragma: no cover - a dependency; ps just shows the command line
+        return
+    setproctitle.setproctitle(title)
+
+
 def main(argv: list[str]) -> None:
     task_fd, result_fd = int(argv[1]), int(argv[2])
     os.set_inheritable(task_fd, False)
@@ -224,7 +233,9 @@ def main(argv: list[str]) -> None:
     startup = _read_frame(stream)
     if startup is None:
         os._exit(WORKER_EXIT_ON_EOF)
-    sys_path, pythonpath = pickle.loads(startup)
+    sys_path, pythonpath, *rest = pickle.loads(startup)
+    if rest:
+        _set_title(rest[0])
     sys.path[:] = sys_path
     if pythonpath is None:
         os.environ.pop("PYTHONPATH", None)
