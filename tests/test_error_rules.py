@@ -111,7 +111,7 @@ def test_one_rule_for_exceptions_and_results(executor: tuple[str, Executor]) -> 
             ex.submit(return_exit_while_pickled).result(timeout=60)
         with pytest.raises(PicklingError, match="lock"):
             ex.submit(return_lock).result(timeout=60)
-        with pytest.raises(RuntimeError, match="Unpicklable.*with a lock"):
+        with pytest.raises(RuntimeError, match=r"Unpicklable.*with a lock"):
             ex.submit(raise_unpicklable).result(timeout=60)
 
     # The worker (or slot) survived all of that: the same process still serves.

@@ -13,8 +13,8 @@ import threading
 import time
 import tracemalloc
 from collections.abc import Callable, Iterator
-from fractions import Fraction
 from concurrent.futures import CancelledError, Future, ThreadPoolExecutor
+from fractions import Fraction
 from types import SimpleNamespace
 from typing import Any
 
