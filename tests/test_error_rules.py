@@ -98,8 +98,14 @@ def test_one_rule_for_exceptions_and_results(executor: tuple[str, Executor]) -> 
         ex.submit(exit_with, 3).result(timeout=60)
     assert exited.value.code == 3
 
-    with pytest.raises(CustomBase, match="custom"):
+    with pytest.raises(CustomBase, match="custom") as raised:
         ex.submit(raise_base).result(timeout=60)
+    if method != "thread":
+        # The worker's traceback, with this file's name and the source line, although
+        # the function was sent by value (this module is registered so).
+        remote_tb = str(raised.value.__cause__)
+        assert "test_error_rules.py" in remote_tb, remote_tb
+        assert 'raise CustomBase("custom")' in remote_tb, remote_tb
 
     if method == "thread":
         assert isinstance(ex.submit(return_exit_while_pickled).result(), ExitWhilePickled)
