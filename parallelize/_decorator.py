@@ -183,7 +183,7 @@ class _ParallelFunction(wrapt.FunctionWrapper):  # type: ignore[type-arg]
         qualname = getattr(self, "__qualname__", "")
         importable = module_name not in ("", "__main__") and "<" not in qualname
         if importable and _lookup_static(module_name, qualname) is self:
-            return (_lookup_static, (module_name, qualname))
+            return (_load_by_name, (module_name, qualname))
         method, executor = self._self_options
         if executor is not None:
             raise PicklingError(
@@ -213,6 +213,17 @@ def _lookup_static(module_name: str, qualname: str) -> Any:
             return None
         obj = namespace[part]
     return obj
+
+
+def _load_by_name(module_name: str, qualname: str) -> Any:
+    """Unpickle a decorated function sent by reference."""
+    found = _lookup_static(module_name, qualname)
+    if found is None:
+        raise AttributeError(
+            f"cannot unpickle the decorated function {module_name}.{qualname}: this process "
+            "does not find it there (is the same version of its module importable here?)"
+        )
+    return found
 
 
 def _rebuild(func: Any, method: str) -> Any:
