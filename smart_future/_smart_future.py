@@ -4,18 +4,20 @@ A SmartFuture wraps a ``concurrent.futures.Future`` (public attribute
 ``future``) and offers two faces:
 
 * The Future API (``result``, ``exception``, ``done``, ``cancel``,
-  ``cancelled``, ``running``, ``add_done_callback``), delegated to the wrapped
-  future.  ``add_done_callback`` callbacks receive the SmartFuture.
+  ``cancelled``, ``running``, ``add_done_callback``,
+  ``remove_done_callback``), delegated to the wrapped future.
+  ``add_done_callback`` callbacks receive the SmartFuture.
 
-* The value face: operators, conversions, comparisons, hashing, container
+* The value face: operators, conversions, comparisons, container
   and iteration protocols, calling, the context-manager protocol and
   attribute access all act on ``result()``.  Each such use blocks until the
   task has finished and re-raises the task's exception if it failed (or
   ``CancelledError`` if it was cancelled).  SmartFuture operands are
   unwrapped, so ``f(1) + f(2)`` and ``2 ** f(3)`` work.
 
-Things that never block: ``repr()``, the Future API methods other than
-``result()``/``exception()`` and ``isinstance()``.
+Things that never block: ``repr()``, ``hash()`` (identity: see the class
+docstring), the Future API methods other than ``result()``/``exception()``
+and ``isinstance()``.
 """
 
 from __future__ import annotations
@@ -195,7 +197,7 @@ class SmartFuture(Generic[T]):
     ``[sf.future for sf in ...]`` to ``concurrent.futures.wait()`` or
     ``as_completed()``.  Wrapping a SmartFuture wraps its inner future.
 
-    Using a SmartFuture as a value (operators, comparisons, ``hash``,
+    Using a SmartFuture as a value (operators, comparisons,
     ``bool``, ``len``, ``iter``, ``in``, indexing, ``str``, ``format``,
     numeric conversions, ``round``, ``math.trunc/floor/ceil``, calling,
     ``with``, attribute access) blocks until the task finishes, then acts on
@@ -204,7 +206,8 @@ class SmartFuture(Generic[T]):
 
     * Names defined on SmartFuture (``future``, ``value``, ``result``,
       ``exception``, ``done``, ``cancel``, ``cancelled``, ``running``,
-      ``add_done_callback``) refer to the future, not the value; use
+      ``add_done_callback``, ``remove_done_callback``) refer to the future,
+      not the value; use
       ``sf.value.done`` to reach a value attribute of the same name.  All
       other attribute reads, writes and deletions go to the value (dunder
       names are read from, but never written to, the value).
