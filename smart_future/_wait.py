@@ -84,13 +84,14 @@ class _Failures:
     goes to stderr when the wait ends.
     """
 
-    __slots__ = ("count", "first", "log", "total")
+    __slots__ = ("count", "first", "interrupted", "log", "total")
 
     def __init__(self, log: bool, total: int) -> None:
         self.log = log
         self.total = total
         self.count = 0
         self.first: BaseException | None = None
+        self.interrupted = False
 
     def check(self, sf: SmartFuture[Any]) -> None:
         if not self.log:
@@ -107,7 +108,7 @@ class _Failures:
         _logger.error("Task failed: %r", sf, exc_info=exc)
 
     def summarise(self) -> None:
-        if not self.count or _logging_shows_errors():
+        if not self.count or self.interrupted or _logging_shows_errors():
             return
         first = self.first
         print(
@@ -197,6 +198,7 @@ def _drain(
                 callback(sf)
             yield sf
     except KeyboardInterrupt:
+        failures.interrupted = True  # the user wants out: no summary now
         _interrupt.notify_interrupted(list(pending))
         raise
     finally:
@@ -234,6 +236,7 @@ def _drain_with_progress(
                 callback(sf)
             yield sf
     except KeyboardInterrupt:
+        failures.interrupted = True  # the user wants out: no summary now
         _interrupt.notify_interrupted(list(pending))
         raise
     finally:
