@@ -38,7 +38,9 @@ bootstrap_python() {
   if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
     return 0
   fi
-  "$PY" -m pip install -q --disable-pip-version-check --upgrade pip
-  "$PY" -m pip install -q --disable-pip-version-check -e "$root[$extras]"
+  # PYTHONWARNINGS reaches the build backend too: setuptools warns about every
+  # editable install, which says nothing to someone running the demo.
+  PYTHONWARNINGS=ignore "$PY" -m pip install -q --disable-pip-version-check --upgrade pip
+  PYTHONWARNINGS=ignore "$PY" -m pip install -q --disable-pip-version-check -e "$root[$extras]"
   echo "$want" > "$stamp"
 }
