@@ -297,6 +297,14 @@ def test_shutdown_cancel_futures_cancels_only_queued(method: str, gate: Gate) ->
     assert all(not f.cancelled() and f.exception(TIMEOUT) is None for f in running)
 
 
+def test_executor_dropped_without_shutdown_runs_what_was_queued(method: str) -> None:
+    ex = make_executor(method, 1)
+    futures = [ex.submit(abs, -i) for i in range(6)]
+    del ex
+    gc.collect()
+    assert [f.result(TIMEOUT) for f in futures] == list(range(6))
+
+
 def _handed_over_case(method: str) -> Any:
     if method == "thread":
         return pytest.param(
