@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import difflib
+import importlib
 import inspect
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import Executor
 from typing import Any, ParamSpec, TypeVar, overload
 
@@ -14,7 +15,9 @@ from smart_future import SmartFuture
 
 from . import _defaults
 from ._defaults import default_executor
+from ._errors import PicklingError
 from ._method import Method
+from ._pickling import register_reducer
 from ._submission import has_smart_future, submit_call
 
 __all__ = ["parallelize"]
@@ -110,6 +113,13 @@ def _wrap(func: Any, method: Method, executor: Executor | None) -> Any:
             "it would return an un-awaited coroutine. Decorate a regular function, "
             "or run the coroutine with asyncio."
         )
+    if inspect.isgeneratorfunction(target):
+        raise TypeError(
+            f"@parallelize cannot run the generator function {target.__qualname__}: "
+            "its call would only create a generator (which cannot be sent to another "
+            "process) and run none of its body. Decorate a function that returns a list "
+            "instead, e.g. one that does `return list(...)`."
+        )
 
     # The hot path of every call: find the executor, and unless an argument is a
     # SmartFuture (rare), submit directly. Kept flat: the whole decorator has a
@@ -136,4 +146,86 @@ def _wrap(func: Any, method: Method, executor: Executor | None) -> Any:
             return submit_call(target, wrapped, args, kwargs)
         return SmartFuture(target.submit(wrapped, *args, **kwargs))
 
-    return wrapt.decorator(call)(func)
+    wrapper = _ParallelFunction(func, call)
+    wrapper._self_options = (method, executor)
+    return wrapper
+
+
+class _BoundParallelFunction(wrapt.BoundFunctionWrapper):  # type: ignore[type-arg]
+    """A decorated method bound to its instance: pickles as ``getattr(instance, name)``."""
+
+    def __reduce_ex__(self, protocol: Any) -> tuple[Any, ...]:
+        instance = self._self_instance
+        if instance is None:
+            return self._self_parent.__reduce_ex__(protocol)  # type: ignore[no-any-return]
+        return (getattr, (instance, self.__name__))
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return self.__reduce_ex__(2)
+
+
+class _ParallelFunction(wrapt.FunctionWrapper):  # type: ignore[type-arg]
+    """The wrapper ``@parallelize`` returns: wrapt's, made picklable.
+
+    Pickled by reference when it is what its module holds under its name (a
+    module-level decorated function), else by value: the undecorated function
+    and the options, decorated again when unpickled. So decorated functions
+    can be passed to ``ProcessPoolExecutor`` or ``multiprocessing``, and
+    classes holding decorated methods can be sent to PROCESS and REMOTE
+    workers (a class from ``__main__`` or a notebook travels by value).
+    """
+
+    __bound_function_wrapper__ = _BoundParallelFunction
+    _self_options: tuple[Method, Executor | None]
+
+    def __reduce_ex__(self, protocol: Any) -> tuple[Any, ...]:
+        module_name: str = getattr(self, "__module__", None) or ""
+        qualname = getattr(self, "__qualname__", "")
+        importable = module_name not in ("", "__main__") and "<" not in qualname
+        if importable and _lookup_static(module_name, qualname) is self:
+            return (_load_by_name, (module_name, qualname))
+        method, executor = self._self_options
+        if executor is not None:
+            raise PicklingError(
+                f"cannot pickle {module_name}.{qualname}: it was decorated with an explicit "
+                "executor=, which cannot be sent to another process. Define it at module "
+                "level of an importable module (it is then sent by reference), or use method=."
+            )
+        return (_rebuild, (self.__wrapped__, method.value))
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return self.__reduce_ex__(2)
+
+
+register_reducer(_ParallelFunction)
+register_reducer(_BoundParallelFunction)
+
+
+def _lookup_static(module_name: str, qualname: str) -> Any:
+    """``module.qualname`` read from the ``__dict__``s (no descriptor binding), or None."""
+    try:
+        obj: Any = importlib.import_module(module_name)
+    except Exception:
+        return None
+    for part in qualname.split("."):
+        namespace = getattr(obj, "__dict__", None)
+        if not isinstance(namespace, Mapping) or part not in namespace:
+            return None
+        obj = namespace[part]
+    return obj
+
+
+def _load_by_name(module_name: str, qualname: str) -> Any:
+    """Unpickle a decorated function sent by reference."""
+    found = _lookup_static(module_name, qualname)
+    if found is None:
+        raise AttributeError(
+            f"cannot unpickle the decorated function {module_name}.{qualname}: this process "
+            "does not find it there (is the same version of its module importable here?)"
+        )
+    return found
+
+
+def _rebuild(func: Any, method: str) -> Any:
+    """Unpickle a decorated function sent by value: decorate it again."""
+    return _wrap(func, Method.parse(method), None)

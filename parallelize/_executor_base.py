@@ -13,17 +13,55 @@ from __future__ import annotations
 import abc
 import threading
 import weakref
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Executor
+from typing import Any, TypeVar
 
 from ._stats import ExecutorStats, TaskStats
 
-__all__ = ["BaseExecutor", "abandon_work_at_exit", "live_executors", "waits_at_exit"]
+__all__ = [
+    "BaseExecutor",
+    "abandon_work_at_exit",
+    "at_threads_exit",
+    "interpreter_exiting",
+    "live_executors",
+    "waits_at_exit",
+]
+
+T = TypeVar("T")
 
 _live_executors: weakref.WeakSet[BaseExecutor] = weakref.WeakSet()
 _live_lock = threading.Lock()
 # Cleared by Ctrl-C during a wait: the user wants out, so at interpreter exit
 # executors stop their workers instead of waiting for running tasks.
 _wait_at_exit = True
+
+
+# Set when the interpreter starts to exit (before atexit handlers run), as
+# concurrent.futures does: from then on submit() raises RuntimeError.
+_exiting = False
+_exit_hooks: list[Callable[[], None]] = []
+
+
+def interpreter_exiting() -> bool:
+    """Whether the interpreter has begun to exit (new submissions are refused)."""
+    return _exiting
+
+
+def at_threads_exit(hook: Callable[[], None]) -> None:
+    """Run *hook* when the interpreter exits, before non-daemon threads are joined.
+
+    That is where ``ThreadPoolExecutor`` waits for its work: before any
+    ``atexit`` handler, so that a late ``atexit`` submission is refused.
+    """
+    _exit_hooks.append(hook)
+
+
+def _on_threads_exit() -> None:
+    global _exiting
+    _exiting = True
+    for hook in _exit_hooks:
+        hook()
 
 
 def abandon_work_at_exit() -> None:
@@ -89,6 +127,23 @@ class BaseExecutor(Executor, abc.ABC):
         if not quiet:
             print(self.stats().format(), flush=True)
 
+    def map(
+        self,
+        fn: Callable[..., T],
+        *iterables: Iterable[Any],
+        timeout: float | None = None,
+        chunksize: int = 1,
+    ) -> Iterator[T]:
+        """As :meth:`concurrent.futures.Executor.map`; *chunksize* must be a positive integer.
+
+        Calls are submitted one by one whatever *chunksize* (the PROCESS and
+        REMOTE executors batch small calls themselves); it is checked so that
+        code written for ``ProcessPoolExecutor`` behaves the same.
+        """
+        if isinstance(chunksize, bool) or not isinstance(chunksize, int) or chunksize < 1:
+            raise ValueError(f"chunksize must be a positive integer, got {chunksize!r}")
+        return super().map(fn, *iterables, timeout=timeout)
+
     def shutdown_if_idle(self) -> bool:
         """Shut down (without waiting) if no task is queued or running.
 
@@ -118,6 +173,12 @@ class BaseExecutor(Executor, abc.ABC):
     # -- for subclasses ---------------------------------------------------
 
     def _check_open(self) -> None:
+        if _exiting:
+            raise RuntimeError(
+                f"cannot submit to {type(self).__name__} {self.name!r}: the interpreter is "
+                "shutting down (as with concurrent.futures, work cannot be scheduled from an "
+                "atexit handler)"
+            )
         if self._shutdown:
             raise RuntimeError(
                 f"cannot submit to {type(self).__name__} {self.name!r}: it has been shut down. "
@@ -134,3 +195,9 @@ class BaseExecutor(Executor, abc.ABC):
     @abc.abstractmethod
     def _cancel_queued(self) -> int:
         """Cancel tasks that have not started; return how many."""
+
+
+# threading's exit hooks run before atexit handlers and before non-daemon threads
+# are joined; the hook exists since Python 3.9 (a private but stable API that
+# concurrent.futures itself relies on).
+threading._register_atexit(_on_threads_exit)  # type: ignore[attr-defined]

@@ -13,7 +13,7 @@ from __future__ import annotations
 import contextlib
 import threading
 from collections.abc import Callable
-from concurrent.futures import Executor, Future, InvalidStateError
+from concurrent.futures import CancelledError, Executor, Future, InvalidStateError
 from typing import Any
 
 from smart_future import SmartFuture
@@ -45,24 +45,43 @@ def has_smart_future(args: tuple[Any, ...], kwargs: dict[str, Any]) -> bool:
     return False
 
 
+def _first_failure(args: tuple[Any, ...], kwargs: dict[str, Any]) -> BaseException | None:
+    """The exception of the first failed (or cancelled) SmartFuture argument, or None.
+
+    Read with ``exception()``, never raised here: raising would append this
+    frame to the dependency's traceback, which every future chained to it shares.
+    """
+    for value in (*args, *kwargs.values()):
+        if isinstance(value, SmartFuture):
+            future = value.future
+            if future.cancelled():
+                return CancelledError(f"an argument of this call was cancelled: {value!r}")
+            exc = future.exception(0)
+            if exc is not None:
+                return exc
+    return None
+
+
 def _resolve(
     args: tuple[Any, ...], kwargs: dict[str, Any]
 ) -> tuple[tuple[Any, ...], dict[str, Any]]:
-    """Replace finished SmartFutures by their values (raising a failed one's exception)."""
-    new_args = tuple(a.result() if isinstance(a, SmartFuture) else a for a in args)
-    new_kwargs = {k: (v.result() if isinstance(v, SmartFuture) else v) for k, v in kwargs.items()}
+    """Replace finished, successful SmartFutures by their values."""
+    new_args = tuple(a.future.result(0) if isinstance(a, SmartFuture) else a for a in args)
+    new_kwargs = {
+        k: (v.future.result(0) if isinstance(v, SmartFuture) else v) for k, v in kwargs.items()
+    }
     return new_args, new_kwargs
 
 
 def _submit_resolved(
     executor: Executor, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
 ) -> SmartFuture[Any]:
-    try:
-        args, kwargs = _resolve(args, kwargs)
-    except BaseException as exc:
+    failure = _first_failure(args, kwargs)
+    if failure is not None:
         failed: Future[Any] = Future()
-        failed.set_exception(exc)
+        failed.set_exception(failure)
         return SmartFuture(failed)
+    args, kwargs = _resolve(args, kwargs)
     return SmartFuture(executor.submit(fn, *args, **kwargs))
 
 
@@ -83,6 +102,10 @@ def _submit_when_ready(
             if remaining[0]:
                 return
         if outer.cancelled():
+            return
+        failure = _first_failure(args, kwargs)
+        if failure is not None:
+            _set_exception_unless_cancelled(outer, failure)
             return
         try:
             resolved_args, resolved_kwargs = _resolve(args, kwargs)

@@ -22,7 +22,7 @@ from concurrent.futures import Future
 from time import perf_counter
 from typing import Any, TypeVar
 
-from ._executor_base import BaseExecutor
+from ._executor_base import BaseExecutor, at_threads_exit, waits_at_exit
 from ._stats import Outcome, TaskStats
 
 __all__ = ["ThreadExecutor"]
@@ -66,7 +66,9 @@ def _worker_loop(
         del future, fn, args, kwargs
         executor = executor_ref()
         if executor is None:
-            return
+            # Dropped without shutdown(): keep running what was queued (the
+            # executor's finaliser queued _STOP behind it), as ThreadPoolExecutor does.
+            continue
         # Announce one idle thread so submit() reuses it instead of starting another;
         # once every thread exists nobody looks, so skip the (Python-level) semaphore.
         if len(executor._threads) < executor.max_workers:
@@ -74,12 +76,42 @@ def _worker_loop(
         del executor
 
 
+# Every worker thread ever started and its queue, so that interpreter exit can
+# wait for all of them, also those of executors dropped without shutdown().
+_worker_queues: weakref.WeakKeyDictionary[threading.Thread, queue.SimpleQueue[Any]] = (
+    weakref.WeakKeyDictionary()
+)
+_worker_queues_lock = threading.Lock()
+
+
+def _stop_workers_at_exit() -> None:
+    """Interpreter exit: let every thread finish the queued work, then join it.
+
+    As ``ThreadPoolExecutor``: running and queued tasks complete. After a
+    Ctrl-C during a wait the user wants out: queued work is dropped and running
+    tasks are not waited for (the threads are daemons).
+    """
+    with _worker_queues_lock:
+        items = list(_worker_queues.items())
+    wait = waits_at_exit()
+    for _, work_queue in items:
+        work_queue.put(_STOP)
+    if wait:
+        for thread, _ in items:
+            thread.join()
+
+
+at_threads_exit(_stop_workers_at_exit)
+
+
 class ThreadExecutor(BaseExecutor):
     """Runs calls on a pool of threads; a real :class:`concurrent.futures.Executor`.
 
     *max_workers* defaults to ``min(32, os.cpu_count() + 4)``. Threads are
-    started on demand and are daemon threads; the default executors are shut
-    down (waiting for queued work) at interpreter exit.
+    started on demand. As with ``ThreadPoolExecutor``, an executor dropped
+    without ``shutdown()`` still runs its queued tasks, and interpreter exit
+    waits for queued and running tasks (the threads are daemons only so that
+    a Ctrl-C can abandon them).
     """
 
     def __init__(self, max_workers: int | None = None, *, name: str | None = None) -> None:
@@ -92,6 +124,10 @@ class ThreadExecutor(BaseExecutor):
         self._queue: queue.SimpleQueue[_WorkItem | None] = queue.SimpleQueue()
         self._idle = threading.Semaphore(0)
         self._threads: list[threading.Thread] = []
+        # Workers hold only this weak reference; when the executor is collected
+        # without shutdown(), the callback tells them to stop after the queued work.
+        work_queue = self._queue
+        self._ref = weakref.ref(self, lambda _ref: work_queue.put(_STOP))
 
     def submit(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> Future[T]:
         """Schedule ``fn(*args, **kwargs)``; returns its :class:`concurrent.futures.Future`.
@@ -114,12 +150,14 @@ class ThreadExecutor(BaseExecutor):
         if count < self.max_workers:
             thread = threading.Thread(
                 target=_worker_loop,
-                args=(weakref.ref(self), self._queue, self._idle, self._stats),
+                args=(self._ref, self._queue, self._idle, self._stats),
                 name=f"{self.name}_{count}",
                 daemon=True,
             )
             thread.start()
             self._threads.append(thread)
+            with _worker_queues_lock:
+                _worker_queues[thread] = self._queue
 
     def _cancel_queued(self) -> int:
         cancelled = 0

@@ -53,8 +53,8 @@ Design:
 - Slots run with ``TMPDIR`` set to the agent's private temp dir (mode 0700),
   so temp files made by tasks are removed with it.
 - Process titles: ``parallelize-agent NAME`` and ``parallelize-slot NAME``
-  (with setproctitle when the host has it; else the kernel's comm name,
-  which ``ps -o comm`` shows, and, on Linux, the command line).
+  (on Linux: the kernel's comm name, which ``ps -o comm`` shows, and the
+  command line; not setproctitle, which overwrites the environment).
 """
 
 from __future__ import annotations
@@ -129,14 +129,11 @@ def _set_pdeathsig() -> None:
 
 
 def _set_title(title: str) -> None:
-    """Make this process recognisable in ``ps``/``top``; best effort, never fails."""
-    try:
-        import setproctitle  # type: ignore[import-not-found, unused-ignore]
+    """Make this process recognisable in ``ps``/``top``; best effort, never fails.
 
-        setproctitle.setproctitle(title)
-        return
-    except Exception:
-        pass
+    Not with setproctitle, even where the host has it: to make room for a long title it
+    moves the environment and writes over it, and ``/proc/PID/environ`` is how operators
+    (and our tests) tell which processes a host runs for whom."""
     if not sys.platform.startswith("linux"):
         return
     with contextlib.suppress(Exception):
@@ -787,15 +784,31 @@ def _run(
     duration = time.perf_counter() - started
     try:
         payload = _dumps(value)
-    except BaseException as exc:
-        error = RuntimeError(
+    except BaseException as exc:  # SystemExit in a __reduce__ too: the slot survives
+        import importlib
+        import operator
+
+        message = (
             f"the task's return value (type {type(value).__module__}."
             f"{type(value).__qualname__}) could not be pickled to be sent back from {origin}: "
             f"{type(exc).__name__}: {exc}. Return picklable data instead."
         )
-        return _wire.encode_result(
-            attempt_id, False, _dump_error(error, origin, "pickling the result", exc), duration
-        )
+        tb_text = _format_tb(exc, origin, "pickling the result")
+
+        class PicklingErrorByName:
+            # parallelize.PicklingError, as under PROCESS. The slot cannot import
+            # parallelize (only cloudpickle is required on hosts), so the error
+            # is rebuilt by name where it is unpickled:
+            # methodcaller("PicklingError", message)(import_module("parallelize._errors")).
+            def __reduce__(self) -> tuple[Any, ...]:
+                return (operator.methodcaller("PicklingError", message), (ModuleByName(),))
+
+        class ModuleByName:
+            def __reduce__(self) -> tuple[Any, ...]:
+                return (importlib.import_module, ("parallelize._errors",))
+
+        body = pickle.dumps((PicklingErrorByName(), tb_text), protocol=5)
+        return _wire.encode_result(attempt_id, False, body, duration)
     return _wire.encode_result(attempt_id, True, payload, duration)
 
 

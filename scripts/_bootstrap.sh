@@ -30,6 +30,17 @@ bootstrap_python() {
     fi
   fi
   PY="$venv/bin/python"
-  "$PY" -m pip install -q --disable-pip-version-check --upgrade pip
-  "$PY" -m pip install -q --disable-pip-version-check -e "$root[$extras]"
+  # Reinstall only when pyproject.toml changed since the last install of these
+  # extras (an editable install sees source changes anyway): saves ~4 s a run.
+  local stamp="$venv/.installed-${extras:-base}"
+  local want
+  want="$(cat "$root/pyproject.toml" | cksum)"
+  if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
+    return 0
+  fi
+  # PYTHONWARNINGS reaches the build backend too: setuptools warns about every
+  # editable install, which says nothing to someone running the demo.
+  PYTHONWARNINGS=ignore "$PY" -m pip install -q --disable-pip-version-check --upgrade pip
+  PYTHONWARNINGS=ignore "$PY" -m pip install -q --disable-pip-version-check -e "$root[$extras]"
+  echo "$want" > "$stamp"
 }

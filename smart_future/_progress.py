@@ -13,6 +13,7 @@ refreshes the status strings and redraws the bar.
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import sys
 import time
 from concurrent.futures import Future
@@ -64,9 +65,18 @@ def in_jupyter_kernel() -> bool:
     return shell is not None and getattr(shell, "kernel", None) is not None
 
 
+def _has_ipywidgets() -> bool:
+    return importlib.util.find_spec("ipywidgets") is not None
+
+
 def _tqdm_class() -> Any:
+    # In a kernel without ipywidgets, tqdm.auto's notebook bar would warn
+    # "IProgress not found" on every bar: use the text bar quietly instead.
+    name = "tqdm.auto"
+    if in_jupyter_kernel() and not _has_ipywidgets():
+        name = "tqdm.std"
     try:
-        module = importlib.import_module("tqdm.auto")
+        module = importlib.import_module(name)
     except ImportError as exc:
         raise ImportError(
             "progress=True needs tqdm: pip install 'tqdm>=4.60' (a dependency of parallelize)"

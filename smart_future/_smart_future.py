@@ -4,18 +4,20 @@ A SmartFuture wraps a ``concurrent.futures.Future`` (public attribute
 ``future``) and offers two faces:
 
 * The Future API (``result``, ``exception``, ``done``, ``cancel``,
-  ``cancelled``, ``running``, ``add_done_callback``), delegated to the wrapped
-  future.  ``add_done_callback`` callbacks receive the SmartFuture.
+  ``cancelled``, ``running``, ``add_done_callback``,
+  ``remove_done_callback``), delegated to the wrapped future.
+  ``add_done_callback`` callbacks receive the SmartFuture.
 
-* The value face: operators, conversions, comparisons, hashing, container
+* The value face: operators, conversions, comparisons, container
   and iteration protocols, calling, the context-manager protocol and
   attribute access all act on ``result()``.  Each such use blocks until the
   task has finished and re-raises the task's exception if it failed (or
   ``CancelledError`` if it was cancelled).  SmartFuture operands are
   unwrapped, so ``f(1) + f(2)`` and ``2 ** f(3)`` work.
 
-Things that never block: ``repr()``, the Future API methods other than
-``result()``/``exception()`` and ``isinstance()``.
+Things that never block: ``repr()``, ``hash()`` (identity: see the class
+docstring), the Future API methods other than ``result()``/``exception()``
+and ``isinstance()``.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import copy
 import logging
 import math
 import operator
+import sys
 import time
 from collections.abc import Callable, Generator, Iterator
 from concurrent.futures import CancelledError, Future
@@ -32,8 +35,9 @@ from concurrent.futures import TimeoutError as FutureTimeoutError
 from typing import Any, Generic, TypeVar
 
 from smart_future import _interrupt
+from smart_future._status import collect_status
 
-__all__ = ["SmartFuture"]
+__all__ = ["SmartFuture", "remove_callbacks"]
 
 T = TypeVar("T")
 
@@ -96,6 +100,68 @@ def _is_task_exception(future: Future[Any], exc: BaseException) -> bool:
     return future.done() and not future.cancelled() and future.exception(0) is exc
 
 
+def remove_callbacks(future: Future[Any], match: Callable[[Any], bool]) -> int:
+    """Remove the done-callbacks of *future* for which ``match(cb)``; return how many.
+
+    concurrent.futures has no public way to do this; its callbacks are a list
+    guarded by the future's condition (stable since Python 3.2).
+    """
+    condition: Any = future._condition
+    with condition:
+        callbacks: list[Any] = future._done_callbacks  # type: ignore[attr-defined]
+        keep = [cb for cb in callbacks if not match(cb)]
+        removed = len(callbacks) - len(keep)
+        callbacks[:] = keep
+    return removed
+
+
+def _timeout_message(future: Future[Any], timeout: float) -> str:
+    """Why ``result(timeout)`` gave up: the task's state and what the executors report."""
+    state = "running" if future.running() else "not started yet (queued)"
+    message = f"the task did not finish within {timeout:g} s: it is {state}"
+    status = collect_status()
+    if status:
+        message += "; " + "; ".join(status)
+    return message
+
+
+def _running_loop() -> Any:
+    """The asyncio event loop running in this thread, or None (asyncio not imported: None)."""
+    asyncio = sys.modules.get("asyncio")
+    if asyncio is None:
+        return None
+    return asyncio._get_running_loop()
+
+
+class _DoneCallback:
+    """A done-callback registered through a SmartFuture: calls ``fn(owner)``."""
+
+    __slots__ = ("fn", "loop", "owner")
+
+    def __init__(self, owner: SmartFuture[Any], fn: Callable[[Any], object], loop: Any) -> None:
+        self.owner = owner
+        self.fn = fn
+        self.loop = loop
+
+    def __call__(self, _future: Future[Any]) -> None:
+        if self.loop is None:
+            self.fn(self.owner)
+            return
+        with contextlib.suppress(RuntimeError):  # the loop was closed meanwhile
+            self.loop.call_soon_threadsafe(self.fn, self.owner)
+
+
+def _convert(value: Any, methods: tuple[str, ...], cast: Callable[[Any], T], what: str) -> T:
+    """Call the first of *methods* the value's type defines, as the numeric protocols do."""
+    kind = type(value)
+    for name in methods:
+        method = getattr(kind, name, None)
+        if method is not None:
+            result = method(value)
+            return result if name == methods[0] else cast(result)
+    raise TypeError(f"the value of this SmartFuture is not {what}: {kind.__name__!r} object")
+
+
 def _binary(op: Callable[[Any, Any], Any], name: str) -> Callable[[SmartFuture[Any], Any], Any]:
     def method(self: SmartFuture[Any], other: Any) -> Any:
         return op(self.result(), _unwrap(other))
@@ -131,7 +197,7 @@ class SmartFuture(Generic[T]):
     ``[sf.future for sf in ...]`` to ``concurrent.futures.wait()`` or
     ``as_completed()``.  Wrapping a SmartFuture wraps its inner future.
 
-    Using a SmartFuture as a value (operators, comparisons, ``hash``,
+    Using a SmartFuture as a value (operators, comparisons,
     ``bool``, ``len``, ``iter``, ``in``, indexing, ``str``, ``format``,
     numeric conversions, ``round``, ``math.trunc/floor/ceil``, calling,
     ``with``, attribute access) blocks until the task finishes, then acts on
@@ -140,7 +206,8 @@ class SmartFuture(Generic[T]):
 
     * Names defined on SmartFuture (``future``, ``value``, ``result``,
       ``exception``, ``done``, ``cancel``, ``cancelled``, ``running``,
-      ``add_done_callback``) refer to the future, not the value; use
+      ``add_done_callback``, ``remove_done_callback``) refer to the future,
+      not the value; use
       ``sf.value.done`` to reach a value attribute of the same name.  All
       other attribute reads, writes and deletions go to the value (dunder
       names are read from, but never written to, the value).
@@ -148,8 +215,14 @@ class SmartFuture(Generic[T]):
       its result: after ``x += 1`` the name ``x`` is bound to a plain value,
       not a SmartFuture; for a mutable value (e.g. a list) the shared result
       is mutated.
-    * ``==`` compares values and ``hash()`` hashes the value, so both block;
-      for identity-based collections key on ``sf.future`` or ``id(sf)``.
+    * ``==`` compares values (and blocks), but ``hash()`` is the identity
+      hash and never blocks: SmartFutures can be put in sets, dict keys and
+      ``asyncio.gather()`` without waiting.  So a SmartFuture is *not* found
+      in a dict keyed by its value: use ``d[sf.value]`` for that.
+    * ``np.asarray(sf)`` (the array protocol) and ufuncs see the value.
+    * Numeric conversions (``int``, ``float``, ``complex``, ``index``) use
+      the value's own conversion methods, as ``math.sqrt(value)`` would: a
+      ``str`` value is not parsed (``int(sf.value)`` parses it).
     * ``callable(sf)`` is always true, and ``isinstance(sf, int)`` is false
       even when the value is an int.
     * ``repr()`` never blocks; it shows the state, e.g.
@@ -202,6 +275,10 @@ class SmartFuture(Generic[T]):
             if not _is_task_exception(future, exc):
                 _interrupt.notify_interrupted((future,))
             raise
+        except FutureTimeoutError as exc:
+            if _is_task_exception(future, exc) or timeout is None:
+                raise
+            raise FutureTimeoutError(_timeout_message(future, timeout)) from None
 
     def exception(self, timeout: float | None = None) -> BaseException | None:
         """Return the task's exception (None on success), waiting like ``result()``.
@@ -242,11 +319,25 @@ class SmartFuture(Generic[T]):
         """Call ``fn(self)`` when the task finishes or is cancelled.
 
         If the future is already done ``fn`` is called at once, in this
-        thread; otherwise in the thread that completes the future.  As with
+        thread; otherwise in the thread that completes the future.  Registered
+        from a thread running an asyncio event loop, ``fn`` is instead called
+        on that loop (``call_soon_threadsafe``), as asyncio expects.  As with
         ``Future.add_done_callback``, exceptions raised by ``fn`` are logged
         (logger ``concurrent.futures``) and ignored.
         """
-        self.future.add_done_callback(lambda _future: fn(self))
+        loop = _running_loop()
+        self.future.add_done_callback(_DoneCallback(self, fn, loop))
+
+    def remove_done_callback(self, fn: Callable[[SmartFuture[T]], object]) -> int:
+        """Remove every registration of ``fn`` made through this SmartFuture; return how many.
+
+        As ``asyncio.Future.remove_done_callback`` (so ``asyncio.wait()`` accepts
+        SmartFutures); callbacks that already ran are not counted.
+        """
+        return remove_callbacks(
+            self.future,
+            lambda cb: isinstance(cb, _DoneCallback) and cb.owner is self and cb.fn == fn,
+        )
 
     @property
     def value(self) -> T:
@@ -348,8 +439,11 @@ class SmartFuture(Generic[T]):
     __ge__ = _binary(operator.ge, "__ge__")
 
     def __hash__(self) -> int:
-        """Return ``hash(self.result())``; blocks, consistent with ``==``."""
-        return hash(self.result())
+        """Identity hash: never blocks (see the class docstring for why)."""
+        # Hashing the value would block every set, dict and asyncio.gather()
+        # holding SmartFutures (and fail for unhashable values such as lists);
+        # the concurrent.futures idiom {submit(f, u): u for u in urls} must not wait.
+        return object.__hash__(self)
 
     # ------------------------------------------------------------------
     # Arithmetic, bitwise and matrix operators
@@ -438,14 +532,28 @@ class SmartFuture(Generic[T]):
     def __bytes__(self) -> bytes:
         return bytes(_value(self))
 
+    # The numeric protocols follow the value's own methods (what math.sqrt(value)
+    # or "%d" % value would use), not int()/float(), which would parse strings.
+
     def __int__(self) -> int:
-        return int(_value(self))
+        return _convert(_value(self), ("__int__", "__index__"), int, "an integer")
 
     def __float__(self) -> float:
-        return float(_value(self))
+        return _convert(_value(self), ("__float__", "__index__"), float, "a real number")
 
     def __complex__(self) -> complex:
-        return complex(_value(self))
+        return _convert(
+            _value(self), ("__complex__", "__float__", "__index__"), complex, "a complex number"
+        )
+
+    def __array__(self, dtype: Any = None, copy: Any = None) -> Any:
+        """The array protocol: ``np.asarray(sf)`` is ``np.asarray(sf.result())``; blocks."""
+        import numpy  # lazily: only reached when numpy already asks
+
+        value = _value(self)
+        if copy:
+            return numpy.array(value, dtype=dtype, copy=True)
+        return numpy.asarray(value, dtype=dtype)
 
     def __index__(self) -> int:
         return operator.index(_value(self))

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import queue
+import sys
 import time
 from collections.abc import Callable, Generator, Iterable, Iterator
 from concurrent.futures import Future
@@ -26,7 +27,7 @@ from typing import Any, NamedTuple, TypeAlias, TypeVar
 
 from smart_future import _interrupt, _progress
 from smart_future._progress import ProgressOption
-from smart_future._smart_future import SmartFuture
+from smart_future._smart_future import SmartFuture, remove_callbacks
 
 __all__ = ["wait_all", "wait_any"]
 
@@ -74,13 +75,65 @@ def _as_smart(futures: Iterable[AnyFuture[T]], caller: str) -> list[SmartFuture[
     return out
 
 
-def _log_failure(sf: SmartFuture[Any]) -> None:
-    future = sf.future
-    if future.cancelled():
-        return
-    exc = future.exception(0)
-    if exc is not None:
+class _Failures:
+    """Failed tasks seen by one wait: logged, and summed up on stderr if logging shows nothing.
+
+    The loggers have only a NullHandler until the application configures
+    logging, so "logged at ERROR" alone would let failures pass silently in a
+    plain script. When no handler would show the records, one summary line
+    goes to stderr when the wait ends.
+    """
+
+    __slots__ = ("count", "first", "interrupted", "log", "total")
+
+    def __init__(self, log: bool, total: int) -> None:
+        self.log = log
+        self.total = total
+        self.count = 0
+        self.first: BaseException | None = None
+        self.interrupted = False
+
+    def check(self, sf: SmartFuture[Any]) -> None:
+        if not self.log:
+            return
+        future = sf.future
+        if future.cancelled():
+            return
+        exc = future.exception(0)
+        if exc is None:
+            return
+        self.count += 1
+        if self.first is None:
+            self.first = exc
         _logger.error("Task failed: %r", sf, exc_info=exc)
+
+    def summarise(self) -> None:
+        if not self.count or self.interrupted or _logging_shows_errors():
+            return
+        first = self.first
+        print(
+            f"smart_future: {self.count} of {self.total} tasks failed (first: "
+            f"{type(first).__name__}: {first}). .result() raises a task's exception; "
+            "configure logging (e.g. logging.basicConfig()) to see each traceback, or pass "
+            "log_exceptions=False to say nothing.",
+            file=sys.stderr,
+            flush=True,
+        )
+
+
+def _logging_shows_errors() -> bool:
+    """Whether an ERROR record of the ``smart_future`` logger reaches a real handler."""
+    if not _logger.isEnabledFor(logging.ERROR):
+        return True  # the application turned these records off: respect it
+    logger: logging.Logger | None = _logger
+    while logger is not None:
+        for handler in logger.handlers:
+            if not isinstance(handler, logging.NullHandler) and handler.level <= logging.ERROR:
+                return True
+        if not logger.propagate:
+            break
+        logger = logger.parent
+    return False
 
 
 def _format_timeout(timeout: float) -> str:
@@ -103,13 +156,21 @@ def _completed(
     deadline = None if timeout is None else time.monotonic() + timeout
     # Already-finished futures call back immediately, so they come first, in
     # input order; the rest in the order they finish.
+    put = done_queue.put  # one object, so that it can be removed again by identity
     for inner in by_inner:
-        inner.add_done_callback(done_queue.put)
+        inner.add_done_callback(put)
+    failures = _Failures(log_exceptions, len(by_inner))
     if progress is not None:
         return _drain_with_progress(
-            done_queue, by_inner, timeout, deadline, callback, log_exceptions, progress
+            done_queue, by_inner, timeout, deadline, callback, failures, put, progress
         )
-    return _drain(done_queue, by_inner, timeout, deadline, callback, log_exceptions)
+    return _drain(done_queue, by_inner, timeout, deadline, callback, failures, put)
+
+
+def _forget(pending: Iterable[Future[Any]], put: Callable[[Any], None]) -> None:
+    """Remove this wait's callback from the futures it no longer waits for."""
+    for inner in pending:
+        remove_callbacks(inner, lambda cb: cb is put)
 
 
 def _drain(
@@ -118,7 +179,8 @@ def _drain(
     timeout: float | None,
     deadline: float | None,
     callback: Callable[[SmartFuture[T]], object] | None,
-    log_exceptions: bool,
+    failures: _Failures,
+    put: Callable[[Any], None],
 ) -> Iterator[SmartFuture[T]]:
     total = len(pending)
     try:
@@ -131,14 +193,17 @@ def _drain(
                     f"after {_format_timeout(timeout)} s"
                 )
             sf = pending.pop(inner)
-            if log_exceptions:
-                _log_failure(sf)
+            failures.check(sf)
             if callback is not None:
                 callback(sf)
             yield sf
     except KeyboardInterrupt:
+        failures.interrupted = True  # the user wants out: no summary now
         _interrupt.notify_interrupted(list(pending))
         raise
+    finally:
+        _forget(pending, put)
+        failures.summarise()
 
 
 def _drain_with_progress(
@@ -147,7 +212,8 @@ def _drain_with_progress(
     timeout: float | None,
     deadline: float | None,
     callback: Callable[[SmartFuture[T]], object] | None,
-    log_exceptions: bool,
+    failures: _Failures,
+    put: Callable[[Any], None],
     progress: _ProgressSpec,
 ) -> Iterator[SmartFuture[T]]:
     """``_drain`` with a progress bar, closed however the generator ends."""
@@ -165,17 +231,19 @@ def _drain_with_progress(
                 )
             sf = pending.pop(inner)
             bar.task_done(inner)
-            if log_exceptions:
-                _log_failure(sf)
+            failures.check(sf)
             if callback is not None:
                 callback(sf)
             yield sf
     except KeyboardInterrupt:
+        failures.interrupted = True  # the user wants out: no summary now
         _interrupt.notify_interrupted(list(pending))
         raise
     finally:
+        _forget(pending, put)
         if bar is not None:
             bar.close()
+        failures.summarise()
 
 
 def _next_done_ticking(

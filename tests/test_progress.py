@@ -325,3 +325,16 @@ def test_final_bar_shows_the_status_at_the_end(capsys: pytest.CaptureFixture[str
         unregister()
     last = final_bar(capsys.readouterr().err)
     assert "idle" in last and "busy" not in last
+
+
+def test_kernel_without_ipywidgets_gets_a_quiet_text_bar(monkeypatch: pytest.MonkeyPatch) -> None:
+    import warnings
+
+    import tqdm.std
+
+    monkeypatch.setattr(_progress, "in_jupyter_kernel", lambda: True)
+    monkeypatch.setattr(_progress, "_has_ipywidgets", lambda: False)
+    assert _progress._tqdm_class() is tqdm.std.tqdm
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # "IProgress not found" would be a TqdmWarning
+        wait_all([finished(1)], progress=True)

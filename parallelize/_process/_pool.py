@@ -394,7 +394,8 @@ class _Pool:
         os.set_blocking(task_w, False)
         os.set_blocking(result_r, False)
         worker = _Worker(proc, task_w, result_r)
-        startup = pickle.dumps((self.sent_path, self._original_pythonpath), protocol=5)
+        title = f"parallelize worker pool={self.name} parent={os.getpid()}"
+        startup = pickle.dumps((self.sent_path, self._original_pythonpath, title), protocol=5)
         worker.path_version = self.path_version
         self._write(worker, startup)
         self.workers.append(worker)
@@ -764,21 +765,16 @@ class _Pool:
 
     @staticmethod
     def _remote_exception(task: _Task, worker: _Worker, payload: bytes) -> BaseException:
-        exc_bytes, type_name, message, tb, is_base = pickle.loads(payload)
+        exc_bytes, type_name, message, tb, _is_base = pickle.loads(payload)
         exc: Any = None
-        if exc_bytes is not None and not is_base:
+        # Every exception arrives as itself, SystemExit and KeyboardInterrupt too,
+        # as with concurrent.futures (and THREAD and REMOTE); the worker survived.
+        if exc_bytes is not None:
             try:
                 exc = pickle.loads(exc_bytes)
             except Exception:
                 exc = None
-        if is_base:
-            # SystemExit/KeyboardInterrupt would end the caller's thread or program:
-            # report them as an error of this task (the worker survived).
-            exc = RuntimeError(
-                f"{callable_name(task.fn)} raised {type_name}({message}) in worker process "
-                f"{worker.pid}"
-            )
-        elif not isinstance(exc, BaseException):
+        if not isinstance(exc, BaseException):
             exc = RuntimeError(
                 f"{callable_name(task.fn)} raised {type_name}: {message} (the exception "
                 "itself could not be sent back: it is not picklable)"

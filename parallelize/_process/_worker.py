@@ -132,14 +132,14 @@ def _error_body(task_id: int, duration: float, exc: BaseException, skip_frames: 
     text = "".join(traceback.format_exception(type(exc), exc, tb))
     try:
         message = str(exc)
-    except Exception:
+    except BaseException:
         message = "<exception str() failed>"
     exc.__traceback__ = None
     exc.__context__ = None
     exc.__cause__ = None
     try:
         exc_bytes: bytes | None = _dumps(exc)
-    except Exception:
+    except BaseException:  # a SystemExit from a __reduce__ must not end the worker
         exc_bytes = None
     payload = pickle.dumps(
         (exc_bytes, _type_name(type(exc)), message, text, not isinstance(exc, Exception)),
@@ -159,7 +159,7 @@ def _fallback_error_body(task_id: int, duration: float, exc: BaseException) -> b
 def _result_body(task_id: int, duration: float, result: Any) -> bytes:
     try:
         payload = _dumps(result)
-    except Exception as exc:
+    except BaseException as exc:  # SystemExit in a __reduce__ too: the worker survives
         detail = pickle.dumps((_type_name(type(result)), f"{type(exc).__name__}: {exc}"))
         return RESULT_HEAD.pack(KIND_UNPICKLABLE_RESULT, task_id, duration) + detail
     return RESULT_HEAD.pack(KIND_OK, task_id, duration) + payload
@@ -206,7 +206,7 @@ def _serve(stream: BinaryIO, result_fd: int) -> None:
                 duration = perf_counter() - started if started else 0.0
                 try:
                     body = _error_body(task_id, duration, exc, 1 if started else 0)
-                except Exception:
+                except BaseException:
                     body = _fallback_error_body(task_id, duration, exc)
                 del exc
             else:
@@ -214,6 +214,15 @@ def _serve(stream: BinaryIO, result_fd: int) -> None:
                 del result
             _flush_stdio()
             _send(result_fd, body)
+
+
+def _set_title(title: str) -> None:
+    """Show *title* in ``ps``/``top`` instead of ``python -c <bootstrap code>``."""
+    try:
+        import setproctitle
+    except ImportError:  # pragma: no cover - a dependency; ps just shows the command line
+        return
+    setproctitle.setproctitle(title)
 
 
 def main(argv: list[str]) -> None:
@@ -224,7 +233,9 @@ def main(argv: list[str]) -> None:
     startup = _read_frame(stream)
     if startup is None:
         os._exit(WORKER_EXIT_ON_EOF)
-    sys_path, pythonpath = pickle.loads(startup)
+    sys_path, pythonpath, *rest = pickle.loads(startup)
+    if rest:
+        _set_title(rest[0])
     sys.path[:] = sys_path
     if pythonpath is None:
         os.environ.pop("PYTHONPATH", None)

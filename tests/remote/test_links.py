@@ -20,6 +20,7 @@ import cloudpickle
 import pytest
 from sshd import EventRecorder, processes_marked
 
+from parallelize import PicklingError
 from remote._agent_client import AgentLink, LinkState, LinkTiming
 from remote._link import HostSpec, HostUnavailableError
 from remote._local_link import LocalLink
@@ -141,7 +142,7 @@ def test_unpicklable_result_is_a_clear_error(harness: Harness) -> None:
     harness.link.submit(1, 1, *call(threading.Lock))
     ok, (exc, _tb) = harness.events.result(1)
     assert not ok
-    assert isinstance(exc, RuntimeError)
+    assert isinstance(exc, PicklingError)  # as under PROCESS (see tests/test_error_rules.py)
     assert "could not be pickled" in str(exc)
     assert harness.link.alive
 

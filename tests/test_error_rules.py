@@ -1,0 +1,124 @@
+"""One rule for every method: how a task's exceptions and results come back.
+
+* An exception a task raises arrives as itself, ``SystemExit`` and
+  ``KeyboardInterrupt`` included (as with concurrent.futures); the worker
+  survives.
+* A result that cannot be pickled (also when pickling it raises
+  ``SystemExit``) fails the call with ``parallelize.PicklingError`` under
+  PROCESS and REMOTE; THREAD never pickles, so it returns the object.
+* An exception that cannot be pickled arrives as a ``RuntimeError`` naming its
+  type and message (THREAD: as itself).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import threading
+from collections.abc import Iterator
+from concurrent.futures import Executor
+from pathlib import Path
+from typing import Any
+
+import cloudpickle
+import pytest
+
+from parallelize import PicklingError, ProcessExecutor, ThreadExecutor
+
+# REMOTE slots do not share our sys.path: send this module's functions by value.
+cloudpickle.register_pickle_by_value(sys.modules[__name__])
+
+
+class ExitWhilePickled:
+    def __reduce__(self) -> Any:
+        raise SystemExit(7)
+
+
+class Unpicklable(Exception):
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.lock = threading.Lock()
+
+
+class CustomBase(BaseException):
+    pass
+
+
+def exit_with(code: int) -> None:
+    raise SystemExit(code)
+
+
+def raise_base() -> None:
+    raise CustomBase("custom")
+
+
+def raise_unpicklable() -> None:
+    raise Unpicklable("with a lock")
+
+
+def return_exit_while_pickled() -> ExitWhilePickled:
+    return ExitWhilePickled()
+
+
+def return_lock() -> Any:
+    return threading.Lock()
+
+
+def pid() -> int:
+    return os.getpid()
+
+
+@pytest.fixture(params=["thread", "process", "remote"])
+def executor(
+    request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[tuple[str, Executor]]:
+    method = request.param
+    ex: Executor
+    if method == "thread":
+        ex = ThreadExecutor(1)
+    elif method == "process":
+        ex = ProcessExecutor(1)
+    else:
+        monkeypatch.delenv("PARALLELIZE_POOL_FILE", raising=False)
+        monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "no-config"))
+        from remote import RemoteExecutor
+
+        ex = RemoteExecutor()  # no pool file: the embedded pool of local agents
+    try:
+        yield method, ex
+    finally:
+        ex.shutdown(wait=True, cancel_futures=True)
+
+
+def test_one_rule_for_exceptions_and_results(executor: tuple[str, Executor]) -> None:
+    method, ex = executor
+    before = ex.submit(pid).result(timeout=60)
+
+    with pytest.raises(SystemExit) as exited:
+        ex.submit(exit_with, 3).result(timeout=60)
+    assert exited.value.code == 3
+
+    with pytest.raises(CustomBase, match="custom") as raised:
+        ex.submit(raise_base).result(timeout=60)
+    if method != "thread":
+        # The worker's traceback, with this file's name and the source line, although
+        # the function was sent by value (this module is registered so).
+        remote_tb = str(raised.value.__cause__)
+        assert "test_error_rules.py" in remote_tb, remote_tb
+        assert 'raise CustomBase("custom")' in remote_tb, remote_tb
+
+    if method == "thread":
+        assert isinstance(ex.submit(return_exit_while_pickled).result(), ExitWhilePickled)
+        assert ex.submit(return_lock).result() is not None
+        with pytest.raises(Unpicklable):
+            ex.submit(raise_unpicklable).result()
+    else:
+        with pytest.raises(PicklingError, match="ExitWhilePickled"):
+            ex.submit(return_exit_while_pickled).result(timeout=60)
+        with pytest.raises(PicklingError, match="lock"):
+            ex.submit(return_lock).result(timeout=60)
+        with pytest.raises(RuntimeError, match=r"Unpicklable.*with a lock"):
+            ex.submit(raise_unpicklable).result(timeout=60)
+
+    # The worker (or slot) survived all of that: the same process still serves.
+    assert ex.submit(pid).result(timeout=60) == before
