@@ -267,6 +267,9 @@ def _serve(stream: BinaryIO, result_fd: int) -> None:
             args = kwargs = None  # unmap shared arguments now, not at the next task
             _flush_stdio()
             _send(result_fd, body)
+        # Keep no large frame, argument pickle or result pickle while waiting.
+        message = tasks = args_bytes = None
+        body = b""
         _release_memory_if_idle(stream)
 
 
