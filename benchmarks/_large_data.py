@@ -158,9 +158,9 @@ def small_numpy_call(x: np.ndarray[Any, Any]) -> float:
     return float(x.sum())
 
 
-def idle_worker_growth(make_executor: Callable[[], Any], worker_pid: Callable[[Any], int]) -> tuple[
-    int, int
-]:
+def idle_worker_growth(
+    make_executor: Callable[[], Any], worker_pid: Callable[[Any], int]
+) -> tuple[int, int]:
     """(RSS of a fresh worker, RSS of the same worker idle after a 50 MB call).
 
     "Fresh" is after one small numpy call, so that importing numpy is not

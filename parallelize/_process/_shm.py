@@ -110,7 +110,7 @@ class Segment:
             end = offset + buf.nbytes
         fd = os.memfd_create(name, os.MFD_CLOEXEC)
         try:
-            os.ftruncate(fd, end)
+            os.ftruncate(fd, _mapping_size(end))  # the rounded-up tail is never touched
             for (offset, _), buf in zip(layout, buffers, strict=True):
                 view = buf.cast("B") if buf.format != "B" or buf.ndim != 1 else buf
                 pos = 0
@@ -188,6 +188,66 @@ def dumps_with_buffers(
             raw.release()
 
 
+def _mapping_size(nbytes: int) -> int:
+    """*nbytes* rounded up to a multiple of 1/16 of its power of two (at least a page), so
+    that few distinct sizes are ever mapped: ctypes keeps one array type per size."""
+    step = max(_ALIGN, 1 << max(0, nbytes.bit_length() - 4))
+    return -(-nbytes // step) * step
+
+
+class _Mapper:
+    """``mmap``/``munmap`` through ctypes: unlike ``mmap.mmap`` (before Python 3.13) a
+    mapping does not keep a duplicate of the descriptor open, so thousands of live results
+    do not use thousands of descriptors. The mapping is unmapped when the last view of it
+    is garbage collected."""
+
+    def __init__(self) -> None:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        self.ctypes = ctypes
+        self.mmap = libc.mmap
+        self.mmap.restype = ctypes.c_void_p
+        self.mmap.argtypes = (
+            ctypes.c_void_p,
+            ctypes.c_size_t,
+            ctypes.c_int,
+            ctypes.c_int,
+            ctypes.c_int,
+            ctypes.c_long,
+        )
+        self.munmap = libc.munmap
+        self.munmap.argtypes = (ctypes.c_void_p, ctypes.c_size_t)
+        self.munmap.restype = ctypes.c_int
+
+    def map(self, fd: int, size: int, writable: bool) -> memoryview:
+        import weakref
+
+        ctypes = self.ctypes
+        if writable:
+            prot, flags = mmap.PROT_READ | mmap.PROT_WRITE, mmap.MAP_PRIVATE
+        else:
+            prot, flags = mmap.PROT_READ, mmap.MAP_SHARED
+        address = self.mmap(None, size, prot, flags, fd, 0)
+        if address is None or address == ctypes.c_void_p(-1).value:
+            errno = ctypes.get_errno()
+            raise OSError(errno, f"cannot map shared memory: {os.strerror(errno)}")
+        area = (ctypes.c_ubyte * size).from_address(address)
+        weakref.finalize(area, self.munmap, address, size)
+        view = memoryview(area).cast("B")
+        return view if writable else view.toreadonly()
+
+
+_mapper: _Mapper | None = None
+
+
+def _map(fd: int, writable: bool) -> memoryview:
+    global _mapper
+    if _mapper is None:
+        _mapper = _Mapper()
+    return _mapper.map(fd, os.fstat(fd).st_size, writable)
+
+
 def loads_with_segment(
     data: bytes | memoryview, fd: int, layout: Sequence[tuple[int, int]], *, writable: bool
 ) -> Any:
@@ -196,15 +256,10 @@ def loads_with_segment(
     ``writable=False`` maps the segment read-only (the buffers are read-only
     views); ``writable=True`` maps it copy-on-write.
     """
-    size = max(offset + length for offset, length in layout)
-    if writable:
-        area = mmap.mmap(fd, size, flags=mmap.MAP_PRIVATE, prot=mmap.PROT_READ | mmap.PROT_WRITE)
-    else:
-        area = mmap.mmap(fd, size, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ)
     # The views keep the mapping alive (and mapped) as long as some object uses them.
-    whole = memoryview(area)
+    whole = _map(fd, writable)
     buffers = [whole[offset : offset + length] for offset, length in layout]
-    del whole, area
+    del whole
     return pickle.loads(data, buffers=buffers)
 
 
