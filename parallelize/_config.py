@@ -6,6 +6,8 @@ Environment variables (read when a default executor is first created):
   (default ``min(32, cpu_count + 4)``, as concurrent.futures).
 - ``PARALLELIZE_PROCESS_WORKERS``: worker processes of the default PROCESS
   executor (default ``cpu_count``).
+- ``PARALLELIZE_SHM_THRESHOLD``: buffers of at least this many bytes go through
+  shared memory in the default PROCESS executor (default 1 MiB; ``off``: never).
 
 The REMOTE pool is configured by its pool file (``PARALLELIZE_POOL_FILE``).
 """
@@ -18,6 +20,7 @@ from dataclasses import dataclass
 
 __all__ = [
     "ENV_PROCESS_WORKERS",
+    "ENV_SHM_THRESHOLD",
     "ENV_THREAD_WORKERS",
     "Settings",
     "current_settings",
@@ -26,6 +29,7 @@ __all__ = [
 
 ENV_THREAD_WORKERS = "PARALLELIZE_THREAD_WORKERS"
 ENV_PROCESS_WORKERS = "PARALLELIZE_PROCESS_WORKERS"
+ENV_SHM_THRESHOLD = "PARALLELIZE_SHM_THRESHOLD"
 
 
 @dataclass(frozen=True)
@@ -84,3 +88,23 @@ def process_workers() -> int:
     if explicit is not None:
         return explicit
     return _from_env(ENV_PROCESS_WORKERS) or (os.cpu_count() or 1)
+
+
+def process_shm_threshold(default: int) -> int | None:
+    """The default PROCESS executor's shared-memory threshold in bytes; None: off."""
+    raw = os.environ.get(ENV_SHM_THRESHOLD, "").strip()
+    if raw == "":
+        return default
+    if raw.lower() in ("off", "none", "0"):
+        return None
+    try:
+        value = int(raw)
+    except ValueError:
+        value = -1
+    if value < 1:
+        raise ValueError(
+            f"environment variable {ENV_SHM_THRESHOLD}={raw!r} is not a size in bytes; set it "
+            "to a number of bytes such as 1048576, to 'off' to send everything through pipes, "
+            "or unset it"
+        )
+    return value

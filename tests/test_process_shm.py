@@ -253,3 +253,18 @@ def test_parent_killed_mid_call_leaves_no_segment(tmp_path: Path) -> None:
             parent.kill()
             parent.wait()
     assert dev_shm() <= before
+
+
+def test_default_executor_threshold_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    import parallelize
+    from parallelize import Method, default_executor
+
+    monkeypatch.setenv("PARALLELIZE_SHM_THRESHOLD", "1000")
+    assert getattr(default_executor(Method.PROCESS), "shm_threshold", None) == 1000
+    parallelize.shutdown_default_executors()
+    monkeypatch.setenv("PARALLELIZE_SHM_THRESHOLD", "off")
+    assert getattr(default_executor(Method.PROCESS), "shm_threshold", 0) is None
+    parallelize.shutdown_default_executors()
+    monkeypatch.setenv("PARALLELIZE_SHM_THRESHOLD", "1M")
+    with pytest.raises(ValueError, match="PARALLELIZE_SHM_THRESHOLD='1M' is not a size in bytes"):
+        default_executor(Method.PROCESS)
