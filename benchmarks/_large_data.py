@@ -93,14 +93,20 @@ def machine_shmem() -> int:
 
 
 class MemorySampler:
-    """Samples memory of this process tree every few milliseconds and keeps, per phase
-    (set with ``phase``), the peak RSS sum and the peak memory in use."""
+    """Samples memory of this process tree every few milliseconds while a phase is on
+    (``with sampler.phase(name)``). Per phase it keeps the peak RSS sum, the peak memory in
+    use, and for every time the phase ran, how far the RSS sum rose above its level at the
+    start (``extra_rss``: the workload's own peak, whatever else is running)."""
 
     def __init__(self, interval: float = 0.003) -> None:
         self.interval = interval
         self.peak_rss: dict[str, int] = {}
         self.peak_used: dict[str, int] = {}
+        self.extra_rss: dict[str, list[int]] = {}
         self._phase: str | None = None
+        self._start = 0
+        self._peak = 0
+        self._lock = threading.Lock()
         self._shmem_base = machine_shmem()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -115,26 +121,37 @@ class MemorySampler:
 
     @contextmanager
     def phase(self, name: str) -> Iterator[None]:
-        self._phase = name
+        total, _ = self._measure()
+        with self._lock:
+            self._phase, self._start, self._peak = name, total, total
         try:
             yield
         finally:
             self._sample()  # the end of a phase counts
-            self._phase = None
+            with self._lock:
+                self.extra_rss.setdefault(name, []).append(self._peak - self._start)
+                self._phase = None
 
-    def _sample(self) -> None:
-        phase = self._phase
-        if phase is None:
-            return
+    def _measure(self) -> tuple[int, int]:
         me = os.getpid()
         total = anon = 0
         for pid in (me, *descendants(me)):
             resident, anonymous = rss(pid)
             total += resident
             anon += anonymous
-        used = anon + max(0, machine_shmem() - self._shmem_base)
-        self.peak_rss[phase] = max(self.peak_rss.get(phase, 0), total)
-        self.peak_used[phase] = max(self.peak_used.get(phase, 0), used)
+        return total, anon + max(0, machine_shmem() - self._shmem_base)
+
+    def _sample(self) -> None:
+        if self._phase is None:
+            return
+        total, used = self._measure()
+        with self._lock:
+            phase = self._phase
+            if phase is None:
+                return
+            self._peak = max(self._peak, total)
+            self.peak_rss[phase] = max(self.peak_rss.get(phase, 0), total)
+            self.peak_used[phase] = max(self.peak_used.get(phase, 0), used)
 
     def _run(self) -> None:
         while not self._stop.wait(self.interval):
