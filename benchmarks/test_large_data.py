@@ -100,7 +100,7 @@ def test_idle_process_worker_returns_memory() -> None:
     )
     print(
         f"\nidle worker after a 50 MB call: PROCESS {mb(fresh)} fresh -> {mb(idle)} "
-        f"(+{mb(idle - fresh)}); ProcessPoolExecutor {mb(std_fresh)} -> {mb(std_idle)} "
-        f"(+{mb(std_idle - std_fresh)})"
+        f"({(idle - fresh) / 1e6:+.0f} MB); ProcessPoolExecutor {mb(std_fresh)} -> {mb(std_idle)} "
+        f"({(std_idle - std_fresh) / 1e6:+.0f} MB)"
     )
     assert idle - fresh <= 30_000_000, f"idle worker grew by {mb(idle - fresh)} (target 30 MB)"

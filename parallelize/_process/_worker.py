@@ -55,6 +55,9 @@ if TYPE_CHECKING:
 
 _FRAME_HEAD_SIZE = FRAME_HEAD.size
 
+_HEAVY_FRAME = 1 << 16  # bytes
+_HEAVY_SECONDS = 0.001
+
 # Shared memory for large buffers (see _shm): the descriptor socket and the size
 # threshold, set by main; None when the parent turned it off.
 _large: tuple[_shm.FdChannel, int] | None = None
@@ -232,6 +235,8 @@ def _serve(stream: BinaryIO, result_fd: int) -> None:
             functions.pop(fid, None)
             function_bytes.pop(fid, None)
         segments = iter(_receive_segments(tasks))
+        # Worth checking the memory afterwards (the check costs ~10 us: not after tiny calls).
+        heavy = len(message) >= _HEAVY_FRAME
         for task_id, fid, fn_bytes, args_bytes, layout in tasks:
             if fn_bytes is not None:
                 function_bytes[fid] = fn_bytes
@@ -265,12 +270,14 @@ def _serve(stream: BinaryIO, result_fd: int) -> None:
                 if segment >= 0:
                     os.close(segment)  # a mapping holds its own reference
             args = kwargs = None  # unmap shared arguments now, not at the next task
+            heavy = heavy or layout is not None or duration >= _HEAVY_SECONDS
             _flush_stdio()
             _send(result_fd, body)
         # Keep no large frame, argument pickle or result pickle while waiting.
         message = tasks = args_bytes = None
         body = b""
-        _release_memory_if_idle(stream)
+        if heavy:
+            _release_memory_if_idle(stream)
 
 
 def main(argv: list[str]) -> None:
