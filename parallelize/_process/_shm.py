@@ -299,7 +299,12 @@ class FdChannel:
         import socket
 
         for start in range(0, len(fds), _MAX_FDS_PER_MESSAGE):
-            socket.send_fds(self._sock, [b"F"], list(fds[start : start + _MAX_FDS_PER_MESSAGE]))
+            socket.send_fds(
+                self._sock,
+                [b"F"],
+                list(fds[start : start + _MAX_FDS_PER_MESSAGE]),
+                socket.MSG_NOSIGNAL,  # a dead peer is an EPIPE error, even where SIGPIPE kills
+            )
 
     def receive(self, count: int) -> list[int]:
         """*count* descriptors (they were sent before their frame: this does not wait)."""
