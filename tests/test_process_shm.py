@@ -224,6 +224,27 @@ def test_idle_worker_gives_memory_back() -> None:
         wait_for(lambda: resident(pid) < fresh + 15 * MB, "the idle worker to shrink")
 
 
+def test_calls_use_the_pipe_when_no_descriptor_is_left(tmp_path: Path) -> None:
+    import resource
+
+    started, go = str(tmp_path / "started"), str(tmp_path / "go")
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    with ProcessExecutor(1, shm_threshold=1000) as ex:
+        blocker = ex.submit(hold, np.ones(10), started, go)
+        wait_for(lambda: os.path.exists(started), "the worker to be busy")
+        # Queued calls hold one segment each: let only ~10 of them get a descriptor.
+        resource.setrlimit(resource.RLIMIT_NOFILE, (len(os.listdir("/proc/self/fd")) + 10, hard))
+        try:
+            futures = [ex.submit(describe, np.full(1000, float(i))) for i in range(40)]
+        finally:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+        Path(go).touch()
+        blocker.result(TIMEOUT)
+        placed = [f.result(TIMEOUT) for f in futures]
+    assert (False, True) in placed  # read-only views of shared memory, while there were fds
+    assert (True, False) in placed  # then private copies through the pipe
+
+
 # -- SIGKILL mid-call ----------------------------------------------------------------------
 
 

@@ -235,6 +235,10 @@ def _dumps_call(
         return _shm.dumps_with_buffers(
             (cloudpickle.dumps,), call, shm_threshold, f"parallelize:{os.getpid()}:args"
         )
+    except OSError:
+        # No descriptor (many queued calls: one segment each) or memory left for a
+        # segment: this call goes through the pipe. (A pickling error raises below.)
+        return dumps_args(fn, args, kwargs), None
     except Exception:
         dumps_args(fn, args, kwargs)  # raises a PicklingError that names the argument
         raise

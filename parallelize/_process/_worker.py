@@ -169,16 +169,20 @@ def _fallback_error_body(task_id: int, duration: float, exc: BaseException) -> b
 
 def _result_body(task_id: int, duration: float, result: Any) -> bytes:
     segment = None
+    payload: bytes | None = None
     try:
-        if _large is None:
+        if _large is not None:
+            try:
+                payload, segment = _shm.dumps_with_buffers(
+                    (pickle.dumps, _cloudpickle_dumps),
+                    _shm.wrap_top_level(result, _large[1]),
+                    _large[1],
+                    f"parallelize:{os.getppid()}:result",
+                )
+            except OSError:  # no descriptor or memory left for a segment: use the pipe
+                payload = None
+        if payload is None:
             payload = _dumps(result)
-        else:
-            payload, segment = _shm.dumps_with_buffers(
-                (pickle.dumps, _cloudpickle_dumps),
-                _shm.wrap_top_level(result, _large[1]),
-                _large[1],
-                f"parallelize:{os.getppid()}:result",
-            )
     except Exception as exc:
         detail = pickle.dumps((_type_name(type(result)), f"{type(exc).__name__}: {exc}"))
         return RESULT_HEAD.pack(KIND_UNPICKLABLE_RESULT, task_id, duration) + detail
