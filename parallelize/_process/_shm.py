@@ -37,6 +37,12 @@ Lifetimes
   private pages), and the memory is freed when the result is garbage
   collected. An array that was read-only in the worker (say, an argument
   returned as is) stays read-only.
+* Mappings are made with ``mmap(2)`` through ctypes, not ``mmap.mmap``, which
+  keeps a duplicate descriptor open per mapping (before Python 3.13): live
+  results cost no descriptors. A mapping is unmapped when the last view of it
+  is garbage collected.
+* A segment that cannot be created (no descriptor or memory left) is not an
+  error: the caller pickles that call or result in band instead.
 
 Arguments are **read-only** in the worker: writing into one raises numpy's
 ``ValueError: assignment destination is read-only``. A copy would cost what
