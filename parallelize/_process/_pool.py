@@ -72,7 +72,7 @@ import sys
 import threading
 import weakref
 from collections import OrderedDict, deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from concurrent.futures import Future
 from typing import Any, ParamSpec, TypeVar
 
@@ -135,6 +135,7 @@ _RESULT_HEAD_SIZE = RESULT_HEAD.size
 # is several times faster than cloudpickle for a small call.
 _SIMPLE_TYPES = frozenset({int, float, str, bytes, bool, type(None)})
 _EMPTY_CALL = pickle.dumps(((), {}), protocol=5)
+_NEVER = 1 << 62  # a size no buffer has: the threshold when shared memory is off
 _FD_SOCKET_BUFFER = 1 << 20  # bytes; far more than a worker's in-flight descriptor messages
 
 
@@ -217,23 +218,30 @@ def _dumps_call(
     if not args and not kwargs:
         return _EMPTY_CALL, None
     simple = _SIMPLE_TYPES
-    for value in (*args, *kwargs.values()):
-        if type(value) not in simple or (
-            shm_threshold is not None and type(value) is bytes and len(value) >= shm_threshold
-        ):
+    big = _NEVER if shm_threshold is None else shm_threshold
+    for value in args:
+        tp = type(value)
+        if tp not in simple or (tp is bytes and len(value) >= big):
             break
     else:
-        return pickle.dumps((args, kwargs), protocol=5), None
+        for value in kwargs.values():
+            tp = type(value)
+            if tp not in simple or (tp is bytes and len(value) >= big):
+                break
+        else:
+            return pickle.dumps((args, kwargs), protocol=5), None
     if shm_threshold is None:
         return dumps_args(fn, args, kwargs), None
-    wrap = _shm.wrap_top_level
-    call = (
-        tuple(wrap(value, shm_threshold) for value in args),
-        {key: wrap(value, shm_threshold) for key, value in kwargs.items()},
-    )
+    call: Any = (args, kwargs)
+    if _has_big_bytes(args, big) or _has_big_bytes(kwargs.values(), big):
+        wrap = _shm.wrap_top_level
+        call = (
+            tuple(wrap(value, big) for value in args),
+            {key: wrap(value, big) for key, value in kwargs.items()},
+        )
     try:
         return _shm.dumps_with_buffers(
-            (cloudpickle.dumps,), call, shm_threshold, f"parallelize:{os.getpid()}:args"
+            (cloudpickle.dumps,), call, big, f"parallelize:{os.getpid()}:args"
         )
     except OSError:
         # No descriptor (many queued calls: one segment each) or memory left for a
@@ -242,6 +250,14 @@ def _dumps_call(
     except Exception:
         dumps_args(fn, args, kwargs)  # raises a PicklingError that names the argument
         raise
+
+
+def _has_big_bytes(values: Iterable[Any], threshold: int) -> bool:
+    for value in values:
+        tp = type(value)
+        if (tp is bytes or tp is bytearray) and len(value) >= threshold:
+            return True
+    return False
 
 
 def _death_message(pid: int, returncode: int, name: str, starting: bool) -> str:

@@ -162,9 +162,9 @@ def wrap_top_level(value: Any, threshold: int) -> Any:
 def dumps_with_buffers(
     dumpers: Sequence[Callable[..., bytes]], obj: Any, threshold: int, name: str
 ) -> tuple[bytes, Segment | None]:
-    """Pickle *obj* with the first of ``dumper(obj, protocol=5, buffer_callback=...)`` that
-    works; buffers of at least *threshold* bytes go into a new segment (None when there are
-    none). The last dumper's exception propagates."""
+    """Pickle *obj* with ``dumper(obj, protocol=5, buffer_callback=...)``, the first of (at
+    most two) *dumpers* that works; buffers of at least *threshold* bytes go into a new
+    segment (None when there are none). The last dumper's exception propagates."""
     big: list[memoryview] = []
 
     def keep_out_of_band(buffer: pickle.PickleBuffer) -> bool:
@@ -177,14 +177,13 @@ def dumps_with_buffers(
         big.append(raw)
         return False
 
-    for index, dumps in enumerate(dumpers):
-        big.clear()  # what a failed attempt collected
-        try:
-            data = dumps(obj, protocol=5, buffer_callback=keep_out_of_band)
-            break
-        except Exception:
-            if index == len(dumpers) - 1:
-                raise
+    try:
+        data = dumpers[0](obj, protocol=5, buffer_callback=keep_out_of_band)
+    except Exception:
+        if len(dumpers) < 2:
+            raise
+        big.clear()  # what the failed attempt collected
+        data = dumpers[1](obj, protocol=5, buffer_callback=keep_out_of_band)
     if not big:
         return data, None
     try:
