@@ -25,7 +25,15 @@ Workloads, measured after each system has started and been warmed up:
     a system that would need more than 30 s for N gets fewer tasks (the table says so);
 (b) latency: median round trip of one no-op task, over 100 sequential calls;
 (c) CPU: 16 tasks of ~50 ms of pure-Python work on 2 workers -> speed-up over running
-    them one after the other in this process (thread-based systems hold the GIL: ~1x).
+    them one after the other in this process (thread-based systems hold the GIL: ~1x);
+(d) large data: 4 concurrent calls that each take a 50 MB float64 array (``--large-mb``)
+    and return a new array of the same size -> time per call, and how far the resident
+    memory of this process and all its descendants (workers, daemons) rose above its
+    level at the start of the workload (median over rounds). Each system is used as its
+    documentation suggests for large arguments: joblib memory-maps arrays over 1 MB by
+    itself, Ray gets the array once with ``ray.put`` and Dask with ``client.scatter``
+    (inside the timed part: the array is new data for every round); the executors pickle
+    it with every call, except parallelize PROCESS, which passes it in shared memory.
 
 Start-up is reported separately: the time from creating the pool or cluster (its package
 already imported) to the first no-op result.
@@ -80,6 +88,11 @@ def burn_cpu(loops: int) -> int:
     return total
 
 
+def scale_array(x: Any) -> Any:
+    """(d): a new array of the same size as *x* (one pass over it)."""
+    return x * 1.5
+
+
 def calibrate(seconds: float) -> int:
     """Loops of burn_cpu that take about *seconds* in this process (median of 3)."""
     loops = 50_000
@@ -117,6 +130,10 @@ class Runner:
     def cpu_tasks(self, loops: int, count: int) -> None:
         raise NotImplementedError
 
+    def large_calls(self, array: Any, count: int) -> list[Any]:
+        """*count* concurrent ``scale_array(array)`` calls; their results."""
+        raise NotImplementedError
+
     def close(self) -> None:
         raise NotImplementedError
 
@@ -147,6 +164,10 @@ class ExecutorRunner(Runner):
         for future in futures:
             future.result(RESULT_TIMEOUT)
 
+    def large_calls(self, array: Any, count: int) -> list[Any]:
+        futures = [self.executor.submit(scale_array, array) for _ in range(count)]
+        return [future.result(RESULT_TIMEOUT) for future in futures]
+
     def close(self) -> None:
         if self.executor is None:
             return
@@ -170,6 +191,7 @@ class ParallelizeRunner(Runner):
         self.executor = self._make(workers)
         self._noop = parallelize(executor=self.executor)(noop)
         self._burn = parallelize(executor=self.executor)(burn_cpu)
+        self._scale = parallelize(executor=self.executor)(scale_array)
         self.one_noop()
 
     def many_noops(self, count: int) -> None:
@@ -185,6 +207,10 @@ class ParallelizeRunner(Runner):
         futures = [self._burn(loops) for _ in range(count)]
         for future in futures:
             future.result(RESULT_TIMEOUT)
+
+    def large_calls(self, array: Any, count: int) -> list[Any]:
+        futures = [self._scale(array) for _ in range(count)]
+        return [future.result(RESULT_TIMEOUT) for future in futures]
 
     def close(self) -> None:
         if self.executor is not None:
@@ -219,6 +245,10 @@ class JoblibRunner(Runner):
 
     def cpu_tasks(self, loops: int, count: int) -> None:
         self.parallel(self._delayed(burn_cpu)(loops) for _ in range(count))
+
+    def large_calls(self, array: Any, count: int) -> list[Any]:
+        # joblib's defaults: arrays over 1 MB are memory-mapped for the loky backend.
+        return list(self.parallel(self._delayed(scale_array)(array) for _ in range(count)))
 
     def close(self) -> None:
         if self.parallel is None:
@@ -270,6 +300,13 @@ class DaskRunner(Runner):
         futures = [self.client.submit(burn_cpu, loops, pure=False) for _ in range(count)]
         self.client.gather(futures)
 
+    def large_calls(self, array: Any, count: int) -> list[Any]:
+        shared = self.client.scatter(array, broadcast=True)
+        futures = [self.client.submit(scale_array, shared, pure=False) for _ in range(count)]
+        results = list(self.client.gather(futures))
+        del futures, shared  # let the cluster drop the array and the results
+        return results
+
     def close(self) -> None:
         if self.client is not None:
             self.client.close()
@@ -297,6 +334,7 @@ class RayRunner(Runner):
         )
         self._noop = ray.remote(noop)
         self._burn = ray.remote(burn_cpu)
+        self._scale = ray.remote(scale_array)
         self.one_noop()
 
     def many_noops(self, count: int) -> None:
@@ -309,6 +347,11 @@ class RayRunner(Runner):
     def cpu_tasks(self, loops: int, count: int) -> None:
         refs = [self._burn.remote(loops) for _ in range(count)]
         self.ray.get(refs, timeout=RESULT_TIMEOUT)
+
+    def large_calls(self, array: Any, count: int) -> list[Any]:
+        shared = self.ray.put(array)
+        refs = [self._scale.remote(shared) for _ in range(count)]
+        return list(self.ray.get(refs, timeout=RESULT_TIMEOUT))
 
     def close(self) -> None:
         if self.ray is not None:
@@ -451,6 +494,8 @@ class Entry:
     noop_s: list[float] = field(default_factory=list)
     latency_s: list[float] = field(default_factory=list)
     cpu_s: list[float] = field(default_factory=list)
+    large_s: list[float] = field(default_factory=list)  # (d), per call
+    large_extra_rss: list[int] = field(default_factory=list)  # (d), bytes
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -502,6 +547,8 @@ class Config:
     latency_calls: int
     cpu_tasks: int
     cpu_ms: float
+    large_mb: float
+    large_calls: int
 
 
 def rotated(entries: list[Entry], round_index: int) -> Iterator[Entry]:
@@ -606,8 +653,39 @@ def measure(entries: list[Entry], config: Config, loops: int) -> list[float]:
                 entry.cpu_s.append(time.perf_counter() - started)
             except Exception as exc:
                 entry.fail("CPU workload", exc)
+        if config.large_mb > 0:
+            print(", large data", end="", flush=True)
+            measure_large(entries, config, r)
         print(" done", flush=True)
     return sequential_s
+
+
+def measure_large(entries: list[Entry], config: Config, round_index: int) -> None:
+    """(d) for every system in turn: time per call and the rise of resident memory."""
+    import numpy as np
+    from _large_data import MemorySampler
+
+    count = config.large_calls
+    array = np.random.default_rng(round_index).random(int(config.large_mb * 1e6) // 8)
+    expected_last = array[-1] * 1.5
+    with MemorySampler() as sampler:
+        for entry in rotated(entries, round_index):
+            assert entry.runner is not None
+            try:
+                with sampler.phase(entry.spec.key):
+                    started = time.perf_counter()
+                    results = entry.runner.large_calls(array, count)
+                    took = time.perf_counter() - started
+                    ok = len(results) == count and all(
+                        r.shape == array.shape and r[-1] == expected_last for r in results
+                    )
+                    del results
+                if not ok:
+                    raise AssertionError("wrong results")
+                entry.large_s.append(took / count)
+                entry.large_extra_rss.append(sampler.extra_rss[entry.spec.key][-1])
+            except Exception as exc:
+                entry.fail("large-data workload", exc)
 
 
 def shutdown_all(entries: list[Entry]) -> None:
@@ -674,6 +752,12 @@ def results_of(entries: list[Entry], sequential_s: list[float]) -> dict[str, dic
             "cpu_s": entry.cpu_s,
             "cpu_median_s": cpu,
             "cpu_speedup": seq / cpu if seq and cpu else None,
+            "large_s": entry.large_s,
+            "large_median_s": median(entry.large_s),
+            "large_extra_rss": entry.large_extra_rss,
+            "large_extra_rss_median": (
+                statistics.median(entry.large_extra_rss) if entry.large_extra_rss else None
+            ),
             "notes": entry.notes,
         }
     ref = out.get(REFERENCE)
@@ -688,6 +772,10 @@ def results_of(entries: list[Entry], sequential_s: list[float]) -> dict[str, dic
             if ref and ref["latency_median_s"] and row["latency_median_s"]
             else None
         )
+        for key in ("large_median_s", "large_extra_rss_median"):
+            row[f"{key}_vs_reference"] = (
+                row[key] / ref[key] if ref and ref[key] and row[key] is not None else None
+            )
     return out
 
 
@@ -727,6 +815,32 @@ def markdown_table(results: dict[str, dict[str, Any]], config: Config) -> str:
     return "\n".join(lines)
 
 
+def large_table(results: dict[str, dict[str, Any]], config: Config) -> str:
+    pp = "x ProcessPool"
+    header = [
+        "system",
+        "kind",
+        f"(d) ms per call ({config.large_calls} x {config.large_mb:g} MB in and out)",
+        pp,
+        "(d) peak rise of RSS (MB)",
+        pp,
+    ]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for row in results.values():
+        if row["large_median_s"] is None:
+            continue
+        cells = [
+            row["label"],
+            row["kind"],
+            _fmt(row["large_median_s"], ".0f", 1e3),
+            _fmt(row["large_median_s_vs_reference"], ".2f"),
+            _fmt(row["large_extra_rss_median"], ".0f", 1e-6),
+            _fmt(row["large_extra_rss_median_vs_reference"], ".2f"),
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 # -- main -------------------------------------------------------------------------------
 
 
@@ -749,6 +863,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--cpu-tasks", type=int, help="tasks for (c) (16; --quick: 4)")
     parser.add_argument("--cpu-ms", type=float, help="CPU time per task for (c) (50; --quick: 20)")
+    parser.add_argument(
+        "--large-mb",
+        type=float,
+        help="array size for (d) in MB (50; --quick: 10); 0 skips (d)",
+    )
     args = parser.parse_args(argv)
     if args.only:
         wanted = [k.strip() for k in args.only.split(",") if k.strip()]
@@ -762,6 +881,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
             parser.error(f"--{name.replace('_', '-')} must be at least 1")
     if args.cpu_ms is not None and args.cpu_ms <= 0:
         parser.error("--cpu-ms must be positive")
+    if args.large_mb is not None and args.large_mb < 0:
+        parser.error("--large-mb must be 0 (skip) or positive")
     return args
 
 
@@ -787,6 +908,8 @@ def main(argv: list[str] | None = None) -> int:
         latency_calls=max(pick(args.latency_calls, 100, 10), 1),
         cpu_tasks=pick(args.cpu_tasks, 16, 4),
         cpu_ms=float(pick(args.cpu_ms, 50.0, 20.0)),
+        large_mb=float(pick(args.large_mb, 50.0, 10.0)),
+        large_calls=4,
     )
     if config.latency_calls < config.rounds:
         config = Config(**{**config.__dict__, "latency_calls": config.rounds})
@@ -824,6 +947,17 @@ def main(argv: list[str] | None = None) -> int:
     )
     print()
     print(markdown_table(results, config))
+    if config.large_mb > 0:
+        print()
+        print(
+            f"(d) {config.large_calls} concurrent calls, each a {config.large_mb:g} MB float64 "
+            f"array in and a new one out, on {config.workers} workers: median time per call, "
+            "and median peak rise of the summed RSS of this process and all its descendants "
+            "over its level at the start of the workload (shared pages count once per "
+            "process)."
+        )
+        print()
+        print(large_table(results, config))
     if leftovers:
         print(f"\nWARNING: {len(leftovers)} process(es) still alive after shutdown:")
         for line in leftovers:

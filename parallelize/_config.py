@@ -6,6 +6,8 @@ Environment variables (read when a default executor is first created):
   (default ``min(32, cpu_count + 4)``, as concurrent.futures).
 - ``PARALLELIZE_PROCESS_WORKERS``: worker processes of the default PROCESS
   executor (default ``cpu_count``).
+- ``PARALLELIZE_SHM_THRESHOLD``: buffers of at least this many bytes go through
+  shared memory in the default PROCESS executor (default 1 MiB; ``off``: never).
 
 The REMOTE pool is configured by its pool file (``PARALLELIZE_POOL_FILE``).
 
@@ -29,6 +31,7 @@ from dataclasses import dataclass
 
 __all__ = [
     "ENV_PROCESS_WORKERS",
+    "ENV_SHM_THRESHOLD",
     "ENV_THREAD_WORKERS",
     "FAILURE_SETTINGS",
     "Settings",
@@ -40,6 +43,7 @@ __all__ = [
 
 ENV_THREAD_WORKERS = "PARALLELIZE_THREAD_WORKERS"
 ENV_PROCESS_WORKERS = "PARALLELIZE_PROCESS_WORKERS"
+ENV_SHM_THRESHOLD = "PARALLELIZE_SHM_THRESHOLD"
 
 
 @dataclass(frozen=True)
@@ -161,3 +165,23 @@ def failure_setting(name: str) -> bool | int | float | None:
         return validate_failure_setting(name, _parse_env(name, raw), f"environment variable {env}")
     except ValueError as exc:
         raise ValueError(f"{exc}; set it to a valid value or unset it") from None
+
+
+def process_shm_threshold(default: int) -> int | None:
+    """The default PROCESS executor's shared-memory threshold in bytes; None: off."""
+    raw = os.environ.get(ENV_SHM_THRESHOLD, "").strip()
+    if raw == "":
+        return default
+    if raw.lower() in ("off", "none", "0"):
+        return None
+    try:
+        value = int(raw)
+    except ValueError:
+        value = -1
+    if value < 1:
+        raise ValueError(
+            f"environment variable {ENV_SHM_THRESHOLD}={raw!r} is not a size in bytes; set it "
+            "to a number of bytes such as 1048576, to 'off' to send everything through pipes, "
+            "or unset it"
+        )
+    return value

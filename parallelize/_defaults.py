@@ -47,8 +47,13 @@ def _create(method: Method) -> Executor:
         return ThreadExecutor(_config.thread_workers(), name="default-thread")
     if method is Method.PROCESS:
         from ._process import ProcessExecutor
+        from ._process._shm import DEFAULT_THRESHOLD
 
-        return ProcessExecutor(_config.process_workers(), name="default-process")
+        return ProcessExecutor(
+            _config.process_workers(),
+            name="default-process",
+            shm_threshold=_config.process_shm_threshold(DEFAULT_THRESHOLD),
+        )
     factory = method_factory(method)
     executor: Executor = factory()
     return executor

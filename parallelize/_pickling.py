@@ -111,8 +111,10 @@ class _SourceRegistration:
 class _Pickler(cloudpickle.Pickler):  # type: ignore[misc]
     """cloudpickle that keeps file names of code sent by value and collects their source."""
 
-    def __init__(self, file: io.BytesIO) -> None:
-        super().__init__(file, protocol=5)
+    def __init__(
+        self, file: io.BytesIO, buffer_callback: Callable[[Any], Any] | None = None
+    ) -> None:
+        super().__init__(file, protocol=5, buffer_callback=buffer_callback)
         self.sources: dict[str, dict[int, str]] = {}
 
     def reducer_override(self, obj: Any) -> Any:
@@ -172,6 +174,18 @@ def _dump(obj: Any) -> tuple[bytes, dict[str, list[str]]]:
 def dumps(obj: Any) -> bytes:
     """cloudpickle *obj* with the highest protocol (see the module docstring)."""
     return _dump(obj)[0]
+
+
+def dumps_with_buffer_callback(
+    obj: Any, *, protocol: int = 5, buffer_callback: Callable[[Any], Any] | None = None
+) -> bytes:
+    """``dumps`` with pickle protocol 5's out-of-band buffers passed to *buffer_callback*
+    (for the shared-memory transport), with the same refusals (open files) as ``dumps``."""
+    if protocol != 5:
+        raise ValueError("only pickle protocol 5 carries out-of-band buffers")
+    buffer = io.BytesIO()
+    _Pickler(buffer, buffer_callback).dump(obj)
+    return buffer.getvalue()
 
 
 def split_bound_method(

@@ -23,6 +23,7 @@ from ._config import (
 from ._errors import attach_remote_traceback
 from ._executor_base import BaseExecutor, waits_at_exit
 from ._pickling import callable_name, dumps_args, dumps_function, split_bound_method
+from ._process._memory import trim_c_heap as release_memory
 from ._registry import method_factory, register_info_section, register_method
 from ._stats import ExecutorStats, Outcome, TaskStats
 
@@ -41,6 +42,7 @@ __all__ = [
     "method_factory",
     "register_info_section",
     "register_method",
+    "release_memory",
     "split_bound_method",
     "validate_failure_setting",
     "waits_at_exit",

@@ -79,12 +79,11 @@ from concurrent.futures import TimeoutError as FuturesTimeoutError
 from typing import Any, TypeVar, cast
 
 from parallelize import TaskLostError
-from parallelize.ext import Outcome, waits_at_exit
+from parallelize.ext import Outcome, release_memory, waits_at_exit
 
 from ._bundle import Bundle, BundleState
 from ._heartbeat import HostStatus, PoolStatus, format_status, percentile
 from ._hosts import HostState
-from ._memory import release_memory
 from ._sched_core import LinkFactory, close_quietly, logger, warn_visibly
 from ._sched_dispatch import Dispatcher
 

@@ -41,6 +41,15 @@ while queued) -> completed by the result thread. When a worker dies, its first
 in-flight task fails with ``WorkerDiedError`` and the rest go back to the front
 of ``pending``; a replacement worker is started on demand.
 
+Large buffers (numpy arrays and other protocol-5 buffers, big ``bytes``) of at
+least ``shm_threshold`` bytes travel in shared-memory segments whose
+descriptors go over a third channel per worker, a Unix socket (see ``_shm``).
+A task owns its argument segment until it completes (it is re-sent if the
+task is re-queued); callers create segments in ``submit``, outside the lock.
+The descriptor socket is written under the lock (like the task pipe; one
+small message per batch, never more than a worker's in-flight batches, so
+it does not fill) and read by the result thread only.
+
 Batching: each worker gets up to ``depth`` tasks in one message and is
 refilled when at most ``depth // 2`` remain. ``depth`` adapts to an average of
 the task durations measured in the workers, so that a worker holds about
@@ -57,23 +66,32 @@ import os
 import pickle
 import selectors
 import signal
+import socket
 import subprocess
 import sys
 import threading
 import weakref
 from collections import OrderedDict, deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from concurrent.futures import Future
 from typing import Any, ParamSpec, TypeVar
 
 from .._errors import PicklingError, WorkerDiedError, attach_remote_traceback
 from .._executor_base import BaseExecutor, waits_at_exit
-from .._pickling import callable_name, dumps_args, dumps_function, split_bound_method
+from .._pickling import (
+    callable_name,
+    dumps_args,
+    dumps_function,
+    dumps_with_buffer_callback,
+    split_bound_method,
+)
 from .._stats import Outcome, TaskStats
+from . import _shm
 from ._protocol import (
     FRAME_HEAD,
     KIND_ERROR,
     KIND_OK,
+    KIND_OK_SHM,
     KIND_READY,
     KIND_UNPICKLABLE_RESULT,
     RESULT_HEAD,
@@ -88,7 +106,7 @@ _WORKER_MODULE = "parallelize._process._worker"
 # Start the worker without running parallelize/__init__.py (wrapt, smart_future,
 # asyncio: most of a worker's start-up time): placeholder parent packages let the
 # worker module import, then they are dropped so that user code importing
-# parallelize in the worker gets the real package. argv: ROOT TASK_FD RESULT_FD.
+# parallelize in the worker gets the real package. argv: ROOT TASK_FD RESULT_FD FD_SOCKET.
 _BOOTSTRAP = (
     "import sys, types\n"
     "root = sys.argv[1]\n"
@@ -121,6 +139,8 @@ _RESULT_HEAD_SIZE = RESULT_HEAD.size
 # is several times faster than cloudpickle for a small call.
 _SIMPLE_TYPES = frozenset({int, float, str, bytes, bool, type(None)})
 _EMPTY_CALL = pickle.dumps(((), {}), protocol=5)
+_NEVER = 1 << 62  # a size no buffer has: the threshold when shared memory is off
+_FD_SOCKET_BUFFER = 1 << 20  # bytes; far more than a worker's in-flight descriptor messages
 
 
 class _State(enum.Enum):
@@ -131,7 +151,7 @@ class _State(enum.Enum):
 
 
 class _Task:
-    __slots__ = ("args_bytes", "fid", "fn", "fn_bytes", "future", "started", "task_id")
+    __slots__ = ("args_bytes", "fid", "fn", "fn_bytes", "future", "segment", "started", "task_id")
 
     def __init__(
         self,
@@ -141,6 +161,7 @@ class _Task:
         fid: int,
         fn_bytes: bytes,
         args_bytes: bytes,
+        segment: _shm.Segment | None,
     ) -> None:
         self.task_id = task_id
         self.future = future
@@ -148,11 +169,18 @@ class _Task:
         self.fid = fid
         self.fn_bytes = fn_bytes
         self.args_bytes = args_bytes
+        self.segment = segment  # large argument buffers, freed when the task is over
         self.started = False  # future marked running (it stays so if re-queued)
+
+    def release(self) -> None:
+        segment, self.segment = self.segment, None
+        if segment is not None:
+            segment.close()
 
 
 class _Worker:
     __slots__ = (
+        "channel",
         "in_flight",
         "known",
         "outq",
@@ -165,11 +193,18 @@ class _Worker:
         "task_fd",
     )
 
-    def __init__(self, proc: subprocess.Popen[bytes], task_fd: int, result_fd: int) -> None:
+    def __init__(
+        self,
+        proc: subprocess.Popen[bytes],
+        task_fd: int,
+        result_fd: int,
+        channel: _shm.FdChannel | None,
+    ) -> None:
         self.proc = proc
         self.pid = proc.pid
         self.task_fd = task_fd
         self.result_fd = result_fd
+        self.channel = channel  # segment descriptors; None when shared memory is off
         self.state = _State.STARTING
         self.in_flight: deque[_Task] = deque()
         self.known: OrderedDict[int, None] = OrderedDict()  # function ids the worker holds
@@ -178,17 +213,55 @@ class _Worker:
         self.rbuf = bytearray()  # result thread only
 
 
-def _dumps_call(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> bytes:
+def _dumps_call(
+    fn: Callable[..., Any],
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    shm_threshold: int | None,
+) -> tuple[bytes, _shm.Segment | None]:
     if not args and not kwargs:
-        return _EMPTY_CALL
+        return _EMPTY_CALL, None
     simple = _SIMPLE_TYPES
+    big = _NEVER if shm_threshold is None else shm_threshold
     for value in args:
-        if type(value) not in simple:
-            return dumps_args(fn, args, kwargs)
-    for value in kwargs.values():
-        if type(value) not in simple:
-            return dumps_args(fn, args, kwargs)
-    return pickle.dumps((args, kwargs), protocol=5)
+        tp = type(value)
+        if tp not in simple or (tp is bytes and len(value) >= big):
+            break
+    else:
+        for value in kwargs.values():
+            tp = type(value)
+            if tp not in simple or (tp is bytes and len(value) >= big):
+                break
+        else:
+            return pickle.dumps((args, kwargs), protocol=5), None
+    if shm_threshold is None:
+        return dumps_args(fn, args, kwargs), None
+    call: Any = (args, kwargs)
+    if _has_big_bytes(args, big) or _has_big_bytes(kwargs.values(), big):
+        wrap = _shm.wrap_top_level
+        call = (
+            tuple(wrap(value, big) for value in args),
+            {key: wrap(value, big) for key, value in kwargs.items()},
+        )
+    try:
+        return _shm.dumps_with_buffers(
+            (dumps_with_buffer_callback,), call, big, f"parallelize:{os.getpid()}:args"
+        )
+    except OSError:
+        # No descriptor (many queued calls: one segment each) or memory left for a
+        # segment: this call goes through the pipe. (A pickling error raises below.)
+        return dumps_args(fn, args, kwargs), None
+    except Exception:
+        dumps_args(fn, args, kwargs)  # raises a PicklingError that names the argument
+        raise
+
+
+def _has_big_bytes(values: Iterable[Any], threshold: int) -> bool:
+    for value in values:
+        tp = type(value)
+        if (tp is bytes or tp is bytearray) and len(value) >= threshold:
+            return True
+    return False
 
 
 def _death_message(pid: int, returncode: int, name: str, starting: bool) -> str:
@@ -217,8 +290,11 @@ def _complete_future(future: Future[Any], value: Any, error: BaseException | Non
 class _Pool:
     """The state shared by caller threads and the result thread (see the module docstring)."""
 
-    def __init__(self, max_workers: int, name: str, stats: TaskStats) -> None:
+    def __init__(
+        self, max_workers: int, name: str, stats: TaskStats, shm_threshold: int | None
+    ) -> None:
         self.max_workers = max_workers
+        self.shm_threshold = shm_threshold
         self.name = name
         self.stats = stats
         self.lock = threading.Lock()
@@ -242,10 +318,17 @@ class _Pool:
     # -- caller side --------------------------------------------------------
 
     def submit(
-        self, future: Future[Any], fn: Callable[..., Any], fn_bytes: bytes, args_bytes: bytes
+        self,
+        future: Future[Any],
+        fn: Callable[..., Any],
+        fn_bytes: bytes,
+        args_bytes: bytes,
+        segment: _shm.Segment | None,
     ) -> None:
         with self.lock:
             if self.closing:
+                if segment is not None:
+                    segment.close()
                 raise RuntimeError(
                     f"cannot submit to ProcessExecutor {self.name!r}: it has been shut down"
                 )
@@ -255,7 +338,7 @@ class _Pool:
             fid = self.function_ids.get(fn_bytes)
             if fid is None:
                 fid = self._new_function_id(fn_bytes)
-            task = _Task(self.next_task_id, future, fn, fid, fn_bytes, args_bytes)
+            task = _Task(self.next_task_id, future, fn, fid, fn_bytes, args_bytes, segment)
             if not self.pending:
                 for worker in self.workers:
                     if not worker.in_flight and (
@@ -283,6 +366,7 @@ class _Pool:
             self.pending = deque(task for task in self.pending if task.started)
         cancelled = 0
         for task in queued:  # outside the lock: cancel() runs the futures' callbacks
+            task.release()
             self.stats.task_finished(Outcome.CANCELLED)
             if not task.future.cancelled() and task.future.cancel():
                 cancelled += 1
@@ -321,6 +405,9 @@ class _Pool:
             for fd in (worker.task_fd, worker.result_fd):
                 with contextlib.suppress(OSError):
                     os.close(fd)
+            if worker.channel is not None:
+                with contextlib.suppress(OSError):
+                    worker.channel.close()
             worker.state = _State.DEAD
             worker.proc.returncode = 0  # not our child: never wait for it
         for fd in (self.wake_r, self.wake_w):
@@ -368,6 +455,20 @@ class _Pool:
             os.close(task_r)
             os.close(task_w)
             raise
+        channel: _shm.FdChannel | None = None
+        child_socket = -1
+        try:
+            if self.shm_threshold is not None:
+                ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+                ours.setblocking(False)
+                ours.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, _FD_SOCKET_BUFFER)
+                channel = _shm.FdChannel(ours.detach())
+                child_socket = theirs.detach()
+        except BaseException:
+            for fd in (task_r, task_w, result_r, result_w):
+                os.close(fd)
+            raise
+        pass_fds = (task_r, result_w) if child_socket < 0 else (task_r, result_w, child_socket)
         try:
             flags: list[str] = getattr(subprocess, "_args_from_interpreter_flags", list)()
             proc = subprocess.Popen(
@@ -379,23 +480,30 @@ class _Pool:
                     _PACKAGE_ROOT,
                     str(task_r),
                     str(result_w),
+                    str(child_socket),
                 ],
-                pass_fds=(task_r, result_w),
+                pass_fds=pass_fds,
                 stdin=subprocess.DEVNULL,
                 env=self.env,
             )
         except BaseException:
             os.close(task_w)
             os.close(result_r)
+            if channel is not None:
+                channel.close()
             raise
         finally:
             os.close(task_r)
             os.close(result_w)
+            if child_socket >= 0:
+                os.close(child_socket)
         os.set_blocking(task_w, False)
         os.set_blocking(result_r, False)
-        worker = _Worker(proc, task_w, result_r)
+        worker = _Worker(proc, task_w, result_r, channel)
         title = f"parallelize worker pool={self.name} parent={os.getpid()}"
-        startup = pickle.dumps((self.sent_path, self._original_pythonpath, title), protocol=5)
+        startup = pickle.dumps(
+            (self.sent_path, self._original_pythonpath, self.shm_threshold, title), protocol=5
+        )
         worker.path_version = self.path_version
         self._write(worker, startup)
         self.workers.append(worker)
@@ -415,7 +523,8 @@ class _Pool:
 
     def _send_batch(self, worker: _Worker, count: int) -> None:
         """Move up to *count* tasks from ``pending`` to *worker* in one message."""
-        items: list[tuple[int, int, bytes | None, bytes]] = []
+        items: list[tuple[int, int, bytes | None, bytes, tuple[tuple[int, int], ...] | None]] = []
+        segments: list[int] = []
         known = worker.known
         in_flight = worker.in_flight
         pending = self.pending
@@ -423,16 +532,22 @@ class _Pool:
             task = pending.popleft()
             if not task.started:
                 if not task.future.set_running_or_notify_cancel():
+                    task.release()
                     self.stats.task_finished(Outcome.CANCELLED)
                     continue
                 task.started = True
             fid = task.fid
+            fn_bytes: bytes | None = None
             if fid in known:
                 known.move_to_end(fid)
-                items.append((task.task_id, fid, None, task.args_bytes))
             else:
                 known[fid] = None
-                items.append((task.task_id, fid, task.fn_bytes, task.args_bytes))
+                fn_bytes = task.fn_bytes
+            layout = None
+            if task.segment is not None:
+                layout = task.segment.layout
+                segments.append(task.segment.fd)
+            items.append((task.task_id, fid, fn_bytes, task.args_bytes, layout))
             in_flight.append(task)
         if not items:
             return
@@ -443,7 +558,22 @@ class _Pool:
         if worker.path_version != self.path_version:
             worker.path_version = self.path_version
             new_path = self.sent_path
+        if segments:
+            self._send_segments(worker, segments)
         self._write(worker, pickle.dumps((evict, items, new_path), protocol=5))
+
+    def _send_segments(self, worker: _Worker, fds: list[int]) -> None:
+        """Send a batch's segment descriptors ahead of its frame (lock held; does not block)."""
+        try:
+            if worker.channel is None:  # pragma: no cover - segments are made only with a channel
+                raise OSError("no descriptor socket")
+            worker.channel.send(fds)
+        except OSError:
+            # The worker is gone (EPIPE), or -- never seen, see _FD_SOCKET_BUFFER -- the socket
+            # is full: the worker could not find the descriptors of this frame, so stop it;
+            # its EOF fails its running task and re-queues the others.
+            with contextlib.suppress(OSError):
+                worker.proc.kill()
 
     def _write(self, worker: _Worker, payload: bytes) -> None:
         head = FRAME_HEAD.pack(len(payload))
@@ -608,7 +738,7 @@ class _Pool:
             return
         except OSError:
             chunk = b""
-        frames: list[tuple[int, int, float, bytes]] = []
+        frames: list[tuple[int, int, float, bytes, Any]] = []
         if chunk:
             buf = worker.rbuf
             buf += chunk
@@ -620,22 +750,19 @@ class _Pool:
                 if end > size:
                     break
                 kind, task_id, duration = RESULT_HEAD.unpack_from(buf, pos + _FRAME_HEAD_SIZE)
-                frames.append(
-                    (
-                        kind,
-                        task_id,
-                        duration,
-                        bytes(buf[pos + _FRAME_HEAD_SIZE + _RESULT_HEAD_SIZE : end]),
-                    )
-                )
+                payload = bytes(buf[pos + _FRAME_HEAD_SIZE + _RESULT_HEAD_SIZE : end])
+                segment: Any = None
+                if kind == KIND_OK_SHM:
+                    segment = self._receive_segment(worker)
+                frames.append((kind, task_id, duration, payload, segment))
                 pos = end
             if pos:
                 del buf[:pos]
-        completions: list[tuple[_Task, int, float, bytes]] = []
+        completions: list[tuple[_Task, int, float, bytes, Any]] = []
         failed: list[tuple[_Task, BaseException]] = []
         starting = False
         with self.lock:
-            for kind, task_id, duration, payload in frames:
+            for kind, task_id, duration, payload, segment in frames:
                 if kind == KIND_READY:
                     if worker.state is _State.STARTING:
                         worker.state = _State.READY
@@ -644,7 +771,7 @@ class _Pool:
                 task = worker.in_flight.popleft()
                 if task.task_id != task_id:  # pragma: no cover - protocol bug
                     raise AssertionError(f"result for task {task_id}, expected {task.task_id}")
-                completions.append((task, kind, duration, payload))
+                completions.append((task, kind, duration, payload, segment))
                 avg = self.avg_duration
                 self.avg_duration = (
                     duration if avg is None else avg + _EWMA_WEIGHT * (duration - avg)
@@ -661,6 +788,16 @@ class _Pool:
         self._fail(failed)
         if not chunk:
             self._bury(worker, starting)
+
+    @staticmethod
+    def _receive_segment(worker: _Worker) -> int | OSError:
+        """The descriptor of a result's segment (sent before its frame), or why it is missing."""
+        try:
+            if worker.channel is None:  # pragma: no cover - protocol bug
+                raise OSError("no descriptor socket")
+            return worker.channel.receive(1)[0]
+        except OSError as exc:
+            return exc
 
     def _fill_safely(self, failed: list[tuple[_Task, BaseException]]) -> None:
         """``_fill``, but if no worker can be started at all, fail the queued tasks."""
@@ -686,6 +823,7 @@ class _Pool:
 
     def _fail(self, failed: list[tuple[_Task, BaseException]]) -> None:
         for task, error in failed:
+            task.release()
             self.stats.task_finished(Outcome.FAILED)
             _complete_future(task.future, None, error)
 
@@ -696,6 +834,8 @@ class _Pool:
         if self._watching.pop(worker, None) is not None:
             self._selector.unregister(worker.result_fd)
         os.close(worker.result_fd)
+        if worker.channel is not None:
+            worker.channel.close()  # descriptors still in flight are freed with it
         try:
             returncode = worker.proc.wait(_REAP_TIMEOUT)
         except subprocess.TimeoutExpired:  # closed its pipe but lives on: make sure it is gone
@@ -732,17 +872,21 @@ class _Pool:
         self._fail(failed)
 
     def _complete(
-        self, worker: _Worker, completions: list[tuple[_Task, int, float, bytes]]
+        self, worker: _Worker, completions: list[tuple[_Task, int, float, bytes, Any]]
     ) -> None:
         # Stats are recorded before the future completes, so that a caller woken by
         # the result sees them.
         stats = self.stats
-        for task, kind, duration, payload in completions:
+        for task, kind, duration, payload, segment in completions:
+            task.release()  # the worker is done with the arguments
             value: Any = None
             error: BaseException | None = None
-            if kind == KIND_OK:
+            if kind in (KIND_OK, KIND_OK_SHM):
                 try:
-                    value = pickle.loads(payload)
+                    if kind == KIND_OK:
+                        value = pickle.loads(payload)
+                    else:
+                        value = self._load_shared(payload, segment)
                 except BaseException as exc:
                     error = RuntimeError(
                         f"the result of {callable_name(task.fn)} could not be unpickled in "
@@ -762,6 +906,18 @@ class _Pool:
             stats.task_finished(Outcome.SUCCEEDED if error is None else Outcome.FAILED, duration)
             _complete_future(task.future, value, error)
             del value, error
+
+    @staticmethod
+    def _load_shared(payload: bytes, segment: int | OSError) -> Any:
+        if isinstance(segment, OSError):
+            raise segment
+        try:
+            layout, start = _shm.decode_layout(payload)
+            return _shm.loads_with_segment(
+                memoryview(payload)[start:], segment, layout, writable=True
+            )
+        finally:
+            os.close(segment)  # the mapping holds its own reference
 
     @staticmethod
     def _remote_exception(task: _Task, worker: _Worker, payload: bytes) -> BaseException:
@@ -795,16 +951,39 @@ class ProcessExecutor(BaseExecutor):
     dies fails only the task it was running (:class:`WorkerDiedError`) and is
     replaced. Workers exit with the pool, and also as soon as the parent
     process dies.
+
+    Buffers of at least *shm_threshold* bytes (default 1 MiB) -- numpy arrays
+    anywhere in the arguments or the result, top-level ``bytes`` -- travel
+    through shared memory instead of the pipes: they arrive in the worker as
+    read-only views without a copy, and results come back the same way.
+    ``shm_threshold=None`` sends everything through the pipes. Shared memory
+    needs Linux (``memfd_create``); elsewhere the threshold is ignored.
     """
 
-    def __init__(self, max_workers: int | None = None, *, name: str = "process") -> None:
+    def __init__(
+        self,
+        max_workers: int | None = None,
+        *,
+        name: str = "process",
+        shm_threshold: int | None = _shm.DEFAULT_THRESHOLD,
+    ) -> None:
         if max_workers is None:
             max_workers = os.cpu_count() or 1
         if max_workers <= 0:
             raise ValueError(f"max_workers must be at least 1, not {max_workers}")
+        if shm_threshold is not None and (
+            isinstance(shm_threshold, bool)
+            or not isinstance(shm_threshold, int)
+            or shm_threshold < 1
+        ):
+            raise ValueError(
+                f"shm_threshold must be a size in bytes (an int of at least 1), or None to "
+                f"send everything through the pipes; got {shm_threshold!r}"
+            )
         super().__init__(name=name)
         self.max_workers = max_workers
-        self._pool = _Pool(max_workers, name, self._stats)
+        self.shm_threshold = shm_threshold if _shm.AVAILABLE else None
+        self._pool = _Pool(max_workers, name, self._stats, self.shm_threshold)
         _live_pools.add(self._pool)
         _live_executors.add(self)
         # If the executor is dropped without shutdown, let its workers go when idle.
@@ -814,9 +993,9 @@ class ProcessExecutor(BaseExecutor):
         self._check_open()
         function, call_args = split_bound_method(fn, args)
         fn_bytes = dumps_function(function)
-        args_bytes = _dumps_call(function, call_args, kwargs)
+        args_bytes, segment = _dumps_call(function, call_args, kwargs, self.shm_threshold)
         future: Future[T] = Future()
-        self._pool.submit(future, function, fn_bytes, args_bytes)
+        self._pool.submit(future, function, fn_bytes, args_bytes, segment)
         return future
 
     def worker_pids(self) -> list[int]:

@@ -7,12 +7,15 @@ the payload. Two pipes connect the parent and each worker (the fds are passed
 on the worker's command line):
 
 parent -> worker (the "task pipe"):
-    1. one startup frame: ``pickle((sys_path, pythonpath_or_None))``;
-    2. then task frames: ``pickle((evict_fids, [(task_id, fid, fn_bytes_or_None, args_bytes),
-       ...]))``. ``fn_bytes`` is sent only the first time this worker sees ``fid``;
+    1. one startup frame: ``pickle((sys_path, pythonpath_or_None, shm_threshold_or_None))``;
+    2. then task frames: ``pickle((evict_fids, [(task_id, fid, fn_bytes_or_None, args_bytes,
+       layout_or_None), ...]))``. ``fn_bytes`` is sent only the first time this worker sees ``fid``;
        ``evict_fids`` lists functions the worker must forget (the parent mirrors
        the worker's bounded cache). ``args_bytes`` is a nested pickle of
        ``(args, kwargs)`` so that a failure to unpickle it fails only that task.
+       A task with a ``layout`` (``((offset, length), ...)``) has its large buffers
+       in a shared-memory segment (see ``_shm``): the descriptors of a frame's
+       segments, in task order, were sent on the descriptor socket before the frame.
     Closing the task pipe (EOF) tells the worker to exit at once: that is how a
     graceful shutdown ends and also what happens when the parent dies.
 
@@ -21,6 +24,12 @@ worker -> parent (the "result pipe"):
     duration seconds) followed by a kind-specific pickle. The worker runs its
     tasks one at a time in arrival order and sends one frame per task, so the
     parent can attribute a worker's death to the first unanswered task.
+    ``KIND_OK_SHM`` results have their large buffers in a segment whose
+    descriptor was sent on the descriptor socket before the frame.
+
+The descriptor socket (a ``SOCK_SEQPACKET`` pair, its worker end's fd is the
+fourth command-line argument, ``-1`` when shared memory is off) carries only
+segment descriptors, see ``_shm.FdChannel``.
 """
 
 from __future__ import annotations
@@ -31,6 +40,7 @@ __all__ = [
     "FRAME_HEAD",
     "KIND_ERROR",
     "KIND_OK",
+    "KIND_OK_SHM",
     "KIND_READY",
     "KIND_UNPICKLABLE_RESULT",
     "RESULT_HEAD",
@@ -46,6 +56,7 @@ KIND_OK = 1  # payload: pickle of the return value
 KIND_ERROR = 2  # payload: pickle of (exc_bytes | None, type_name, message, traceback_text,
 #                 is_base_exception)
 KIND_UNPICKLABLE_RESULT = 3  # payload: pickle of (result_type_name, error_text)
+KIND_OK_SHM = 4  # payload: _shm.encode_layout(layout) + pickle of the return value
 
 # Exit status of a worker whose task pipe reached EOF.
 WORKER_EXIT_ON_EOF = 0

@@ -1,8 +1,9 @@
 """The worker process of :class:`ProcessExecutor`: ``python -m parallelize._process._worker``.
 
-Usage: ``python -m parallelize._process._worker TASK_FD RESULT_FD``. See
-``_protocol`` for the messages. Kept small and light to import (``cloudpickle``
-and ``traceback`` are imported only when needed) so that a worker starts fast.
+Usage: ``python -m parallelize._process._worker TASK_FD RESULT_FD FD_SOCKET``. See
+``_protocol`` for the messages, ``_shm`` for large buffers in shared memory. Kept
+small and light to import (``cloudpickle`` and ``traceback`` are imported only
+when needed) so that a worker starts fast.
 
 Two threads:
 
@@ -34,10 +35,12 @@ import sys  # noqa: E402
 import threading  # noqa: E402
 from time import perf_counter  # noqa: E402
 
+from . import _memory, _shm  # noqa: E402
 from ._protocol import (  # noqa: E402
     FRAME_HEAD,
     KIND_ERROR,
     KIND_OK,
+    KIND_OK_SHM,
     KIND_READY,
     KIND_UNPICKLABLE_RESULT,
     RESULT_HEAD,
@@ -51,6 +54,13 @@ if TYPE_CHECKING:
     from typing import Any, BinaryIO
 
 _FRAME_HEAD_SIZE = FRAME_HEAD.size
+
+_HEAVY_FRAME = 1 << 16  # bytes
+_HEAVY_SECONDS = 0.001
+
+# Shared memory for large buffers (see _shm): the descriptor socket and the size
+# threshold, set by main; None when the parent turned it off.
+_large: tuple[_shm.FdChannel, int] | None = None
 
 
 def _read_frame(stream: BinaryIO) -> bytes | None:
@@ -97,10 +107,11 @@ def _watchdog(task_fd: int) -> None:
             os._exit(WORKER_EXIT_ON_EOF)
 
 
-def _cloudpickle_dumps(obj: Any) -> bytes:
+def _cloudpickle_dumps(obj: Any, **options: Any) -> bytes:
     import cloudpickle
 
-    return cloudpickle.dumps(obj, protocol=5)  # type: ignore[no-any-return]
+    options.setdefault("protocol", 5)
+    return cloudpickle.dumps(obj, **options)  # type: ignore[no-any-return]
 
 
 def _dumps(obj: Any) -> bytes:
@@ -157,12 +168,50 @@ def _fallback_error_body(task_id: int, duration: float, exc: BaseException) -> b
 
 
 def _result_body(task_id: int, duration: float, result: Any) -> bytes:
+    segment = None
+    payload: bytes | None = None
     try:
-        payload = _dumps(result)
+        if _large is not None:
+            try:
+                payload, segment = _shm.dumps_with_buffers(
+                    (pickle.dumps, _cloudpickle_dumps),
+                    _shm.wrap_top_level(result, _large[1]),
+                    _large[1],
+                    f"parallelize:{os.getppid()}:result",
+                )
+            except OSError:  # no descriptor or memory left for a segment: use the pipe
+                payload = None
+        if payload is None:
+            payload = _dumps(result)
     except BaseException as exc:  # SystemExit in a __reduce__ too: the worker survives
         detail = pickle.dumps((_type_name(type(result)), f"{type(exc).__name__}: {exc}"))
         return RESULT_HEAD.pack(KIND_UNPICKLABLE_RESULT, task_id, duration) + detail
+    if segment is not None and _large is not None:
+        try:
+            _large[0].send([segment.fd])  # before the frame that refers to it
+        except OSError:
+            os._exit(WORKER_EXIT_ON_EOF)  # the parent is gone
+        finally:
+            segment.close()  # the message in flight holds the segment now
+        head = RESULT_HEAD.pack(KIND_OK_SHM, task_id, duration)
+        return head + _shm.encode_layout(segment.layout) + payload
     return RESULT_HEAD.pack(KIND_OK, task_id, duration) + payload
+
+
+def _receive_segments(tasks: list[tuple[Any, ...]]) -> list[int]:
+    """The segment descriptors of a frame's tasks (those with a layout), in task order."""
+    count = sum(1 for task in tasks if task[4] is not None)
+    if not count:
+        return []
+    if _large is None:  # pragma: no cover - protocol bug
+        raise RuntimeError("the parent sent shared memory to a worker without a socket")
+    return _large[0].receive(count)
+
+
+def _release_memory_if_idle(stream: BinaryIO) -> None:
+    """After a frame's tasks: if no other frame is waiting, give freed memory back."""
+    if not select.select([stream], [], [], 0)[0]:
+        _memory.release_if_grown()
 
 
 def _flush_stdio() -> None:
@@ -189,16 +238,25 @@ def _serve(stream: BinaryIO, result_fd: int) -> None:
         for fid in evict:
             functions.pop(fid, None)
             function_bytes.pop(fid, None)
-        for task_id, fid, fn_bytes, args_bytes in tasks:
+        segments = iter(_receive_segments(tasks))
+        # Worth checking the memory afterwards (the check costs ~10 us: not after tiny calls).
+        heavy = len(message) >= _HEAVY_FRAME
+        for task_id, fid, fn_bytes, args_bytes, layout in tasks:
             if fn_bytes is not None:
                 function_bytes[fid] = fn_bytes
             started = 0.0
+            segment = -1 if layout is None else next(segments)
             try:
                 fn = functions.get(fid)
                 if fn is None:
                     # Kept as bytes until it loads, so a failing load fails each task.
                     fn = functions[fid] = loads(function_bytes[fid])
-                args, kwargs = loads(args_bytes)
+                if segment < 0:
+                    args, kwargs = loads(args_bytes)
+                else:
+                    args, kwargs = _shm.loads_with_segment(
+                        args_bytes, segment, layout, writable=False
+                    )
                 started = perf_counter()
                 result = fn(*args, **kwargs)
                 duration = perf_counter() - started
@@ -212,8 +270,18 @@ def _serve(stream: BinaryIO, result_fd: int) -> None:
             else:
                 body = _result_body(task_id, duration, result)
                 del result
+            finally:
+                if segment >= 0:
+                    os.close(segment)  # a mapping holds its own reference
+            args = kwargs = None  # unmap shared arguments now, not at the next task
+            heavy = heavy or layout is not None or duration >= _HEAVY_SECONDS
             _flush_stdio()
             _send(result_fd, body)
+        # Keep no large frame, argument pickle or result pickle while waiting.
+        message = tasks = args_bytes = None
+        body = b""
+        if heavy:
+            _release_memory_if_idle(stream)
 
 
 def _set_title(title: str) -> None:
@@ -226,16 +294,24 @@ def _set_title(title: str) -> None:
 
 
 def main(argv: list[str]) -> None:
-    task_fd, result_fd = int(argv[1]), int(argv[2])
+    global _large
+    task_fd, result_fd, fd_socket = int(argv[1]), int(argv[2]), int(argv[3])
     os.set_inheritable(task_fd, False)
     os.set_inheritable(result_fd, False)
     stream = io.BufferedReader(io.FileIO(task_fd, "r"), buffer_size=1 << 16)
     startup = _read_frame(stream)
     if startup is None:
         os._exit(WORKER_EXIT_ON_EOF)
-    sys_path, pythonpath, *rest = pickle.loads(startup)
+    sys_path, pythonpath, shm_threshold, *rest = pickle.loads(startup)
     if rest:
         _set_title(rest[0])
+    if fd_socket >= 0:
+        os.set_inheritable(fd_socket, False)
+        if shm_threshold is not None:
+            _large = (_shm.FdChannel(fd_socket), shm_threshold)
+        else:
+            os.close(fd_socket)
+    _memory.release_if_grown()  # records the fresh worker's size
     sys.path[:] = sys_path
     if pythonpath is None:
         os.environ.pop("PYTHONPATH", None)

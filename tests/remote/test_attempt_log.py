@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from parallelize.ext import release_memory
 from remote._attempt_log import AttemptLog, FloatRing, RateWindow
-from remote._memory import release_memory
 
 
 def test_attempt_log_keeps_the_last_records_in_order() -> None:

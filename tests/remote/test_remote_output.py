@@ -21,7 +21,9 @@ cloudpickle.register_pickle_by_value(sys.modules[__name__])  # hosts cannot impo
 
 def report(n: int) -> int:
     print(f"result line {n}")
-    print(f"problem line {n}", file=sys.stderr)
+    # one write: slots share the agent's stderr, where print()'s two writes (text, then
+    # newline) of tasks on different slots can interleave
+    sys.stderr.write(f"problem line {n}\n")
     return n * 2
 
 
