@@ -205,14 +205,19 @@ class _Slot:
         "fns",
         "frames",
         "lost_reason",
+        "out_fd",
+        "out_pending",
         "pid",
         "result_fd",
         "retired",
         "task_fd",
     )
 
-    def __init__(self, pid: int, task_fd: int, result_fd: int) -> None:
+    def __init__(self, pid: int, task_fd: int, result_fd: int, out_fd: int) -> None:
         self.pid = pid
+        self.out_fd = out_fd  # slot -> agent: the task's stdout (its own pipe: lines of
+        # tasks on different slots must not interleave)
+        self.out_pending = bytearray()  # a partial line, until its end or the task's
         self.task_fd = task_fd  # agent -> slot: EVICT and SUBMIT frames
         self.result_fd = result_fd  # slot -> agent: RESULT (or LOST) frames
         self.frames = _wire.FrameBuffer()
@@ -231,8 +236,8 @@ class Agent:
         self.silence_limit = max(0.0, silence_limit)
         self.hostname = socket.gethostname()
         # The protocol gets private copies of fds 0 and 1; fd 0 becomes /dev/null and fd 1
-        # goes to stderr, so stray prints here cannot corrupt the stream. Slots get fd 1 on
-        # the stdout pipe below, whose bytes travel as OUTPUT frames.
+        # goes to stderr, so stray prints here cannot corrupt the stream. Each slot gets fd 1
+        # on a pipe of its own, whose lines travel as OUTPUT frames.
         self.in_fd = os.dup(0)
         self.out_fd = os.dup(1)
         devnull = os.open(os.devnull, os.O_RDWR)
@@ -241,12 +246,12 @@ class Agent:
         os.close(devnull)
         os.set_inheritable(self.in_fd, False)
         os.set_inheritable(self.out_fd, False)
-        self.stdout_r, self.stdout_w = os.pipe()
         # Function payloads by id, mirroring the controller's LRU (see _wire).
         self.fn_cache: dict[int, bytes] = {}
         self.fn_bytes = 0
         self.children: dict[int, _Slot] = {}  # pid -> slot, until reaped
-        self.by_fd: dict[int, _Slot] = {}
+        self.by_fd: dict[int, _Slot] = {}  # result fd -> slot
+        self.by_out_fd: dict[int, _Slot] = {}  # stdout fd -> slot
         self.idle: list[_Slot] = []
         self.running: dict[int, _Slot] = {}  # attempt id -> slot
         # Attempts submitted while every slot is busy, in order: attempt id -> (fn_id, fn,
@@ -295,13 +300,12 @@ class Agent:
             os._exit(1)
         # Non-blocking from here on: a write to a stalled controller must not block past
         # the silence limit (see _send).
-        for fd in (self.wake_r, self.wake_w, self.out_fd, self.stdout_r):
+        for fd in (self.wake_r, self.wake_w, self.out_fd):
             os.set_blocking(fd, False)
         signal.set_wakeup_fd(self.wake_w)
         signal.signal(signal.SIGCHLD, lambda signum, frame: None)
         self.selector.register(self.in_fd, selectors.EVENT_READ, None)
         self.selector.register(self.wake_r, selectors.EVENT_READ, None)
-        self.selector.register(self.stdout_r, selectors.EVENT_READ, None)
         self.last_heard = time.monotonic()
         for _ in range(self.target_slots):
             self.idle.append(self._fork_slot())
@@ -356,12 +360,12 @@ class Agent:
                         while os.read(self.wake_r, 512):
                             pass
                     self._reap(block=False)
-                elif key.fd == self.stdout_r:
-                    self._pump_stdout(1)
                 else:
                     slot = self.by_fd.get(key.fd)
                     if slot is not None:
                         self._read_slot(slot)
+                    elif (slot := self.by_out_fd.get(key.fd)) is not None:
+                        self._pump_stdout(slot, reads=1)
             self._reap(block=False)
 
     # -- controller side -----------------------------------------------------------------
@@ -496,19 +500,40 @@ class Agent:
             os.killpg(slot.pid, signal.SIGKILL)
         self._replenish()
 
-    def _pump_stdout(self, reads: int) -> None:
-        """Forward up to *reads* chunks of the slots' stdout as OUTPUT frames.
+    def _pump_stdout(self, slot: _Slot, *, reads: int, final: bool = False) -> None:
+        """Forward the complete lines a slot's task printed as OUTPUT frames; with *final*
+        (its task ended), the partial last line too.
 
-        Bounded: the agent holds at most one chunk; a task printing faster than the
-        controller takes it blocks on its full stdout pipe."""
+        Bounded: at most *reads* chunks are read, a partial line is kept up to one chunk,
+        and a task printing faster than the controller takes it blocks on its full pipe."""
+        pending = slot.out_pending
         for _ in range(reads):
+            if slot.out_fd < 0:
+                break
             try:
-                data = os.read(self.stdout_r, _OUTPUT_CHUNK)
+                data = os.read(slot.out_fd, _OUTPUT_CHUNK)
             except (BlockingIOError, InterruptedError):
-                return
+                break
+            except OSError:
+                data = b""
             if not data:
-                return
-            self._send(_wire.encode_output(_wire.STDOUT, data))
+                break
+            pending += data
+        cut = pending.rfind(b"\n") + 1
+        if final or len(pending) >= _OUTPUT_CHUNK:
+            cut = len(pending)
+        if cut:
+            self._send(_wire.encode_output(_wire.STDOUT, bytes(pending[:cut])))
+            del pending[:cut]
+
+    def _close_stdout(self, slot: _Slot) -> None:
+        if slot.out_fd >= 0:
+            self.by_out_fd.pop(slot.out_fd, None)
+            with contextlib.suppress(KeyError, ValueError):
+                self.selector.unregister(slot.out_fd)
+            with contextlib.suppress(OSError):
+                os.close(slot.out_fd)
+            slot.out_fd = -1
 
     # -- slots ---------------------------------------------------------------------------
 
@@ -529,13 +554,15 @@ class Agent:
     def _fork_slot(self) -> _Slot:
         task_r, task_w = os.pipe()
         result_r, result_w = os.pipe()
+        out_r, out_w = os.pipe()
         pid = os.fork()
         if pid == 0:  # the slot process
             code = 70
             try:
                 os.close(task_w)  # the agent's ends: else this slot never sees EOF
                 os.close(result_r)
-                self._become_slot(task_r, result_w)
+                os.close(out_r)
+                self._become_slot(task_r, result_w, out_w)
                 code = _slot_loop(task_r, result_w, self.name, self.hostname)
             except BaseException:
                 with contextlib.suppress(BaseException):
@@ -546,14 +573,18 @@ class Agent:
             os.setpgid(pid, pid)
         os.close(task_r)
         os.close(result_w)
+        os.close(out_w)
         os.set_blocking(result_r, False)
-        slot = _Slot(pid, task_w, result_r)
+        os.set_blocking(out_r, False)
+        slot = _Slot(pid, task_w, result_r, out_r)
         self.children[pid] = slot
         self.by_fd[result_r] = slot
+        self.by_out_fd[out_r] = slot
         self.selector.register(result_r, selectors.EVENT_READ, None)
+        self.selector.register(out_r, selectors.EVENT_READ, None)
         return slot
 
-    def _become_slot(self, task_r: int, result_w: int) -> None:
+    def _become_slot(self, task_r: int, result_w: int, out_w: int) -> None:
         os.setpgid(0, 0)
         signal.set_wakeup_fd(-1)
         for sig in (signal.SIGCHLD, signal.SIGTERM, signal.SIGHUP):
@@ -562,11 +593,11 @@ class Agent:
         agent_pid = os.getppid()
         with contextlib.suppress(OSError):
             self.selector.close()
-        os.dup2(self.stdout_w, 1)  # the task's stdout: forwarded as OUTPUT frames
+        os.dup2(out_w, 1)  # the task's stdout: forwarded as OUTPUT frames
         os.set_blocking(1, True)
-        fds = [self.in_fd, self.out_fd, self.wake_r, self.wake_w, self.stdout_r, self.stdout_w]
+        fds = [self.in_fd, self.out_fd, self.wake_r, self.wake_w, out_w]
         for other in self.children.values():
-            fds += [other.task_fd, other.result_fd]
+            fds += [other.task_fd, other.result_fd, other.out_fd]
         for fd in fds:
             with contextlib.suppress(OSError):
                 os.close(fd)
@@ -623,7 +654,7 @@ class Agent:
         if slot.cancelled or attempt_id is None:
             return
         self.running.pop(attempt_id, None)
-        self._pump_stdout(16)  # what the task printed arrives before its result
+        self._pump_stdout(slot, reads=16, final=True)  # the task's output before its result
         self._send(_wire.HEADER.pack(len(body) + 1, kind) + body)
         if len(self.idle) >= self.target_slots or slot.pid not in self.children:
             self._retire(slot)
@@ -686,8 +717,9 @@ class Agent:
         attempt_id = slot.attempt
         if attempt_id is not None and not slot.cancelled:
             self.running.pop(attempt_id, None)
-            self._pump_stdout(16)  # its last words, before the loss
+            self._pump_stdout(slot, reads=16, final=True)  # its last words, before the loss
             self._send(_wire.encode_lost(attempt_id, slot.lost_reason or _describe_status(status)))
+        self._close_stdout(slot)
         if not self.closing:
             self._replenish()
         return True
