@@ -284,3 +284,97 @@ def test_memory_is_released_after_many_calls(benchmark: Any, sshd_pool: SshdPool
             assert results["rate"] >= 4000
     finally:
         pool.shutdown()
+
+
+def test_unknown_host_key_fails_fast(benchmark: Any, sshd_pool: SshdPool) -> None:
+    specs = sshd_pool.specs(2, slots=1, first=1, strict_host_key_checking=True)
+    pool = RemoteExecutor(specs, host_down_timeout=600.0)  # the user's known_hosts: unknown
+    results: dict[str, float] = {}
+    try:
+
+        def run() -> None:
+            start = time.monotonic()
+            error = pool.submit(noop).exception(120)
+            results["failed_after"] = time.monotonic() - start
+            assert error is not None and "unknown host key" in str(error)
+
+        benchmark.pedantic(run, rounds=1, warmup_rounds=0)
+        record(
+            benchmark,
+            what="unknown host key on every host: the first call's error",
+            failed_after_s=results["failed_after"],
+            limit_s=10.0 + 1.0,
+        )
+        assert results["failed_after"] <= 10.0 + 1.0  # connect_timeout + 1 s
+    finally:
+        pool.shutdown(wait=False, cancel_futures=True)
+
+
+_EXIT_SCRIPT = """
+import os, sys, time
+from parallelize import parallelize, Method
+
+@parallelize(method=Method.REMOTE)
+def task(i, log, seconds):
+    time.sleep(seconds)
+    with open(log, "a") as handle:
+        handle.write(f"{i} {time.time()}\\n")
+    return i
+
+futures = [task(i, sys.argv[1], float(sys.argv[2])) for i in range(12)]
+# no shutdown(): the interpreter exits with the calls in flight
+"""
+
+
+def test_exit_with_calls_in_flight(
+    benchmark: Any, sshd_pool: SshdPool, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    import subprocess
+
+    seconds = 2.0 if full(benchmark) else 0.2
+    specs = sshd_pool.specs(2, slots=6, first=1)
+    tmp = tmp_path_factory.mktemp("exit")
+    pool_file = tmp / "pool.toml"
+    lines = ["[defaults]", f'identity_file = "{specs[0].identity_file}"', ""]
+    for spec in specs:
+        lines += [
+            f"[hosts.{spec.name}]",
+            f'host = "{spec.host}"',
+            f"port = {spec.port}",
+            f'user = "{spec.user}"',
+            f"slots = {spec.slots}",
+            f'python = "{spec.python}"',
+            "strict_host_key_checking = false",
+            "",
+        ]
+    pool_file.write_text("\n".join(lines))
+    script = tmp / "script.py"
+    script.write_text(_EXIT_SCRIPT)
+    log = tmp / "runs.log"
+    env = dict(os.environ, PARALLELIZE_POOL_FILE=str(pool_file))
+    env["PYTHONPATH"] = str(Path(__file__).resolve().parent.parent)
+    results: dict[str, float] = {}
+
+    def run() -> None:
+        log.write_text("")
+        subprocess.run(
+            [sys.executable, str(script), str(log), str(seconds)],
+            env=env,
+            check=True,
+            timeout=120,
+            capture_output=True,
+        )
+        ended = time.time()
+        runs = [line.split() for line in log.read_text().splitlines()]
+        results["runs"] = len(runs)
+        results["distinct"] = len({r[0] for r in runs})
+        results["exit_after_last_call_s"] = ended - max(float(r[1]) for r in runs)
+
+    benchmark.pedantic(run, rounds=1, warmup_rounds=0)
+    record(
+        benchmark,
+        what=f"script ends without shutdown() while 12 calls of {seconds:g} s run",
+        **results,
+    )
+    assert results["runs"] == 12 and results["distinct"] == 12
+    assert results["exit_after_last_call_s"] <= 3.0

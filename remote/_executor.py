@@ -24,7 +24,6 @@ import time
 import weakref
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future
-from concurrent.futures import TimeoutError as FuturesTimeoutError
 from typing import TYPE_CHECKING, Any
 
 from parallelize import PicklingError
@@ -99,35 +98,27 @@ def resolve_options(
     return out
 
 
-# How long a progress bar's status refresh waits for the scheduler thread's answer.
-_STATUS_TIMEOUT = 0.1
-
-
 class _StatusLine:
     """The executor's status provider for progress bars (``smart_future`` status providers).
 
-    Returns :func:`~remote._heartbeat.format_summary` of the scheduler's heartbeat data,
-    or None while the executor has no work. The data is computed on the scheduler thread;
-    if it does not answer within ``_STATUS_TIMEOUT`` the previous line is shown again.
-    Holds the scheduler weakly so a registration never keeps it alive."""
+    Returns :func:`~remote._heartbeat.format_summary` of the status the scheduler thread
+    publishes (at most every 0.2 s while it has work), or None while the executor has no
+    work. Reading a published snapshot never waits for the scheduler, so a busy scheduler
+    cannot leave the bar showing a stale line (it used to show the connecting phase's
+    "0/1 hosts up" while calls completed). Holds the scheduler weakly so a registration
+    never keeps it alive."""
 
     def __init__(self, scheduler: Scheduler) -> None:
         self._scheduler = weakref.ref(scheduler)
-        self._last: str | None = None
 
     def __call__(self) -> str | None:
         scheduler = self._scheduler()
         if scheduler is None or not scheduler.alive:
             return None
-        try:
-            status = scheduler.call(scheduler.status, timeout=_STATUS_TIMEOUT)
-        except FuturesTimeoutError:
-            return self._last
-        if not status.in_flight and not status.pending:
-            self._last = None
-        else:
-            self._last = format_summary(scheduler.name, status)
-        return self._last
+        status = scheduler.published_status
+        if status is None or (not status.in_flight and not status.pending):
+            return None
+        return format_summary(scheduler.name, status)
 
 
 def _resolve_pool(

@@ -95,6 +95,7 @@ _MAX_BATCH = 512  # messages handled before dispatching again
 _CLOSE_WAIT = 3.0  # seconds teardown waits, in all, for links to finish closing
 _TRIM_AFTER = 1000  # calls finished since the last trim before an idle scheduler trims
 _TRIM_DELAY = 0.5  # seconds idle before it does
+_PUBLISH = 0.2  # seconds between two status snapshots for progress bars
 
 
 _live_schedulers: weakref.WeakSet[Scheduler] = weakref.WeakSet()
@@ -142,6 +143,9 @@ class Scheduler(Dispatcher):
 
     _thread: threading.Thread
     _trim_at: float | None = None
+    published_status: PoolStatus | None = None
+    _publish_at = 0.0
+    _published_work = False
     _trimmed_at_done = 0
 
     def _start(self) -> None:
@@ -251,9 +255,23 @@ class Scheduler(Dispatcher):
             self._dispatch(now)
             self._speculate(now)
             self._idle_memory(now)
+            self._publish_status(now)
             if self._stopping and not self._n_pending and not self._running:
                 self._teardown("the executor was shut down")
                 return
+
+    def _publish_status(self, now: float) -> None:
+        """Refresh ``published_status`` (read by progress bars on other threads without
+        waiting for this one) at most every ``_PUBLISH`` seconds, and once more when the
+        work runs out."""
+        work = self._has_work()
+        if not work and not self._published_work:
+            return
+        if work and now < self._publish_at:
+            return
+        self._publish_at = now + _PUBLISH
+        self._published_work = work
+        self.published_status = self.status(now)  # one reference swap: atomic
 
     def _idle_memory(self, now: float) -> None:
         """A moment after a run of many calls ends, give freed memory back to the system.

@@ -48,7 +48,11 @@ def test_provider_summarises_heartbeat_and_is_unregistered(
         futures = [executor.submit(_nap, 0.4) for _ in range(6)]
         started = time.monotonic()
         line = provider()
-        assert line is not None and line.startswith("remote: ")
+        while line is None:  # the scheduler publishes its status within a moment
+            assert time.monotonic() - started < 20
+            time.sleep(0.02)
+            line = provider()
+        assert line.startswith("remote: ")
         assert "in flight" in line and "pending" in line and "hosts up" in line
         seen = [line]
         while not any(", 2 in flight" in text for text in seen):
@@ -76,7 +80,8 @@ def test_provider_is_quick() -> None:
         started = time.perf_counter()
         for _ in range(20):
             provider()
-        assert time.perf_counter() - started < 20 * executor_module._STATUS_TIMEOUT + 0.5
+        # reads a published snapshot: never waits for the scheduler thread
+        assert time.perf_counter() - started < 0.5
         future.result(timeout=30)
     finally:
         executor.shutdown()
