@@ -60,6 +60,7 @@ Design:
 from __future__ import annotations
 
 import contextlib
+import enum
 import os
 import pickle
 import select
@@ -197,10 +198,28 @@ def _remove_stale_dirs() -> None:
             continue
 
 
+class SlotState(enum.Enum):
+    """A slot process's life, as the agent sees it (``_Slot.move`` checks each step)."""
+
+    IDLE = "idle"  # waiting for a task
+    RUNNING = "running"  # its task was sent
+    KILLED = "killed"  # its task was cancelled: process group killed, not reaped yet
+    RETIRED = "retired"  # told to exit (no longer needed) or killed for a bad frame
+    GONE = "gone"  # reaped
+
+
+_SLOT_MOVES = {
+    SlotState.IDLE: (SlotState.RUNNING, SlotState.RETIRED, SlotState.GONE),
+    SlotState.RUNNING: (SlotState.IDLE, SlotState.KILLED, SlotState.RETIRED, SlotState.GONE),
+    SlotState.KILLED: (SlotState.GONE,),
+    SlotState.RETIRED: (SlotState.GONE,),
+    SlotState.GONE: (),
+}
+
+
 class _Slot:
     __slots__ = (
         "attempt",
-        "cancelled",
         "evict",
         "fns",
         "frames",
@@ -209,7 +228,7 @@ class _Slot:
         "out_pending",
         "pid",
         "result_fd",
-        "retired",
+        "state",
         "task_fd",
     )
 
@@ -222,11 +241,19 @@ class _Slot:
         self.result_fd = result_fd  # slot -> agent: RESULT (or LOST) frames
         self.frames = _wire.FrameBuffer()
         self.attempt: int | None = None
-        self.cancelled = False
-        self.retired = False
+        self.state = SlotState.IDLE
         self.fns: set[int] = set()  # function ids the slot has unpickled
         self.evict: list[int] = []  # ids evicted since, to send before its next SUBMIT
         self.lost_reason: str | None = None  # why the agent killed it, if it did
+
+    def move(self, new: SlotState) -> None:
+        if new not in _SLOT_MOVES[self.state]:  # a bug in the agent, never silenced
+            raise RuntimeError(f"slot {self.pid}: {self.state.name} -> {new.name}")
+        self.state = new
+
+    @property
+    def live(self) -> bool:
+        return self.state in (SlotState.IDLE, SlotState.RUNNING)
 
 
 class Agent:
@@ -477,6 +504,7 @@ class Agent:
 
     def _start(self, slot: _Slot, attempt_id: int, fn_id: int, fn: bytes, args: bytes) -> None:
         slot.attempt = attempt_id
+        slot.move(SlotState.RUNNING)
         self.running[attempt_id] = slot
         frame = _wire.encode_submit(attempt_id, fn_id, None if fn_id in slot.fns else fn, args)
         if slot.evict:
@@ -495,7 +523,7 @@ class Agent:
         slot = self.running.pop(attempt_id, None)
         if slot is None:
             return  # finished already (its result is on the way) or never known
-        slot.cancelled = True
+        slot.move(SlotState.KILLED)
         with contextlib.suppress(OSError):
             os.killpg(slot.pid, signal.SIGKILL)
         self._replenish()
@@ -538,7 +566,7 @@ class Agent:
     # -- slots ---------------------------------------------------------------------------
 
     def _live_slots(self) -> int:
-        return sum(1 for s in self.children.values() if not (s.cancelled or s.retired))
+        return sum(1 for s in self.children.values() if s.live)
 
     def _replenish(self) -> None:
         while self._live_slots() < self.target_slots:
@@ -651,14 +679,15 @@ class Agent:
     def _slot_result(self, slot: _Slot, kind: int, body: bytes) -> None:
         attempt_id = slot.attempt
         slot.attempt = None
-        if slot.cancelled or attempt_id is None:
-            return
+        if slot.state is not SlotState.RUNNING or attempt_id is None:
+            return  # killed (cancelled): its result is not wanted
         self.running.pop(attempt_id, None)
         self._pump_stdout(slot, reads=16, final=True)  # the task's output before its result
         self._send(_wire.HEADER.pack(len(body) + 1, kind) + body)
         if len(self.idle) >= self.target_slots or slot.pid not in self.children:
             self._retire(slot)
         else:
+            slot.move(SlotState.IDLE)
             self.idle.append(slot)
             self._dequeue()
 
@@ -666,17 +695,19 @@ class Agent:
         """The slot rejected its task frame: it goes (it would exit anyway) and is replaced."""
         attempt_id = slot.attempt
         slot.attempt = None
-        slot.retired = True
+        wanted = slot.state is SlotState.RUNNING
+        if slot.live:
+            slot.move(SlotState.RETIRED)
         with contextlib.suppress(OSError):
             os.killpg(slot.pid, signal.SIGKILL)
         if slot in self.idle:
             self.idle.remove(slot)
-        if attempt_id is not None and not slot.cancelled:
+        if attempt_id is not None and wanted:
             self.running.pop(attempt_id, None)
             self._send(_wire.encode_lost(attempt_id, reason))
 
     def _retire(self, slot: _Slot) -> None:
-        slot.retired = True
+        slot.move(SlotState.RETIRED)
         with contextlib.suppress(OSError):
             os.close(slot.task_fd)  # the slot reads EOF and exits
         slot.task_fd = -1
@@ -715,7 +746,10 @@ class Agent:
         if slot in self.idle:
             self.idle.remove(slot)
         attempt_id = slot.attempt
-        if attempt_id is not None and not slot.cancelled:
+        wanted = slot.state is SlotState.RUNNING
+        if slot.state is not SlotState.GONE:
+            slot.move(SlotState.GONE)
+        if attempt_id is not None and wanted:
             self.running.pop(attempt_id, None)
             self._pump_stdout(slot, reads=16, final=True)  # its last words, before the loss
             self._send(_wire.encode_lost(attempt_id, slot.lost_reason or _describe_status(status)))

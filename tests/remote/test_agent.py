@@ -522,3 +522,18 @@ def test_process_titles(agent: AgentProc) -> None:
     for slot in agent.children():
         assert _comm(slot) == "parallelize-slot testhost"[:15]
         assert _cmdline(slot).rstrip(b"\0") == b"parallelize-slot testhost"
+
+
+def test_slot_state_machine() -> None:
+    from remote.worker import SlotState, _Slot
+
+    slot = _Slot(1, -1, -1, -1)
+    assert slot.state is SlotState.IDLE and slot.live
+    slot.move(SlotState.RUNNING)
+    slot.move(SlotState.KILLED)
+    assert not slot.live
+    with pytest.raises(RuntimeError, match="KILLED -> RUNNING"):
+        slot.move(SlotState.RUNNING)
+    slot.move(SlotState.GONE)
+    with pytest.raises(RuntimeError):
+        slot.move(SlotState.IDLE)
