@@ -116,7 +116,7 @@ class _StatusLine:
         if scheduler is None or not scheduler.alive:
             return None
         status = scheduler.published_status
-        if status is None or (not status.in_flight and not status.pending):
+        if scheduler.published_idle or status is None:
             return None
         return format_summary(scheduler.name, status)
 

@@ -144,8 +144,8 @@ class Scheduler(Dispatcher):
     _thread: threading.Thread
     _trim_at: float | None = None
     published_status: PoolStatus | None = None
+    published_idle = True
     _publish_at = 0.0
-    _published_work = False
     _trimmed_at_done = 0
 
     def _start(self) -> None:
@@ -262,15 +262,15 @@ class Scheduler(Dispatcher):
 
     def _publish_status(self, now: float) -> None:
         """Refresh ``published_status`` (read by progress bars on other threads without
-        waiting for this one) at most every ``_PUBLISH`` seconds, and once more when the
-        work runs out."""
-        work = self._has_work()
-        if not work and not self._published_work:
+        waiting for this one) at most every ``_PUBLISH`` seconds while there is work, and
+        ``published_idle``."""
+        if not self._has_work():
+            self.published_idle = True  # nothing to show (and nothing to compute)
             return
-        if work and now < self._publish_at:
+        self.published_idle = False
+        if now < self._publish_at:  # (a call after an idle moment must not pay for one)
             return
         self._publish_at = now + _PUBLISH
-        self._published_work = work
         self.published_status = self.status(now)  # one reference swap: atomic
 
     def _idle_memory(self, now: float) -> None:
