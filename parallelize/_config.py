@@ -7,6 +7,10 @@ Environment variables (read when a default executor is first created):
 - ``PARALLELIZE_PROCESS_WORKERS``: worker processes of the default PROCESS
   executor (default ``cpu_count``).
 
+- ``PARALLELIZE_DASK_ADDRESS`` / ``PARALLELIZE_RAY_ADDRESS``: the cluster of
+  ``Method.DASK`` (``tcp://scheduler:8786``) / ``Method.RAY`` (``ray://head:10001``,
+  ``auto``); unset: a local cluster started on first use.
+
 The REMOTE pool is configured by its pool file (``PARALLELIZE_POOL_FILE``).
 """
 
@@ -17,7 +21,9 @@ import threading
 from dataclasses import dataclass
 
 __all__ = [
+    "ENV_DASK_ADDRESS",
     "ENV_PROCESS_WORKERS",
+    "ENV_RAY_ADDRESS",
     "ENV_THREAD_WORKERS",
     "Settings",
     "current_settings",
@@ -26,6 +32,8 @@ __all__ = [
 
 ENV_THREAD_WORKERS = "PARALLELIZE_THREAD_WORKERS"
 ENV_PROCESS_WORKERS = "PARALLELIZE_PROCESS_WORKERS"
+ENV_DASK_ADDRESS = "PARALLELIZE_DASK_ADDRESS"
+ENV_RAY_ADDRESS = "PARALLELIZE_RAY_ADDRESS"
 
 
 @dataclass(frozen=True)
@@ -34,6 +42,9 @@ class Settings:
 
     thread_workers: int | None = None
     process_workers: int | None = None
+    dask_address: str | None = None
+    ray_address: str | None = None
+    backups: bool | None = None  # speculative backups on DASK (None: on)
 
 
 _settings = Settings()
@@ -84,3 +95,21 @@ def process_workers() -> int:
     if explicit is not None:
         return explicit
     return _from_env(ENV_PROCESS_WORKERS) or (os.cpu_count() or 1)
+
+
+def cluster_address(engine: str) -> str | None:
+    """The address of *engine* ("dask"/"ray"): explicit, then environment; None: local."""
+    explicit = _settings.dask_address if engine == "dask" else _settings.ray_address
+    if explicit:
+        return explicit
+    raw = os.environ.get(ENV_DASK_ADDRESS if engine == "dask" else ENV_RAY_ADDRESS, "").strip()
+    return raw or None
+
+
+def validate_address(value: object, what: str) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise ValueError(
+            f"{what} must be a non-empty string such as 'tcp://scheduler:8786' (Dask) or "
+            f"'ray://head:10001' / 'auto' (Ray), got {value!r}"
+        )
+    return value.strip()

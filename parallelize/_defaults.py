@@ -49,6 +49,14 @@ def _create(method: Method) -> Executor:
         from ._process import ProcessExecutor
 
         return ProcessExecutor(_config.process_workers(), name="default-process")
+    if method in (Method.DASK, Method.RAY):
+        from . import _cluster
+
+        settings = _config.current_settings()
+        backups = settings.backups is not False
+        address = _config.cluster_address(method.value)
+        cluster_executor: Executor = _cluster.create_default(method.value, address, backups)
+        return cluster_executor
     try:
         remote_default = importlib.import_module("remote._default")
         factory = remote_default.create_default_executor
@@ -61,19 +69,38 @@ def _create(method: Method) -> Executor:
     return executor
 
 
-def configure(*, thread_workers: int | None = None, process_workers: int | None = None) -> None:
-    """Set the sizes of the default executors (None: environment variable, else default).
+def configure(
+    *,
+    thread_workers: int | None = None,
+    process_workers: int | None = None,
+    dask_address: str | None = None,
+    ray_address: str | None = None,
+    backups: bool | None = None,
+) -> None:
+    """Set up the default executors (None: environment variable, else default).
 
-    An existing default executor whose size changes is replaced: the old one
+    *dask_address* / *ray_address*: the cluster of Method.DASK / Method.RAY
+    (``PARALLELIZE_DASK_ADDRESS`` / ``PARALLELIZE_RAY_ADDRESS``; unset: a local
+    cluster started on first use). *backups*: False turns off speculative backups
+    of stragglers on DASK. An existing default executor is replaced: the old one
     finishes its queued work in the background and new calls go to the new one.
     """
     if thread_workers is not None:
         _config.validate_workers(thread_workers, "thread_workers")
     if process_workers is not None:
         _config.validate_workers(process_workers, "process_workers")
-    _config.set_settings(_config.Settings(thread_workers, process_workers))
+    if dask_address is not None:
+        dask_address = _config.validate_address(dask_address, "dask_address")
+    if ray_address is not None:
+        ray_address = _config.validate_address(ray_address, "ray_address")
+    if backups is not None and not isinstance(backups, bool):
+        raise ValueError(f"backups must be True or False, got {backups!r}")
+    _config.set_settings(
+        _config.Settings(thread_workers, process_workers, dask_address, ray_address, backups)
+    )
+    retire = (Method.THREAD, Method.PROCESS, Method.DASK, Method.RAY)
     with _lock:
-        retired = [_executors.pop(m) for m in (Method.THREAD, Method.PROCESS) if m in _executors]
+        retired = [_executors.pop(m) for m in retire if m in _executors]
     for executor in retired:
         executor.shutdown(wait=False)
 
