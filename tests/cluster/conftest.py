@@ -48,6 +48,7 @@ def dask_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DaskClust
 @pytest.fixture(scope="session")
 def ray_cluster() -> Iterator[RayCluster]:
     _require("ray", "ray")
+    os.environ["RAY_AUTH_MODE"] = "disabled"  # as the cluster (see engines._env)
     import ray
 
     # Ray's unix socket paths must stay short: a temp dir directly under /tmp.

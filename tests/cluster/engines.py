@@ -80,6 +80,8 @@ def _env(extra: dict[str, str] | None = None) -> dict[str, str]:
         {
             "DASK_DISTRIBUTED__DIAGNOSTICS__NVML": "False",
             "RAY_USAGE_STATS_ENABLED": "0",
+            # Independent of any token in ~/.ray: the cluster is on loopback only.
+            "RAY_AUTH_MODE": "disabled",
             # Workers import the test modules' functions by name, as they would a user's.
             "PYTHONPATH": os.pathsep.join(
                 [str(Path(__file__).resolve().parent), env.get("PYTHONPATH", "")]
@@ -122,7 +124,17 @@ class DaskCluster:
     def start(self, timeout: float = 60.0) -> DaskCluster:
         dask = str(BIN / "dask")
         self._spawn(
-            [dask, "scheduler", "--host", LOOPBACK, "--port", str(self.port), "--no-dashboard"],
+            [
+                dask,
+                "scheduler",
+                "--host",
+                LOOPBACK,
+                "--port",
+                str(self.port),
+                "--no-dashboard",
+                "--dashboard-address",
+                f"{LOOPBACK}:{free_port()}",
+            ],
             "scheduler.log",
         )
         for name in self.worker_names:
@@ -188,7 +200,7 @@ class DaskCluster:
 
 
 class RayCluster:
-    """``ray start --head`` on 127.0.0.1 (no dashboard, no usage stats); ``ray stop --force``."""
+    """``ray start --head`` on 127.0.0.1 (no dashboard, no usage stats), stopped by pid."""
 
     def __init__(self, temp_dir: Path, num_cpus: int = 2) -> None:
         self.port = free_port()
@@ -229,29 +241,38 @@ class RayCluster:
         return self
 
     def _scan(self) -> set[int]:
-        """Processes whose command line mentions this cluster's temp dir or port."""
-        marks = (str(self.temp_dir), f":{self.port}")
+        """This cluster's processes: those naming its temp dir, and all their descendants
+        (Ray's worker processes rename themselves ``ray::...``)."""
+        mark = str(self.temp_dir)
         found = set()
         for entry in Path("/proc").iterdir():
-            if not entry.name.isdigit():
+            if not entry.name.isdigit() or int(entry.name) == os.getpid():
                 continue
             try:
                 cmd = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
             except OSError:
                 continue
-            if any(m in cmd for m in marks) and int(entry.name) != os.getpid():
+            if mark in cmd:
                 found.add(int(entry.name))
+        for pid in list(found):
+            found.update(_descendants(pid))
         return found
 
     def alive(self) -> list[int]:
         self._pids.update(self._scan())
         return [pid for pid in self._pids if _pid_alive(pid)]
 
-    def stop(self) -> None:
-        self._pids.update(self._scan())
-        subprocess.run(
-            [str(BIN / "ray"), "stop", "--force"], env=self._env, capture_output=True, timeout=120
-        )
+    def stop(self, timeout: float = 3.0) -> None:
+        # Not ``ray stop``: it stops every Ray runtime of this user on the machine.
+        # Only this cluster's processes are signalled, by pid.
+        pids = set(self.alive())
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
+        with contextlib.suppress(TimeoutError):
+            _wait_for(lambda: not self.alive(), timeout, "ray processes to exit")
         for pid in self.alive():
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
+        with contextlib.suppress(TimeoutError):
+            _wait_for(lambda: not self.alive(), 5.0, "ray processes to be killed")
