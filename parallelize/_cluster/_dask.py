@@ -111,7 +111,7 @@ class DaskExecutor(BaseExecutor):
                 self._cluster = LocalCluster(  # type: ignore[no-untyped-call]
                     processes=True,
                     threads_per_worker=1,
-                    dashboard_address=None,
+                    dashboard_address="127.0.0.1:0",  # its HTTP server on loopback, any port
                     host="127.0.0.1",
                 )
                 client = Client(self._cluster, set_as_default=False)  # type: ignore[no-untyped-call]
