@@ -2,11 +2,12 @@
 
 Each call is one Dask task with a unique key (calls are never deduplicated),
 submitted as ``run_call(fn, args, kwargs)`` so every user keyword reaches the
-function. The SmartFuture's inner future is completed by the Dask future's
-callback; its value stays on the worker until asked for, then every finished
-value this executor holds is gathered in one round trip. A SmartFuture of this
-executor passed to another call is handed to Dask as its Dask future, so the
-value moves between workers only.
+function. The SmartFuture's inner future is completed when Dask reports the task
+done: a fetcher thread brings the values of finished calls in batches (one
+``gather`` for all that finished meanwhile, as ``client.gather`` would). A
+SmartFuture of this executor passed to another call is handed to Dask as its
+Dask future, so the value moves between workers only; such a call's own value
+is not brought back unless asked for.
 
 Failures: a worker dying under a call is retried by the scheduler itself (its
 ``allowed-failures`` setting); when Dask gives up (``KilledWorker``) the call
@@ -19,22 +20,24 @@ Backups: a heartbeat thread (only while calls are live, and only with
 most one copy per heartbeat of a straggler on an idle worker (see
 ``_speculation``); the first copy to finish wins and the other is cancelled.
 
-Threads and locks: user threads submit; Dask's callback thread finishes
-attempts; the heartbeat thread looks for stragglers. ``_lock`` guards
-``_calls`` and every call's attempt list and is never held across a call into
-Dask. ``_fetch_lock`` only serialises batched gathers (it guards no state).
+Threads and locks: user threads submit; Dask's event loop watches attempts
+(handed over in batches); the completion thread finishes them; the fetcher
+thread gathers values; the heartbeat thread looks for stragglers. ``_lock``
+guards ``_calls``, every call's attempt list and the ``_ready`` and
+``_to_watch`` hand-offs, and is never held across a call into Dask.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import itertools
 import logging
+import queue
 import threading
 import time
 import traceback
 import uuid
-import weakref
 from collections.abc import Callable
 from concurrent.futures import CancelledError, Future, InvalidStateError
 from dataclasses import dataclass, field
@@ -123,10 +126,12 @@ class DaskExecutor(BaseExecutor):
         self._ids = itertools.count()
         self._calls: dict[int, _Call] = {}
         self._lock = threading.Lock()
-        self._fetch_lock = threading.Lock()
-        # Finished calls whose value is still on a worker (weak: a dropped future is skipped).
-        self._unfetched: weakref.WeakSet[EngineFuture] = weakref.WeakSet()
-        self._durations: list[float] = []  # client-side run-time estimates, for backups
+        self._ready: list[EngineFuture] = []  # finished calls whose value the fetcher brings
+        self._ready_wake = threading.Event()
+        # Run times of finished calls from the scheduler's task stream (heartbeat thread only).
+        self._durations: list[float] = []
+        self._timed: set[str] = set()
+        self._stream_mark = time.time()
         self._lost: dict[int, list[tuple[str, float, float]]] = {}
         self._backups_started = 0
         self._backups_won = 0
@@ -134,8 +139,21 @@ class DaskExecutor(BaseExecutor):
         self._started_wall = time.time()
         # The scheduler records task start/stop per worker once its task stream is on.
         self.client.get_task_stream(start=self._started_wall)
+        self._threads_total = 0  # worker threads in the cluster, refreshed every 5 s
+        self._threads_checked = -1e9
         self._wake = threading.Event()
         self._stop = threading.Event()
+        self._to_watch: list[tuple[_Call, _Attempt]] = []
+        self._watchers: set[asyncio.Future[None]] = set()  # touched on the event loop only
+        self._completed: queue.SimpleQueue[tuple[_Call, _Attempt] | None] = queue.SimpleQueue()
+        self._completer = threading.Thread(
+            target=self._completion_loop, name=f"{self.name}-completion", daemon=True
+        )
+        self._completer.start()
+        self._fetcher = threading.Thread(
+            target=self._fetch_loop, name=f"{self.name}-fetcher", daemon=True
+        )
+        self._fetcher.start()
         self._heartbeat: threading.Thread | None = None
         if backups:
             self._heartbeat = threading.Thread(
@@ -182,9 +200,50 @@ class DaskExecutor(BaseExecutor):
                 self._backups_started += 1
         if backup:
             logger.info("%s: backup of call %d on %s", self.name, call.id, worker)
-        engine.add_done_callback(lambda done: self._attempt_done(call, attempt, done))
+        self._watch(call, attempt)
 
-    # -- completion (Dask's callback thread) -------------------------------------
+    # -- completion (the completion thread) ---------------------------------------
+
+    def _watch(self, call: _Call, attempt: _Attempt) -> None:
+        """Have the completion thread run ``_attempt_done`` when *attempt* finishes.
+
+        ``Future.add_done_callback`` wakes Dask's event loop once per future (a
+        socket write, as costly as the submit itself); instead new attempts are
+        handed to the loop in batches, one wake-up per batch.
+        """
+        with self._lock:
+            self._to_watch.append((call, attempt))
+            first = len(self._to_watch) == 1
+        if first:
+            self.client.loop.add_callback(self._start_watching)
+
+    def _start_watching(self) -> None:  # on Dask's event loop
+        with self._lock:
+            batch, self._to_watch = self._to_watch, []
+        for call, attempt in batch:
+            task = asyncio.ensure_future(self._await_attempt(call, attempt))
+            self._watchers.add(task)  # the loop keeps only weak references to tasks
+            task.add_done_callback(self._watchers.discard)
+
+    async def _await_attempt(self, call: _Call, attempt: _Attempt) -> None:  # on the loop
+        state = getattr(attempt.engine, "_state", None)
+        if state is not None and hasattr(state, "wait"):
+            await state.wait()
+            self._completed.put((call, attempt))
+        else:  # a Dask without FutureState.wait: its public callback
+            attempt.engine.add_done_callback(lambda _: self._completed.put((call, attempt)))
+
+    def _completion_loop(self) -> None:
+        while True:
+            item = self._completed.get()
+            if item is None:
+                return
+            call, attempt = item
+            try:
+                self._attempt_done(call, attempt, attempt.engine)
+            except Exception:  # never lose the thread; the call's future says what failed
+                logger.exception("%s: finishing call %d failed", self.name, call.id)
+                _set(call.future, None, TaskLostError(f"call {call.id}: could not be finished"))
 
     def _attempt_done(self, call: _Call, attempt: _Attempt, engine: Any) -> None:
         status = engine.status
@@ -207,19 +266,20 @@ class DaskExecutor(BaseExecutor):
             losers = [a for a in call.attempts if not a.done]
             if status == "finished":
                 call.future.engine_future = engine
-                self._unfetched.add(call.future)
+                if not call.future.used_as_argument:
+                    self._ready.append(call.future)
+                    self._ready_wake.set()
                 self._winners.add(attempt.key)
                 if attempt.is_backup:
                     self._backups_won += 1
-                if call.seen_running is not None:
-                    self._durations.append(time.monotonic() - call.seen_running)
             chained = call.future.used_as_argument
         call.fn, call.args, call.kwargs = _dropped, (), {}
         if losers and not chained:
             self.client.cancel([a.engine for a in losers], reason="another copy finished first")
         if status == "finished":
             self._stats.task_finished(Outcome.SUCCEEDED)
-            _set(call.future, UNFETCHED)
+            if chained:  # its value is wanted on workers: leave it there until asked for
+                _set(call.future, UNFETCHED)
         elif exc is not None and not lost:
             self._stats.task_finished(Outcome.FAILED)
             _set(call.future, None, exc)
@@ -267,29 +327,32 @@ class DaskExecutor(BaseExecutor):
 
     # -- values ---------------------------------------------------------------------
 
-    def _fetch(self, future: EngineFuture) -> Any:
-        # One gather for this value and every other finished, unfetched one of ours
-        # that is still referenced and was not passed to another call: a loop over
-        # results costs one round trip per batch, not per value.
-        with self._fetch_lock:
-            if future.fetched is not UNFETCHED:
-                return future.fetched
+    def _fetch_loop(self) -> None:
+        while True:
+            self._ready_wake.wait()
             with self._lock:
-                self._unfetched.discard(future)
-                batch = [future]
-                while self._unfetched and len(batch) < _FETCH_BATCH:
-                    other = self._unfetched.pop()
-                    if not other.used_as_argument:  # its value is wanted on workers only
-                        batch.append(other)
+                self._ready_wake.clear()
+                batch, self._ready = self._ready[:_FETCH_BATCH], self._ready[_FETCH_BATCH:]
+                if self._ready:
+                    self._ready_wake.set()
+            if not batch:
+                if self._stop.is_set():
+                    return
+                continue
             try:
                 values = self.client.gather([f.engine_future for f in batch])
-            except BaseException:
-                with self._lock:
-                    self._unfetched.update(f for f in batch if f is not future)
-                raise
-            for other, value in zip(batch, values, strict=True):
-                other.fetched = value
-            return future.fetched
+            except Exception:  # e.g. a value lost with its worker: each result() fetches alone
+                logger.debug("%s: batched gather failed", self.name, exc_info=True)
+                for future in batch:
+                    _set(future, UNFETCHED)
+                continue
+            for future, value in zip(batch, values, strict=True):
+                future.fetched = value
+                _set(future, value)
+
+    def _fetch(self, future: EngineFuture) -> Any:
+        """The value of a finished call that was left in the cluster."""
+        return self.client.gather(future.engine_future)
 
     def _cancel_call(self, future: EngineFuture) -> None:
         with self._lock:
@@ -318,7 +381,32 @@ class DaskExecutor(BaseExecutor):
             except Exception:  # the client is closing or the scheduler is away: try later
                 logger.debug("%s: heartbeat failed", self.name, exc_info=True)
 
+    def _read_durations(self) -> None:
+        """Add the run times of calls finished since the last look (scheduler records)."""
+        records = self.client.get_task_stream(start=self._stream_mark - 1.0)
+        prefix = self._prefix + "-"
+        for rec in records:
+            key = str(rec.get("key", ""))
+            if not key.startswith(prefix) or key in self._timed or rec.get("status") != "OK":
+                continue
+            compute = [s for s in rec.get("startstops", ()) if s.get("action") == "compute"]
+            if compute:
+                self._timed.add(key)
+                self._durations.append(compute[-1]["stop"] - compute[0]["start"])
+                self._stream_mark = max(self._stream_mark, compute[-1]["stop"])
+
     def _consider_backup(self) -> None:
+        now = time.monotonic()
+        if now - self._threads_checked > 5.0:
+            self._threads_total = sum(self.client.nthreads().values())
+            self._threads_checked = now
+        with self._lock:
+            live = len(self._calls)
+        if live > self._threads_total:
+            # More calls than worker threads: some are queued, so no backup is due, and
+            # asking the scheduler what runs where would only load it.
+            return
+        self._read_durations()
         processing: dict[str, Any] = self.client.processing()
         now = time.monotonic()
         where: dict[str, str] = {}
@@ -342,7 +430,7 @@ class DaskExecutor(BaseExecutor):
                         call.id, now - call.seen_running, frozenset(workers), len(call.attempts) - 1
                     )
                 )
-            durations = list(self._durations)
+        durations = self._durations
         if not self.backups:
             return
         choice = choose_backup(
@@ -471,6 +559,11 @@ class DaskExecutor(BaseExecutor):
             self._join()
         self._stop.set()
         self._wake.set()
+        self._ready_wake.set()
+        self._completed.put(None)
+        if wait:
+            self._fetcher.join()
+            self._completer.join()
         if wait and self._heartbeat is not None:
             self._heartbeat.join()
         if self._owns_client:
@@ -485,7 +578,7 @@ class DaskExecutor(BaseExecutor):
 
     def _join(self) -> None:
         with self._lock:
-            live = [c.future for c in self._calls.values()]
+            live = [c.future for c in self._calls.values()] + list(self._ready)
         for future in live:
             with contextlib.suppress(CancelledError):
                 future.exception()  # waits; the outcome stays with the caller's future

@@ -1,9 +1,11 @@
 """``Method.RAY``: calls run as Ray tasks.
 
-Each call is one task of a remote wrapper ``run_call_spread(fn, *args, **kwargs)``
-(the function positional-only, so every user keyword reaches it; Ray has no
-reserved keywords in ``.remote()``). The SmartFuture's inner future is
-completed from the ObjectRef's own completion callback. A SmartFuture of this
+Each call is one Ray task of the function itself (``ray.remote(fn)``, made once
+per function; Ray has no reserved keywords in ``.remote()``, so every user
+keyword reaches it). Other callables (bound methods, callable objects) run
+through ``run_call_spread(fn, *args, **kwargs)``, the function positional-only.
+The SmartFuture's inner future is completed from the ObjectRef's own
+completion callback. A SmartFuture of this
 executor passed to another call is handed to Ray as its ObjectRef (top-level
 arguments are resolved by Ray on the worker: the value stays in the cluster).
 
@@ -24,6 +26,8 @@ import itertools
 import logging
 import threading
 import time
+import types
+import weakref
 from collections.abc import Callable
 from concurrent.futures import CancelledError, Future, InvalidStateError
 from typing import Any
@@ -64,6 +68,9 @@ class RayExecutor(BaseExecutor):
         self._remote = ray.remote(run_call_spread).options(
             max_retries=max_retries, retry_exceptions=False
         )
+        # One Ray remote function per user function: Ray exports it once, and calls
+        # then ship only their arguments.
+        self._remotes: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
         self._ids = itertools.count()
         self._calls: dict[int, EngineFuture] = {}
         self._lock = threading.Lock()
@@ -78,7 +85,11 @@ class RayExecutor(BaseExecutor):
             from .._submission import submit_call
 
             return submit_call(self, fn, args, kwargs).future
-        ref = self._remote.remote(fn, *args, **kwargs)
+        remote = self._remote_for(fn)
+        if remote is None:
+            ref = self._remote.remote(fn, *args, **kwargs)
+        else:
+            ref = remote.remote(*args, **kwargs)
         future = EngineFuture(self, next(self._ids), ref)
         submitted = time.monotonic()
         with self._lock:
@@ -87,6 +98,17 @@ class RayExecutor(BaseExecutor):
         # Ray completes this future (with the value or the error) from its own thread.
         ref.future().add_done_callback(lambda done: self._finish(future, done, submitted))
         return future
+
+    def _remote_for(self, fn: Callable[..., Any]) -> Any:
+        if not isinstance(fn, types.FunctionType):
+            return None
+        remote = self._remotes.get(fn)
+        if remote is None:
+            import ray
+
+            remote = ray.remote(fn).options(max_retries=self.max_retries, retry_exceptions=False)
+            self._remotes[fn] = remote
+        return remote
 
     def _finish(self, future: EngineFuture, done: Future[Any], submitted: float) -> None:
         with self._lock:
