@@ -103,7 +103,9 @@ def _parse_options(options: dict[str, Any]) -> tuple[Method, Executor | None]:
 
 def _cluster_client(obj: object) -> bool:
     # A distributed.Client is accepted as an executor (checked without importing dask).
-    return any(c.__module__.startswith("distributed") for c in type(obj).__mro__[:-1])
+    from ._cluster import is_dask_client
+
+    return is_dask_client(obj)
 
 
 def _wrap(func: Any, method: Method, executor: Executor | None) -> Any:
