@@ -12,6 +12,17 @@ Environment variables (read when a default executor is first created):
   ``auto``); unset: a local cluster started on first use.
 
 The REMOTE pool is configured by its pool file (``PARALLELIZE_POOL_FILE``).
+
+How REMOTE (and the cluster engines) treat failures and stragglers, read when an
+executor is created; each may also be set with ``configure(...)`` or in the pool
+file's ``[executor]`` table (``configure`` wins, then the environment, then the file):
+
+- ``PARALLELIZE_BACKUPS``: ``1``/``0`` (``true``/``false``): speculative backups.
+- ``PARALLELIZE_MAX_ATTEMPTS``: infrastructure failures before a call is poisoned.
+- ``PARALLELIZE_STALL_TIMEOUT``: seconds of silence before a host is declared down.
+- ``PARALLELIZE_HOST_DOWN_TIMEOUT``: seconds without any usable host before queued
+  calls fail.
+- ``PARALLELIZE_HEARTBEAT_INTERVAL``: seconds between status lines (INFO, ``remote``).
 """
 
 from __future__ import annotations
@@ -25,9 +36,12 @@ __all__ = [
     "ENV_PROCESS_WORKERS",
     "ENV_RAY_ADDRESS",
     "ENV_THREAD_WORKERS",
+    "FAILURE_SETTINGS",
     "Settings",
     "current_settings",
+    "failure_setting",
     "set_settings",
+    "validate_failure_setting",
 ]
 
 ENV_THREAD_WORKERS = "PARALLELIZE_THREAD_WORKERS"
@@ -42,9 +56,24 @@ class Settings:
 
     thread_workers: int | None = None
     process_workers: int | None = None
+    backups: bool | None = None
+    max_attempts: int | None = None
+    stall_timeout: float | None = None
+    host_down_timeout: float | None = None
+    heartbeat_interval: float | None = None
     dask_address: str | None = None
     ray_address: str | None = None
-    backups: bool | None = None  # speculative backups on DASK (None: on)
+
+
+# name -> (environment variable, kind): the failure-handling settings shared by the
+# executors that run on other machines (REMOTE, and the cluster engines).
+FAILURE_SETTINGS: dict[str, tuple[str, str]] = {
+    "backups": ("PARALLELIZE_BACKUPS", "bool"),
+    "max_attempts": ("PARALLELIZE_MAX_ATTEMPTS", "count"),
+    "stall_timeout": ("PARALLELIZE_STALL_TIMEOUT", "seconds"),
+    "host_down_timeout": ("PARALLELIZE_HOST_DOWN_TIMEOUT", "seconds"),
+    "heartbeat_interval": ("PARALLELIZE_HEARTBEAT_INTERVAL", "seconds"),
+}
 
 
 _settings = Settings()
@@ -95,6 +124,53 @@ def process_workers() -> int:
     if explicit is not None:
         return explicit
     return _from_env(ENV_PROCESS_WORKERS) or (os.cpu_count() or 1)
+
+
+def validate_failure_setting(name: str, value: object, where: str) -> bool | int | float:
+    """Check one failure-handling setting; *where* names its source in the error."""
+    kind = FAILURE_SETTINGS[name][1]
+    if kind == "bool":
+        if not isinstance(value, bool):
+            raise ValueError(f"{where}: {name} must be true or false, got {value!r}")
+        return value
+    if kind == "count":
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{where}: {name} must be an integer >= 1, got {value!r}")
+        return value
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+        raise ValueError(f"{where}: {name} must be a positive number of seconds, got {value!r}")
+    return float(value)
+
+
+def _parse_env(name: str, raw: str) -> object:
+    kind = FAILURE_SETTINGS[name][1]
+    text = raw.strip().lower()
+    if kind == "bool":
+        if text in ("1", "true", "yes", "on"):
+            return True
+        if text in ("0", "false", "no", "off"):
+            return False
+        return raw
+    try:
+        return int(text) if kind == "count" else float(text)
+    except ValueError:
+        return raw
+
+
+def failure_setting(name: str) -> bool | int | float | None:
+    """The value set by ``configure(...)``, else by its environment variable, else None
+    (then the pool file's ``[executor]`` table or the executor's default applies)."""
+    explicit = getattr(_settings, name)
+    if explicit is not None:
+        return explicit  # type: ignore[no-any-return]
+    env, _ = FAILURE_SETTINGS[name]
+    raw = os.environ.get(env)
+    if raw is None or raw.strip() == "":
+        return None
+    try:
+        return validate_failure_setting(name, _parse_env(name, raw), f"environment variable {env}")
+    except ValueError as exc:
+        raise ValueError(f"{exc}; set it to a valid value or unset it") from None
 
 
 def cluster_address(engine: str) -> str | None:

@@ -10,7 +10,6 @@ belong to the parent), where the next call creates fresh ones.
 from __future__ import annotations
 
 import atexit
-import importlib
 import os
 import threading
 from concurrent.futures import Executor
@@ -20,6 +19,7 @@ import smart_future
 from . import _config
 from ._executor_base import abandon_work_at_exit, live_executors, waits_at_exit
 from ._method import Method
+from ._registry import method_factory
 from ._thread_executor import ThreadExecutor
 
 __all__ = ["configure", "default_executor", "shutdown_default_executors"]
@@ -52,19 +52,10 @@ def _create(method: Method) -> Executor:
     if method in (Method.DASK, Method.RAY):
         from . import _cluster
 
-        settings = _config.current_settings()
-        backups = settings.backups is not False
         address = _config.cluster_address(method.value)
-        cluster_executor: Executor = _cluster.create_default(method.value, address, backups)
+        cluster_executor: Executor = _cluster.create_default(method.value, address)
         return cluster_executor
-    try:
-        remote_default = importlib.import_module("remote._default")
-        factory = remote_default.create_default_executor
-    except (ImportError, AttributeError) as exc:
-        raise NotImplementedError(
-            "Method.REMOTE is not available in this version of parallelize; "
-            "use Method.THREAD or Method.PROCESS"
-        ) from exc
+    factory = method_factory(method)
     executor: Executor = factory()
     return executor
 
@@ -73,34 +64,62 @@ def configure(
     *,
     thread_workers: int | None = None,
     process_workers: int | None = None,
+    backups: bool | None = None,
+    max_attempts: int | None = None,
+    stall_timeout: float | None = None,
+    host_down_timeout: float | None = None,
+    heartbeat_interval: float | None = None,
     dask_address: str | None = None,
     ray_address: str | None = None,
-    backups: bool | None = None,
 ) -> None:
-    """Set up the default executors (None: environment variable, else default).
+    """Configure the default executors (None: environment variable, else default).
 
+    *thread_workers*, *process_workers*: sizes of the THREAD and PROCESS executors.
+    *backups*, *max_attempts*, *stall_timeout*, *host_down_timeout*, *heartbeat_interval*:
+    how REMOTE treats stragglers and failures (see the README's configuration reference);
+    *backups* and *max_attempts* also apply to DASK and RAY.
     *dask_address* / *ray_address*: the cluster of Method.DASK / Method.RAY
     (``PARALLELIZE_DASK_ADDRESS`` / ``PARALLELIZE_RAY_ADDRESS``; unset: a local
-    cluster started on first use). *backups*: False turns off speculative backups
-    of stragglers on DASK. An existing default executor is replaced: the old one
+    cluster started on first use).
+    An existing default executor whose settings change is replaced: the old one
     finishes its queued work in the background and new calls go to the new one.
     """
     if thread_workers is not None:
         _config.validate_workers(thread_workers, "thread_workers")
     if process_workers is not None:
         _config.validate_workers(process_workers, "process_workers")
+    failure = {
+        "backups": backups,
+        "max_attempts": max_attempts,
+        "stall_timeout": stall_timeout,
+        "host_down_timeout": host_down_timeout,
+        "heartbeat_interval": heartbeat_interval,
+    }
+    for name, value in failure.items():
+        if value is not None:
+            _config.validate_failure_setting(name, value, "configure()")
     if dask_address is not None:
         dask_address = _config.validate_address(dask_address, "dask_address")
     if ray_address is not None:
         ray_address = _config.validate_address(ray_address, "ray_address")
-    if backups is not None and not isinstance(backups, bool):
-        raise ValueError(f"backups must be True or False, got {backups!r}")
-    _config.set_settings(
-        _config.Settings(thread_workers, process_workers, dask_address, ray_address, backups)
+    old = _config.current_settings()
+    new = _config.Settings(
+        thread_workers,
+        process_workers,
+        **failure,  # type: ignore[arg-type]
+        dask_address=dask_address,
+        ray_address=ray_address,
     )
-    retire = (Method.THREAD, Method.PROCESS, Method.DASK, Method.RAY)
+    _config.set_settings(new)
+    changed = [Method.THREAD, Method.PROCESS]
+    if any(getattr(old, name) != value for name, value in failure.items()):
+        changed += [Method.REMOTE, Method.DASK, Method.RAY]
+    if old.dask_address != dask_address:
+        changed.append(Method.DASK)
+    if old.ray_address != ray_address:
+        changed.append(Method.RAY)
     with _lock:
-        retired = [_executors.pop(m) for m in retire if m in _executors]
+        retired = [_executors.pop(m) for m in changed if m in _executors]
     for executor in retired:
         executor.shutdown(wait=False)
 

@@ -2,20 +2,24 @@
 
 from __future__ import annotations
 
-import importlib
 import importlib.metadata
 import os
 import platform
 import sys
 from collections.abc import Callable
-from pathlib import Path
 
 from . import _config
+from ._registry import info_sections
 
 __all__ = ["ENV_POOL_FILE", "format_info", "main"]
 
 ENV_POOL_FILE = "PARALLELIZE_POOL_FILE"
-_ENV_VARS = (_config.ENV_THREAD_WORKERS, _config.ENV_PROCESS_WORKERS, ENV_POOL_FILE)
+_ENV_VARS = (
+    _config.ENV_THREAD_WORKERS,
+    _config.ENV_PROCESS_WORKERS,
+    ENV_POOL_FILE,
+    *(env for env, _ in _config.FAILURE_SETTINGS.values()),
+)
 _VERSIONS = ("parallelize", "cloudpickle", "numpy", "wrapt", "tqdm", "matplotlib")
 _OPTIONAL = frozenset({"matplotlib"})
 
@@ -33,38 +37,6 @@ def _size_line(
             return f"  {label:<16} ERROR {exc}"
         return f"  {label:<16} {value:<4} from environment variable {env_name}={raw}"
     return f"  {label:<16} {default():<4} default ({default_text})"
-
-
-def _pool_lines() -> list[str]:
-    finder: Callable[[], Path] | None = None
-    env_name = ENV_POOL_FILE
-    try:
-        pool_config = importlib.import_module("remote._pool_config")
-        finder = pool_config.default_pool_path
-        env_name = getattr(pool_config, "ENV_VAR", ENV_POOL_FILE)
-    except Exception:  # REMOTE not installed or broken: compute the same path here
-        finder = None
-    from_env = os.environ.get(env_name)
-    if from_env:
-        path = Path(from_env).expanduser()
-        where = f"from {env_name}"
-        absent = "(MISSING: REMOTE will fail until the file exists or the variable is unset)"
-    else:
-        path = finder() if finder is not None else _default_pool_path()
-        where = "default location"
-        absent = "(not present: REMOTE uses the embedded local pool)"
-    if path.is_file():
-        state = "(present)"
-    elif path.exists():
-        state = "(not a file: REMOTE will fail)"
-    else:
-        state = absent
-    return [f"  pool file        {path}  [{where}] {state}"]
-
-
-def _default_pool_path() -> Path:
-    base = os.environ.get("XDG_CONFIG_HOME") or os.path.join(os.path.expanduser("~"), ".config")
-    return Path(base) / "parallelize" / "pool.toml"
 
 
 def _version(name: str) -> str:
@@ -112,7 +84,12 @@ def format_info() -> str:
             "cpu_count",
         )
     )
-    lines.extend(_pool_lines())
+    for title, section in info_sections():
+        lines += ["", f"{title}:"]
+        try:
+            lines.extend(section())
+        except Exception as exc:  # a plugin's bug must not hide the rest
+            lines.append(f"  ERROR {type(exc).__name__}: {exc}")
     lines += ["", "environment variables:"]
     for name in _ENV_VARS:
         value = os.environ.get(name)

@@ -13,6 +13,7 @@ import logging
 from typing import Any
 
 from ._bundle import AttemptState, BundleState
+from ._default import register
 from ._errors import HostErrorKind, HostUnavailableError, IllegalTransitionError, deprecated_alias
 from ._executor import RemoteExecutor
 from ._link import HostSpec
@@ -37,6 +38,7 @@ __all__ = [
 ]
 
 logging.getLogger(__name__).addHandler(logging.NullHandler())
+register()
 
 
 def __getattr__(name: str) -> Any:

@@ -69,6 +69,9 @@ class _NoEvents:
     def on_link_down(self, link: HostLink, reason: str) -> None:
         pass
 
+    def on_link_health(self, link: HostLink, suspect: bool, silent: float) -> None:
+        pass
+
 
 def _local_major_minor() -> str:
     return f"{sys.version_info[0]}.{sys.version_info[1]}"

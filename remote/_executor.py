@@ -22,16 +22,25 @@ import logging
 import os
 import time
 import weakref
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FuturesTimeoutError
 from typing import TYPE_CHECKING, Any
 
-from parallelize._executor_base import BaseExecutor
-from parallelize._pickling import callable_name, dumps_args, dumps_function, split_bound_method
-from parallelize._stats import ExecutorStats
+from parallelize import PicklingError
+from parallelize.ext import (
+    BaseExecutor,
+    ExecutorStats,
+    callable_name,
+    dumps_args,
+    dumps_function,
+    failure_setting,
+    split_bound_method,
+    validate_failure_setting,
+)
 from smart_future import register_status_provider
 
+from ._agent_client import LinkTiming
 from ._bundle import Bundle
 from ._heartbeat import format_summary
 from ._link import HostLink, HostSpec
@@ -46,18 +55,48 @@ __all__ = ["RemoteExecutor", "default_link_factory"]
 logger = logging.getLogger("remote")
 
 _embedded_logged = False
+_MAX_FRAME = 0xFFFFFFFF - 64  # the wire's 32-bit frame length, less the SUBMIT header
 _bundle_ids = itertools.count(1)
 
 
-def default_link_factory(spec: HostSpec, *, connect_timeout: float = 10.0) -> HostLink:
+def default_link_factory(
+    spec: HostSpec, *, connect_timeout: float = 10.0, timing: LinkTiming | None = None
+) -> HostLink:
     """A LocalLink (pipes) for an embedded-pool host, an SSHLink otherwise."""
     if spec.is_local:
         from ._local_link import LocalLink
 
-        return LocalLink(spec, connect_timeout=connect_timeout)
+        return LocalLink(spec, connect_timeout=connect_timeout, timing=timing)
     from ._ssh_link import SSHLink
 
-    return SSHLink(spec, connect_timeout=connect_timeout)
+    return SSHLink(spec, connect_timeout=connect_timeout, timing=timing)
+
+
+_DEFAULTS: dict[str, bool | int | float] = {
+    "backups": True,
+    "max_attempts": 3,
+    "stall_timeout": 10.0,
+    "host_down_timeout": 60.0,
+    "heartbeat_interval": 5.0,
+}
+
+
+def resolve_options(
+    explicit: Mapping[str, bool | int | float | None], from_pool: Mapping[str, bool | int | float]
+) -> dict[str, bool | int | float]:
+    """Each failure-handling setting from, in order: the executor's argument,
+    ``configure()``, the environment, the pool file's ``[executor]`` table, the default."""
+    out: dict[str, bool | int | float] = {}
+    for name, default in _DEFAULTS.items():
+        value = explicit.get(name)
+        if value is not None:
+            out[name] = validate_failure_setting(name, value, "RemoteExecutor()")
+            continue
+        value = failure_setting(name)
+        if value is None:
+            value = from_pool.get(name)
+        out[name] = default if value is None else value
+    return out
 
 
 # How long a progress bar's status refresh waits for the scheduler thread's answer.
@@ -93,16 +132,20 @@ class _StatusLine:
 
 def _resolve_pool(
     pool: PoolConfig | str | os.PathLike[str] | Sequence[HostSpec] | None,
-) -> tuple[list[HostSpec], float]:
-    """The hosts of the pool and its connect timeout."""
+) -> PoolConfig:
+    """The pool to use: the one given, the configured pool file, or the embedded pool."""
     global _embedded_logged
-    if isinstance(pool, (list, tuple)):
-        return list(pool), 10.0
-    assert not isinstance(pool, Sequence) or isinstance(pool, str)
     from ._pool_config import PoolConfig, embedded_pool, load_pool
 
+    if isinstance(pool, (list, tuple)):
+        return PoolConfig(hosts=tuple(pool))
     if isinstance(pool, PoolConfig):
-        return list(pool.hosts), pool.connect_timeout
+        return pool
+    if pool is not None and not isinstance(pool, (str, os.PathLike)):
+        raise TypeError(
+            f"RemoteExecutor(pool=...) takes a PoolConfig, a pool file path or a list of "
+            f"HostSpec, not {type(pool).__name__}"
+        )
     config = load_pool(os.fspath(pool)) if pool is not None else load_pool()
     if config is None:
         config = embedded_pool()
@@ -113,7 +156,7 @@ def _resolve_pool(
                 "the embedded default pool, %d local agent slot(s) on this machine",
                 sum(h.slots for h in config.hosts),
             )
-    return list(config.hosts), config.connect_timeout
+    return config
 
 
 class RemoteExecutor(BaseExecutor):
@@ -136,32 +179,53 @@ class RemoteExecutor(BaseExecutor):
         pool: PoolConfig | str | os.PathLike[str] | Sequence[HostSpec] | None = None,
         *,
         policy: str | SelectionPolicy = "weighted",
-        heartbeat_interval: float = 5.0,
-        backups: bool = True,
+        heartbeat_interval: float | None = None,
+        backups: bool | None = None,
         max_backups_per_bundle: int = 2,
-        max_attempts: int = 3,
-        host_down_timeout: float = 60.0,
+        backup_budget: float = 0.1,
+        max_attempts: int | None = None,
+        stall_timeout: float | None = None,
+        host_down_timeout: float | None = None,
+        timeline_limit: int = 10_000,
         name: str = "remote",
         link_factory: LinkFactory | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        hosts, connect_timeout = _resolve_pool(pool)
-        self.hosts = hosts
+        config = _resolve_pool(pool)
+        self.hosts = list(config.hosts)
+        options = resolve_options(
+            {
+                "backups": backups,
+                "max_attempts": max_attempts,
+                "stall_timeout": stall_timeout,
+                "host_down_timeout": host_down_timeout,
+                "heartbeat_interval": heartbeat_interval,
+            },
+            config.executor,
+        )
+        self.options = options
         if link_factory is None:
-            link_factory = functools.partial(default_link_factory, connect_timeout=connect_timeout)
+            link_factory = functools.partial(
+                default_link_factory,
+                connect_timeout=config.connect_timeout,
+                timing=LinkTiming(stall_timeout=float(options["stall_timeout"])),
+            )
         selection = make_policy(policy)
         super().__init__(name=name)
+        self._pid = os.getpid()
         self._scheduler = Scheduler(
-            hosts,
+            self.hosts,
             link_factory,
             policy=selection,
             stats=self._stats,
             name=name,
-            heartbeat_interval=heartbeat_interval,
-            backups=backups,
+            heartbeat_interval=float(options["heartbeat_interval"]),
+            backups=bool(options["backups"]),
             max_backups_per_bundle=max_backups_per_bundle,
-            max_attempts=max_attempts,
-            host_down_timeout=host_down_timeout,
+            backup_budget=backup_budget,
+            max_attempts=int(options["max_attempts"]),
+            host_down_timeout=float(options["host_down_timeout"]),
+            timeline_limit=timeline_limit,
             clock=clock,
         )
         self._unregister_status = register_status_provider(_StatusLine(self._scheduler))
@@ -170,9 +234,28 @@ class RemoteExecutor(BaseExecutor):
 
     def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:
         self._check_open()
+        if os.getpid() != self._pid:
+            raise RuntimeError(
+                f"RemoteExecutor {self.name!r} was created in process {self._pid} and cannot be "
+                "used in a forked child (its connections and threads belong to the parent). "
+                "Fix: create a new RemoteExecutor in the child, or use @parallelize, whose "
+                "default executors are re-created after fork."
+            )
+        if self._scheduler.closed:
+            raise RuntimeError(
+                f"cannot submit to RemoteExecutor {self.name!r}: its scheduler has stopped "
+                "(the interpreter is exiting, or the executor was torn down)"
+            )
         target, call_args = split_bound_method(fn, args)
         fn_payload = dumps_function(target)
         args_payload = dumps_args(target, call_args, kwargs)
+        if len(fn_payload) + len(args_payload) > _MAX_FRAME:
+            raise PicklingError(
+                f"cannot send call to {callable_name(fn)}: its pickled function and arguments "
+                f"take {len(fn_payload) + len(args_payload):,} bytes, more than one REMOTE "
+                f"frame carries ({_MAX_FRAME:,}). Fix: pass a path or a smaller object and "
+                "load the data on the host."
+            )
         future: Future[Any] = Future()
         bundle = Bundle(
             next(_bundle_ids), callable_name(fn), fn_payload, args_payload, future, time.monotonic()

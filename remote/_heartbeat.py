@@ -182,8 +182,9 @@ def format_summary(name: str, status: PoolStatus) -> str:
     """One line for a progress bar, e.g.
     ``remote: 3/3 hosts up, 12 in flight, 40 pending, p50 0.8s, ETA 35s``."""
     up = sum(1 for h in status.hosts if h.state == "up")
+    suspect = sum(1 for h in status.hosts if h.state == "suspect")
     parts = [
-        f"{up}/{len(status.hosts)} hosts up",
+        f"{up}/{len(status.hosts)} hosts up" + (f" ({suspect} not answering)" if suspect else ""),
         f"{status.in_flight} in flight",
         f"{status.pending} pending",
     ]

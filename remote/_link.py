@@ -12,6 +12,8 @@ Threading contract:
   scheduler's queue); they must not call ``connect``.
 - After ``on_link_down`` the link delivers no further events; every attempt
   that was in flight on it without a result is lost.
+- ``on_link_health`` reports a host that stopped answering (suspect) and one
+  that answered again; a suspect host may still deliver results.
 """
 
 from __future__ import annotations
@@ -55,6 +57,10 @@ class LinkEvents(Protocol):
 
     def on_link_down(self, link: HostLink, reason: str) -> None:
         """The connection is gone; every attempt in flight on it is lost."""
+
+    def on_link_health(self, link: HostLink, suspect: bool, silent: float) -> None:
+        """The host turned suspect (silent for *silent* seconds, past the link's suspect
+        threshold, though not yet down) or, with ``suspect=False``, was heard again."""
 
 
 class HostLink(Protocol):

@@ -19,7 +19,7 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-from ._agent_client import AgentLink, bootstrap_code
+from ._agent_client import AgentLink, LinkTiming, bootstrap_code
 from ._errors import HostErrorKind, HostUnavailableError
 from ._link import HostSpec
 
@@ -34,20 +34,13 @@ class LocalLink(AgentLink):
         spec: HostSpec,
         *,
         connect_timeout: float = 10.0,
-        heartbeat_interval: float = 5.0,
-        heartbeat_timeout: float = 30.0,
+        timing: LinkTiming | None = None,
         on_stderr: Callable[[AgentLink, str], None] | None = None,
     ) -> None:
         kwargs: dict[str, Any] = {}
         if on_stderr is not None:
             kwargs["on_stderr"] = on_stderr
-        super().__init__(
-            spec,
-            connect_timeout=connect_timeout,
-            heartbeat_interval=heartbeat_interval,
-            heartbeat_timeout=heartbeat_timeout,
-            **kwargs,
-        )
+        super().__init__(spec, connect_timeout=connect_timeout, timing=timing, **kwargs)
         self._proc: subprocess.Popen[bytes] | None = None
         self._shutdown_lock = threading.Lock()
         self._shut = False

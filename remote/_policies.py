@@ -52,6 +52,9 @@ H = TypeVar("H", bound=HostInfo)
 class SelectionPolicy(abc.ABC):
     """Chooses a host among candidates that all have a free slot."""
 
+    def prepare(self, hosts: Sequence[H]) -> None:  # noqa: B027 - optional hook
+        """Called once with every host of the pool before any selection (optional)."""
+
     def select(self, hosts: Sequence[H], avoid: Collection[str] = ()) -> H | None:
         """Choose among *hosts*, preferring those not named in *avoid*."""
         if avoid:
@@ -76,10 +79,24 @@ class WeightedRandomPolicy(SelectionPolicy):
 
     def __init__(self, seed: int | None = None, *, rng: random.Random | None = None) -> None:
         self._rng = rng if rng is not None else random.Random(seed)
+        self._bound: float | None = None  # max weight x slots over the pool
+
+    def prepare(self, hosts: Sequence[H]) -> None:
+        self._bound = max((max(h.weight, 0.0) * h.slots for h in hosts), default=None)
 
     def choose(self, hosts: Sequence[H]) -> H | None:
         if len(hosts) == 1:
             return hosts[0]
+        bound = self._bound
+        if bound and len(hosts) > 16:
+            # Rejection sampling: a uniform pick kept with probability weight x free / bound
+            # has exactly the weighted distribution, in O(1) expected tries when slots and
+            # weights are alike, instead of a pass over every candidate per call.
+            rng = self._rng
+            for _ in range(64):
+                host = hosts[rng.randrange(len(hosts))]
+                if rng.random() * bound < max(host.weight, 0.0) * host.free_slots:
+                    return host
         weights = [max(h.weight, 0.0) * h.free_slots for h in hosts]
         total = sum(weights)
         if total <= 0:

@@ -31,9 +31,11 @@ import re
 import socket
 import sys
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
+
+from parallelize.ext import FAILURE_SETTINGS, validate_failure_setting
 
 from ._errors import PoolConfigError
 from ._link import HostSpec
@@ -87,6 +89,8 @@ class PoolConfig:
     connect_timeout: float = 10.0
     strict_host_key_checking: bool = True
     path: str | None = None  # the file it was read from; None for the embedded pool
+    # the [executor] table: failure-handling settings (see parallelize._config)
+    executor: Mapping[str, bool | int | float] = field(default_factory=dict)
 
 
 def default_pool_path() -> Path:
@@ -363,7 +367,8 @@ def is_controller_host(host: str) -> bool:
 def parse_pool(data: Mapping[str, Any], path: str, *, ssh_config: Path | None = None) -> PoolConfig:
     """Validate parsed TOML *data* read from *path* (used in error messages)."""
     check = _Checker(path)
-    check.keys(data, ("defaults", "hosts"), "top level")
+    check.keys(data, ("defaults", "hosts", "executor"), "top level")
+    executor = _executor_options(check, data.get("executor", {}))
     defaults_raw = data.get("defaults", {})
     if not isinstance(defaults_raw, dict):
         raise check.fail("defaults", None, "must be a table", "write it as [defaults]")
@@ -403,7 +408,24 @@ def parse_pool(data: Mapping[str, Any], path: str, *, ssh_config: Path | None = 
         connect_timeout=connect_timeout,
         strict_host_key_checking=strict,
         path=path,
+        executor=executor,
     )
+
+
+def _executor_options(check: _Checker, table: object) -> dict[str, bool | int | float]:
+    """The ``[executor]`` table: how REMOTE treats failures and stragglers."""
+    if not isinstance(table, dict):
+        raise check.fail("executor", None, "must be a table", "write it as [executor]")
+    check.keys(table, tuple(FAILURE_SETTINGS), "executor")
+    out: dict[str, bool | int | float] = {}
+    for name, value in table.items():
+        try:
+            out[name] = validate_failure_setting(name, value, "x")
+        except ValueError as exc:
+            raise check.fail(
+                "executor", name, str(exc).split(": ", 1)[1], "correct the value"
+            ) from None
+    return out
 
 
 def _common_fields(check: _Checker, table: Mapping[str, Any], entry: str) -> dict[str, Any]:

@@ -1,8 +1,9 @@
 """SSHLink: one persistent paramiko connection per host, one exec channel running the agent.
 
 - The TCP socket is made here (connect timeout, TCP_NODELAY, SO_KEEPALIVE) and handed to
-  paramiko; a ``gateway`` ("user@host:port") is reached first and the host through a
-  ``direct-tcpip`` channel of the gateway's connection (no local port is opened).
+  paramiko; a ``gateway`` ("user@host:port") is reached with sshtunnel, which forwards a
+  port on 127.0.0.1 to the host's SSH port through the gateway (see ``_gateway``); the SSH
+  session to the host then runs end to end through it.
 - Key exchange prefers curve25519 (the post-quantum default costs ~135 ms per connect).
 - Host keys are checked against ``~/.ssh/known_hosts`` and ``/etc/ssh/ssh_known_hosts``
   (plus ``known_hosts_files``) unless the spec says ``strict_host_key_checking = false``,
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import getpass
+import logging
 import os
 import shlex
 import socket
@@ -27,11 +29,37 @@ from typing import Any
 
 import paramiko
 
-from ._agent_client import AgentLink, bootstrap_code
+from ._agent_client import AgentLink, LinkTiming, bootstrap_code
 from ._errors import HostErrorKind, HostUnavailableError
+from ._gateway import GatewayTunnel
 from ._link import HostSpec
 
 __all__ = ["SSHLink", "parse_gateway", "remote_command"]
+
+
+class _ToOurLogger(logging.Handler):
+    """paramiko logs failures we report ourselves (as HostUnavailableError, with the fix)
+    at ERROR with full tracebacks, which Python's last-resort handler prints for a script
+    that configured no logging. They go to the ``remote.ssh`` logger at DEBUG instead."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        logging.getLogger("remote.ssh").debug(
+            "paramiko %s: %s",
+            record.levelname.lower(),
+            record.getMessage(),
+            exc_info=record.exc_info,
+        )
+
+
+def _route_paramiko_logging() -> None:
+    paramiko_log = logging.getLogger("paramiko")
+    if paramiko_log.handlers or paramiko_log.level != logging.NOTSET:
+        return  # configured by the user: leave it alone
+    paramiko_log.addHandler(_ToOurLogger())
+    paramiko_log.propagate = False
+
+
+_route_paramiko_logging()
 
 _PREFERRED_KEX = ("curve25519-sha256@libssh.org", "curve25519-sha256")
 _DEFAULT_KEYS = ("id_ed25519", "id_ecdsa", "id_rsa")
@@ -72,24 +100,19 @@ class SSHLink(AgentLink):
         *,
         connect_timeout: float = 10.0,
         keepalive_interval: float = 5.0,
-        heartbeat_timeout: float = 30.0,
+        timing: LinkTiming | None = None,
         known_hosts_files: tuple[str, ...] | None = None,
         on_stderr: Callable[[AgentLink, str], None] | None = None,
     ) -> None:
         kwargs: dict[str, Any] = {}
         if on_stderr is not None:
             kwargs["on_stderr"] = on_stderr
-        super().__init__(
-            spec,
-            connect_timeout=connect_timeout,
-            heartbeat_interval=keepalive_interval,
-            heartbeat_timeout=heartbeat_timeout,
-            **kwargs,
-        )
+        super().__init__(spec, connect_timeout=connect_timeout, timing=timing, **kwargs)
         self.keepalive_interval = keepalive_interval
         default_files = ("~/.ssh/known_hosts", "/etc/ssh/ssh_known_hosts")
         self.known_hosts_files = default_files + tuple(known_hosts_files or ())
         self._transports: list[paramiko.Transport] = []
+        self._tunnel: GatewayTunnel | None = None
         self._channel: paramiko.Channel | None = None
         self._shutdown_lock = threading.Lock()
         self._shut = False
@@ -105,23 +128,8 @@ class SSHLink(AgentLink):
         spec = self.spec
         try:
             if spec.gateway:
-                gw_user, gw_host, gw_port = parse_gateway(spec.gateway)
-                gw_sock = self._tcp(gw_host, gw_port, deadline)
-                gw = self._handshake(gw_sock, gw_host, gw_port, gw_user or spec.user, deadline)
-                try:
-                    sock: Any = gw.open_channel(
-                        "direct-tcpip",
-                        (spec.host, spec.port),
-                        ("127.0.0.1", 0),
-                        timeout=self._remaining(deadline),
-                    )
-                except (paramiko.SSHException, OSError) as exc:
-                    raise HostUnavailableError(
-                        f"{self._where()}: the gateway {spec.gateway} could not reach it: {exc}. "
-                        "Fix: check the host name and port as seen from the gateway.",
-                        kind=HostErrorKind.UNREACHABLE,
-                        host=self.spec.name,
-                    ) from None
+                port = self._open_gateway(deadline)
+                sock: Any = self._tcp("127.0.0.1", port, deadline)
             else:
                 sock = self._tcp(spec.host, spec.port, deadline)
             transport = self._handshake(sock, spec.host, spec.port, spec.user, deadline)
@@ -139,6 +147,36 @@ class SSHLink(AgentLink):
             ) from None
         self._channel = channel
         self._start_thread(lambda: self._stderr_pump(lambda: channel.recv_stderr(65536)), "stderr")
+
+    def _open_gateway(self, deadline: float) -> int:
+        """The local port of a tunnel to the host through its gateway (see ``_gateway``)."""
+        spec = self.spec
+        assert spec.gateway is not None
+        gw_user, gw_host, gw_port = parse_gateway(spec.gateway)
+        key_name = gw_host if gw_port == 22 else f"[{gw_host}]:{gw_port}"
+        known = self._known_hosts().lookup(key_name)
+        if not known and spec.strict_host_key_checking:
+            port_opt = "" if gw_port == 22 else f"-p {gw_port} "
+            raise HostUnavailableError(
+                f"{self._where()}: the gateway {gw_host}:{gw_port} has an unknown host key and "
+                f"strict host key checking is on. Fix: connect once with `ssh {port_opt}"
+                f"{gw_host}` and accept its key, or set `strict_host_key_checking = false` "
+                "for this host in the pool file (test pools only).",
+                kind=HostErrorKind.HOST_KEY_UNKNOWN,
+                host=spec.name,
+            )
+        gateway_key = next(iter(known.values())) if known else None
+        identity = next((key for label, key in self._keys() if label != "ssh-agent"), None)
+        tunnel = GatewayTunnel(
+            name=spec.name,
+            gateway=(gw_user, gw_host, gw_port),
+            target=(spec.host, spec.port),
+            user=spec.user or getpass.getuser(),
+            identity=identity,
+            gateway_key=gateway_key,
+        )
+        self._tunnel = tunnel
+        return tunnel.open(deadline)
 
     def _remaining(self, deadline: float) -> float:
         remaining = deadline - time.monotonic()
@@ -361,3 +399,5 @@ class SSHLink(AgentLink):
         for transport in reversed(self._transports):
             with contextlib.suppress(Exception):
                 transport.close()
+        if self._tunnel is not None:
+            self._tunnel.close()

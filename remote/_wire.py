@@ -10,9 +10,40 @@ Every message is one frame::
 fields packed with :mod:`struct` (big endian) followed by one variable-size
 blob, so encoding and decoding are a single ``pack``/``unpack`` plus slicing.
 
-Controller -> agent: SUBMIT, CANCEL, PING, SHUTDOWN.
-Agent -> controller: HELLO, RESULT, LOST, PONG.
-The agent uses the same SUBMIT and RESULT frames with its slot processes.
+Controller -> agent: SUBMIT, CANCEL, PING, SHUTDOWN, EVICT.
+Agent -> controller: HELLO, RESULT, LOST, PONG, OUTPUT, ERROR.
+Agent -> slot: SUBMIT, EVICT. Slot -> agent: RESULT, LOST (a slot's LOST
+carries attempt id 0: the agent knows which attempt the slot runs).
+
+Before its HELLO the agent writes :data:`MAGIC`; the controller skips (and
+reports) anything a noisy remote login shell printed before it.
+
+Frame bodies (every decoder checks the body against its declared parts:
+fixed-size frames with trailing bytes, a SUBMIT whose function length does
+not fit, an unknown type are :class:`ProtocolError`):
+
+- HELLO: JSON object (python, executable, pid, hostname, platform,
+  cloudpickle, error, tmpdir).
+- SUBMIT: attempt_id u64, fn_id u64, has_fn bool, fn_len u32, then fn_len
+  bytes of pickled function (0 unless has_fn), then the pickled arguments.
+- CANCEL, PING, PONG: one u64 (attempt id / token). SHUTDOWN: empty.
+- RESULT: attempt_id u64, ok bool, duration f64, then the pickled payload.
+- LOST: attempt_id u64, then a UTF-8 reason.
+- EVICT: n x u64 function ids the receiver must drop from its cache.
+- OUTPUT: stream u8 (:data:`STDOUT`), then bytes a task wrote to that stream.
+- ERROR: a UTF-8 message naming a frame the agent rejected; the agent then
+  exits with a non-zero status.
+
+Function caches (lockstep): the controller's link keeps an LRU of the
+functions it has sent (:mod:`remote._fn_lru`, bounded by
+:data:`FN_CACHE_MAX_COUNT` functions and :data:`FN_CACHE_MAX_BYTES` bytes).
+When a SUBMIT makes it evict ids, the link sends one EVICT frame with them
+right before that SUBMIT. The agent caches exactly what it is sent and drops
+exactly what it is told: it never evicts on its own, so a SUBMIT without a
+function the agent lacks (or an EVICT of an id it does not have, or a cache
+above the limits) means the two sides are out of step: a protocol error.
+The agent forwards evictions to each slot holding an evicted function,
+as an EVICT frame before that slot's next SUBMIT.
 
 This module is shipped to remote hosts with the agent (see ``worker.py``):
 it must import nothing but the standard library.
@@ -26,25 +57,39 @@ from typing import Any
 
 __all__ = [
     "CANCEL",
+    "ERROR",
+    "EVICT",
+    "FN_CACHE_MAX_BYTES",
+    "FN_CACHE_MAX_COUNT",
     "HEADER",
     "HELLO",
     "LOST",
+    "MAGIC",
+    "OUTPUT",
     "PING",
     "PONG",
     "RESULT",
     "SHUTDOWN",
+    "STDOUT",
     "SUBMIT",
     "FrameBuffer",
     "ProtocolError",
     "decode_cancel",
+    "decode_error",
+    "decode_evict",
     "decode_hello",
     "decode_lost",
+    "decode_output",
     "decode_ping",
     "decode_result",
+    "decode_shutdown",
     "decode_submit",
     "encode_cancel",
+    "encode_error",
+    "encode_evict",
     "encode_hello",
     "encode_lost",
+    "encode_output",
     "encode_ping",
     "encode_pong",
     "encode_result",
@@ -61,6 +106,9 @@ LOST = 5
 PING = 6
 PONG = 7
 SHUTDOWN = 8
+EVICT = 9
+OUTPUT = 10
+ERROR = 11
 
 _NAMES = {
     HELLO: "HELLO",
@@ -71,13 +119,28 @@ _NAMES = {
     PING: "PING",
     PONG: "PONG",
     SHUTDOWN: "SHUTDOWN",
+    EVICT: "EVICT",
+    OUTPUT: "OUTPUT",
+    ERROR: "ERROR",
 }
+
+# Written by the agent right before its HELLO: whatever precedes it was printed by the
+# remote login shell. NUL bytes keep it from appearing in ordinary text.
+MAGIC = b"\x00\x00parallelize-agent\x00v1\x00"
+
+STDOUT = 1  # OUTPUT stream id: what tasks wrote to their standard output
+
+# Bounds of the function caches (the link's LRU, mirrored by the agent and its slots). One
+# function larger than FN_CACHE_MAX_BYTES is still cached, alone.
+FN_CACHE_MAX_COUNT = 256
+FN_CACHE_MAX_BYTES = 64 << 20
 
 HEADER = struct.Struct(">IB")  # length (type byte + body), type
 
 _SUBMIT = struct.Struct(">IBQQ?I")  # header, attempt_id, fn_id, has_fn, fn length
 _RESULT = struct.Struct(">IBQ?d")  # header, attempt_id, ok, duration
 _ID = struct.Struct(">IBQ")  # header, attempt_id / token
+_OUTPUT = struct.Struct(">IBB")  # header, stream
 
 
 class ProtocolError(Exception):
@@ -135,6 +198,20 @@ def encode_shutdown() -> bytes:
     return HEADER.pack(1, SHUTDOWN)
 
 
+def encode_evict(fn_ids: list[int]) -> bytes:
+    body = struct.pack(f">{len(fn_ids)}Q", *fn_ids)
+    return HEADER.pack(_check_len(1 + len(body)), EVICT) + body
+
+
+def encode_output(stream: int, data: bytes) -> bytes:
+    return _OUTPUT.pack(_check_len(_OUTPUT.size - 4 + len(data)), OUTPUT, stream) + data
+
+
+def encode_error(message: str) -> bytes:
+    body = message.encode("utf-8", "replace")
+    return HEADER.pack(1 + len(body), ERROR) + body
+
+
 # -- decoders (take the body: the frame without its 5-byte header) ------------------------
 
 _SUBMIT_BODY = struct.Struct(">QQ?I")
@@ -154,11 +231,25 @@ def decode_hello(body: bytes) -> dict[str, Any]:
 
 def decode_submit(body: bytes) -> tuple[int, int, bytes | None, bytes]:
     """-> (attempt_id, fn_id, fn_payload or None, args_payload)"""
-    try:
-        attempt_id, fn_id, has_fn, fn_len = _SUBMIT_BODY.unpack_from(body)
-    except struct.error as exc:
-        raise ProtocolError(f"malformed SUBMIT: {exc}") from None
+    if len(body) < _SUBMIT_BODY.size:
+        raise ProtocolError(
+            f"malformed SUBMIT: {len(body)} bytes, shorter than its "
+            f"{_SUBMIT_BODY.size}-byte fixed part"
+        )
+    attempt_id, fn_id, has_fn, fn_len = _SUBMIT_BODY.unpack_from(body)
     start = _SUBMIT_BODY.size
+    if not has_fn and fn_len:
+        raise ProtocolError(
+            f"malformed SUBMIT of attempt {attempt_id}: no function but a function length "
+            f"of {fn_len}"
+        )
+    if fn_len > len(body) - start:
+        raise ProtocolError(
+            f"malformed SUBMIT of attempt {attempt_id}: declares a function of {fn_len} bytes "
+            f"but only {len(body) - start} bytes follow its fixed part"
+        )
+    if len(body) == start + fn_len:
+        raise ProtocolError(f"malformed SUBMIT of attempt {attempt_id}: no argument payload")
     fn = body[start : start + fn_len] if has_fn else None
     return attempt_id, fn_id, fn, body[start + fn_len :]
 
@@ -189,11 +280,34 @@ def decode_ping(body: bytes) -> int:
     return _decode_id(body, "PING")
 
 
+def decode_shutdown(body: bytes) -> None:
+    if body:
+        raise ProtocolError(f"malformed SHUTDOWN: {len(body)} unexpected bytes (expected none)")
+
+
+def decode_evict(body: bytes) -> list[int]:
+    if len(body) % 8:
+        raise ProtocolError(f"malformed EVICT: {len(body)} bytes is not a multiple of 8")
+    return list(struct.unpack(f">{len(body) // 8}Q", body))
+
+
+def decode_output(body: bytes) -> tuple[int, bytes]:
+    """-> (stream, data)"""
+    if not body:
+        raise ProtocolError("malformed OUTPUT: no stream id")
+    return body[0], body[1:]
+
+
+def decode_error(body: bytes) -> str:
+    return body.decode("utf-8", "replace")
+
+
 def _decode_id(body: bytes, what: str) -> int:
-    try:
-        (value,) = _ID_BODY.unpack_from(body)
-    except struct.error as exc:
-        raise ProtocolError(f"malformed {what}: {exc}") from None
+    if len(body) != _ID_BODY.size:
+        raise ProtocolError(
+            f"malformed {what}: {len(body)} bytes (expected exactly {_ID_BODY.size})"
+        )
+    (value,) = _ID_BODY.unpack(body)
     return int(value)
 
 

@@ -3,16 +3,22 @@
 Started by a link (``remote/_ssh_link.py`` over SSH, ``remote/_local_link.py``
 over pipes) and spoken to on stdin/stdout with the framed protocol of
 ``remote/_wire.py``. It can also be run by hand as ``python -m remote.worker
-NAME SLOTS``, but links do not need the project installed on the host: they
-send the source of this module and of ``_wire`` over the connection and
-start it with a short ``python -c`` bootstrap, so any POSIX host with Python
-and cloudpickle works. Hence this module imports only the standard library
-and cloudpickle.
+NAME SLOTS [SILENCE_LIMIT]``, but links do not need the project installed on
+the host: they send the source of this module and of ``_wire`` over the
+connection and start it with a short ``python -c`` bootstrap, so any POSIX
+host with Python and cloudpickle works. Hence this module imports only the
+standard library and cloudpickle.
+
+Why one module above the usual size: it is the whole agent program, shipped to hosts as
+source; its state (slots, queue, function cache, streams) belongs to one single-threaded
+loop in :class:`Agent`, and the slot side (``_slot_loop`` onwards) runs in processes forked
+from it.
 
 Design:
 
 - The agent is one single-threaded process with a ``selectors`` loop over
-  its stdin, the result pipes of its slot processes and a SIGCHLD wakeup pipe.
+  its stdin, the result pipes of its slot processes, the slots' shared
+  stdout pipe and a SIGCHLD wakeup pipe.
 - Each attempt runs in a slot process *forked from the agent* (a warm
   zygote: cloudpickle is already imported), each in its own process group.
   A slot runs one attempt at a time and then waits for the next one, so no
@@ -25,12 +31,30 @@ Design:
   follows for a cancelled attempt.
 - Functions are cached by ``fn_id`` in the agent (bytes) and in each slot
   (unpickled); a slot receives the bytes with the first task that uses them.
+  The caches are bounded in lockstep with the controller's LRU: the agent
+  keeps what it is sent and drops what an EVICT names (see ``_wire``).
+- Protocol errors: a frame from the controller that does not match its
+  declared parts is answered with an ERROR frame naming it; the agent then
+  writes the reason on stderr and exits with status 2. A slot that gets a
+  short or corrupt task frame reports the attempt LOST with the reason.
+- Slots' standard output goes to a pipe the agent reads and forwards as
+  OUTPUT frames (the controller prints it on its stdout, prefixed with the
+  host's name); it is drained before each RESULT so a task's output arrives
+  before its result. Slots' stderr is the agent's stderr.
 - When stdin reaches EOF (controller gone, connection cut, channel closed),
   on SHUTDOWN, SIGTERM or SIGHUP the agent kills every slot's process group,
   removes its private temp dir and exits at once, even mid-task. SIGINT is
   ignored. Slots also get SIGKILL if the agent dies (Linux PDEATHSIG).
+- No orphans after a partition: with a silence limit (third argument,
+  seconds; 0 = none), the agent does the same, exiting with status 3 and a
+  line on stderr, when nothing has arrived from the controller for longer
+  than the limit (the controller pings well within it) and the controller
+  has not taken any of the agent's output either.
 - Slots run with ``TMPDIR`` set to the agent's private temp dir (mode 0700),
   so temp files made by tasks are removed with it.
+- Process titles: ``parallelize-agent NAME`` and ``parallelize-slot NAME``
+  (with setproctitle when the host has it; else the kernel's comm name,
+  which ``ps -o comm`` shows, and, on Linux, the command line).
 """
 
 from __future__ import annotations
@@ -38,6 +62,7 @@ from __future__ import annotations
 import contextlib
 import os
 import pickle
+import select
 import selectors
 import shutil
 import signal
@@ -59,6 +84,10 @@ __all__ = ["main"]
 
 _TMP_PREFIX = "parallelize-agent-"
 _READ_SIZE = 1 << 20
+_OUTPUT_CHUNK = 1 << 16  # bytes of task stdout per OUTPUT frame
+_EXIT_PROTOCOL = 2  # the controller sent a frame the agent could not accept
+_EXIT_SILENCE = 3  # the controller was silent for longer than the limit
+_EXIT_SLOT_PROTOCOL = 65  # a slot got a short or corrupt task frame (EX_DATAERR)
 
 
 def _write_all(fd: int, data: bytes) -> None:
@@ -67,8 +96,6 @@ def _write_all(fd: int, data: bytes) -> None:
         try:
             written = os.write(fd, view)
         except BlockingIOError:
-            import select
-
             select.select([], [fd], [])
             continue
         view = view[written:]
@@ -87,17 +114,67 @@ def _describe_status(status: int) -> str:
     return f"process ended with status {status}"
 
 
+def _libc() -> Any:
+    import ctypes
+
+    return ctypes.CDLL(None, use_errno=True)
+
+
 def _set_pdeathsig() -> None:
     """Ask Linux to SIGKILL this process when its parent (the agent) dies."""
     if not sys.platform.startswith("linux"):
         return
-    try:
-        import ctypes
+    with contextlib.suppress(Exception):
+        _libc().prctl(1, int(signal.SIGKILL), 0, 0, 0)  # PR_SET_PDEATHSIG
 
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(1, int(signal.SIGKILL), 0, 0, 0)  # PR_SET_PDEATHSIG
+
+def _set_title(title: str) -> None:
+    """Make this process recognisable in ``ps``/``top``; best effort, never fails."""
+    try:
+        import setproctitle  # type: ignore[import-not-found, unused-ignore]
+
+        setproctitle.setproctitle(title)
+        return
     except Exception:
         pass
+    if not sys.platform.startswith("linux"):
+        return
+    with contextlib.suppress(Exception):
+        _libc().prctl(15, title.encode()[:15], 0, 0, 0)  # PR_SET_NAME: /proc/PID/comm
+    with contextlib.suppress(Exception):
+        _set_cmdline(title)
+
+
+_title_area: list[int] = []  # [start, size] of the argument area once we own it
+
+
+def _set_cmdline(title: str) -> None:
+    """Overwrite this process's argument area (what /proc/PID/cmdline and ``ps -f`` show).
+
+    The first time, only when the memory at the kernel's arg_start holds exactly the current
+    command line, so a surprise (another runtime, a kernel without those fields) changes
+    nothing; forked slots inherit the area. The last byte of the area is made non-NUL: the
+    kernel then reports the area up to the first NUL, i.e. the title alone (the convention
+    setproctitle(3) relies on).
+    """
+    import ctypes
+
+    if not _title_area:
+        with open("/proc/self/stat", "rb") as handle:
+            fields = handle.read().rsplit(b")", 1)[1].split()
+        # Fields 48/49 of stat (arg_start, arg_end), counted after "pid (comm)" as 3.. -> 45/46.
+        start, end = int(fields[45]), int(fields[46])
+        with open("/proc/self/cmdline", "rb") as handle:
+            current = handle.read()
+        size = end - start
+        if start <= 0 or size < 2 or size != len(current):
+            return
+        if ctypes.string_at(start, size) != current:
+            return
+        _title_area[:] = [start, size]
+    start, size = _title_area
+    text = title.encode("utf-8", "replace")[: size - 2]
+    ctypes.memmove(start, text + b"\0" * (size - len(text) - 1) + b" ", size)
 
 
 def _remove_stale_dirs() -> None:
@@ -124,26 +201,41 @@ def _remove_stale_dirs() -> None:
 
 
 class _Slot:
-    __slots__ = ("attempt", "cancelled", "fns", "frames", "pid", "result_fd", "retired", "task_fd")
+    __slots__ = (
+        "attempt",
+        "cancelled",
+        "evict",
+        "fns",
+        "frames",
+        "lost_reason",
+        "pid",
+        "result_fd",
+        "retired",
+        "task_fd",
+    )
 
     def __init__(self, pid: int, task_fd: int, result_fd: int) -> None:
         self.pid = pid
-        self.task_fd = task_fd  # agent -> slot: SUBMIT frames
-        self.result_fd = result_fd  # slot -> agent: RESULT frames
+        self.task_fd = task_fd  # agent -> slot: EVICT and SUBMIT frames
+        self.result_fd = result_fd  # slot -> agent: RESULT (or LOST) frames
         self.frames = _wire.FrameBuffer()
         self.attempt: int | None = None
         self.cancelled = False
         self.retired = False
-        self.fns: set[int] = set()
+        self.fns: set[int] = set()  # function ids the slot has unpickled
+        self.evict: list[int] = []  # ids evicted since, to send before its next SUBMIT
+        self.lost_reason: str | None = None  # why the agent killed it, if it did
 
 
 class Agent:
-    def __init__(self, name: str, slots: int) -> None:
+    def __init__(self, name: str, slots: int, silence_limit: float = 0.0) -> None:
         self.name = name
         self.target_slots = max(1, slots)
+        self.silence_limit = max(0.0, silence_limit)
         self.hostname = socket.gethostname()
         # The protocol gets private copies of fds 0 and 1; fd 0 becomes /dev/null and fd 1
-        # goes to stderr, so stray prints (here or in tasks) cannot corrupt the stream.
+        # goes to stderr, so stray prints here cannot corrupt the stream. Slots get fd 1 on
+        # the stdout pipe below, whose bytes travel as OUTPUT frames.
         self.in_fd = os.dup(0)
         self.out_fd = os.dup(1)
         devnull = os.open(os.devnull, os.O_RDWR)
@@ -152,22 +244,30 @@ class Agent:
         os.close(devnull)
         os.set_inheritable(self.in_fd, False)
         os.set_inheritable(self.out_fd, False)
+        self.stdout_r, self.stdout_w = os.pipe()
+        # Function payloads by id, mirroring the controller's LRU (see _wire).
         self.fn_cache: dict[int, bytes] = {}
+        self.fn_bytes = 0
         self.children: dict[int, _Slot] = {}  # pid -> slot, until reaped
         self.by_fd: dict[int, _Slot] = {}
         self.idle: list[_Slot] = []
         self.running: dict[int, _Slot] = {}  # attempt id -> slot
-        # Attempts submitted while every slot is busy, in order: attempt id -> (fn_id, args).
-        self.queue: dict[int, tuple[int, bytes]] = {}
+        # Attempts submitted while every slot is busy, in order: attempt id -> (fn_id, fn,
+        # args). The function bytes are held here: an EVICT may drop them from the cache.
+        self.queue: dict[int, tuple[int, bytes, bytes]] = {}
         self.tmpdir = ""
         self.selector = selectors.DefaultSelector()
         self.wake_r, self.wake_w = os.pipe()
         self.frames = _wire.FrameBuffer()
         self.closing = False
+        self.failing = False  # exiting on a protocol error: a failed write must not exit 0
+        # Last sign of life of the controller: bytes from it, or it taking ours.
+        self.last_heard = time.monotonic()
 
     # -- lifecycle -----------------------------------------------------------------------
 
     def start(self) -> None:
+        _set_title(f"parallelize-agent {self.name}")
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         signal.signal(signal.SIGTERM, self._on_term)
         signal.signal(signal.SIGHUP, self._on_term)
@@ -193,22 +293,26 @@ class Agent:
             _remove_stale_dirs()
             self.tmpdir = tempfile.mkdtemp(prefix=f"{_TMP_PREFIX}{os.getpid()}-")
             info["tmpdir"] = self.tmpdir
-        _write_all(self.out_fd, _wire.encode_hello(info))
+        _write_all(self.out_fd, _wire.MAGIC + _wire.encode_hello(info))
         if info["error"] is not None:
             os._exit(1)
-        for fd in (self.wake_r, self.wake_w):
+        # Non-blocking from here on: a write to a stalled controller must not block past
+        # the silence limit (see _send).
+        for fd in (self.wake_r, self.wake_w, self.out_fd, self.stdout_r):
             os.set_blocking(fd, False)
         signal.set_wakeup_fd(self.wake_w)
         signal.signal(signal.SIGCHLD, lambda signum, frame: None)
         self.selector.register(self.in_fd, selectors.EVENT_READ, None)
         self.selector.register(self.wake_r, selectors.EVENT_READ, None)
+        self.selector.register(self.stdout_r, selectors.EVENT_READ, None)
+        self.last_heard = time.monotonic()
         for _ in range(self.target_slots):
             self.idle.append(self._fork_slot())
 
     def _on_term(self, signum: int, frame: Any) -> None:
         self.shutdown()
 
-    def shutdown(self) -> None:
+    def shutdown(self, code: int = 0) -> None:
         """Kill every slot's process group, remove the temp dir, exit. Never returns."""
         self.closing = True
         for slot in list(self.children.values()):
@@ -219,11 +323,35 @@ class Agent:
                 os.waitpid(pid, 0)
         if self.tmpdir:
             shutil.rmtree(self.tmpdir, ignore_errors=True)
-        os._exit(0)
+        os._exit(code)
+
+    def _fail(self, code: int, message: str) -> None:
+        """Exit with *code* after one line on stderr. Never returns."""
+        line = f"parallelize agent {self.name!r} (pid {os.getpid()}): {message}\n"
+        with contextlib.suppress(OSError):
+            os.set_blocking(2, False)  # a stalled stderr channel must not keep us alive
+            os.write(2, line.encode("utf-8", "replace"))
+        self.shutdown(code)
+
+    def _check_silence(self) -> float | None:
+        """Seconds left before the silence limit (None: no limit); exits when it is over."""
+        if not self.silence_limit:
+            return None
+        silent = time.monotonic() - self.last_heard
+        if silent > self.silence_limit:
+            self._fail(
+                _EXIT_SILENCE,
+                f"nothing heard from the controller for {silent:.1f} s (limit "
+                f"{self.silence_limit:g} s): it is gone or the network is cut; killing "
+                f"{len(self.children)} slot process(es) and exiting",
+            )
+        return self.silence_limit - silent
 
     def run(self) -> None:
         while True:
-            for key, _ in self.selector.select(timeout=5.0):
+            left = self._check_silence()
+            timeout = 5.0 if left is None else min(5.0, left + 0.01)
+            for key, _ in self.selector.select(timeout=timeout):
                 if key.fd == self.in_fd:
                     self._read_controller()
                 elif key.fd == self.wake_r:
@@ -231,6 +359,8 @@ class Agent:
                         while os.read(self.wake_r, 512):
                             pass
                     self._reap(block=False)
+                elif key.fd == self.stdout_r:
+                    self._pump_stdout(1)
                 else:
                     slot = self.by_fd.get(key.fd)
                     if slot is not None:
@@ -240,50 +370,121 @@ class Agent:
     # -- controller side -----------------------------------------------------------------
 
     def _send(self, frame: bytes) -> None:
-        try:
-            _write_all(self.out_fd, frame)
-        except OSError:
-            self.shutdown()
+        view = memoryview(frame)
+        while view:
+            try:
+                written = os.write(self.out_fd, view)
+            except BlockingIOError:
+                written = 0
+            except OSError:
+                if self.failing:
+                    raise
+                self.shutdown()  # the controller's end is closed: it is gone
+            if written:
+                view = view[written:]
+                self.last_heard = time.monotonic()  # it takes our output: it is alive
+                continue
+            left = self._check_silence()
+            select.select([], [self.out_fd], [], left)
+
+    def _protocol_error(self, message: str) -> None:
+        """Answer a bad frame with ERROR, say why on stderr, exit non-zero. Never returns."""
+        self.failing = True
+        with contextlib.suppress(OSError):
+            self._send(_wire.encode_error(message))
+        self._fail(_EXIT_PROTOCOL, f"protocol error: {message}; exiting")
 
     def _read_controller(self) -> None:
         try:
             data = os.read(self.in_fd, _READ_SIZE)
+        except BlockingIOError:  # fd 0 may share a non-blocking socket with fd 1
+            return
         except OSError:
             data = b""
         if not data:
             self.shutdown()
-        for kind, body in self.frames.feed(data):
-            if kind == _wire.SUBMIT:
-                self._submit(body)
-            elif kind == _wire.CANCEL:
-                self._cancel(_wire.decode_cancel(body))
-            elif kind == _wire.PING:
-                self._send(_wire.encode_pong(_wire.decode_ping(body)))
-            elif kind == _wire.SHUTDOWN:
-                self.shutdown()
+        self.last_heard = time.monotonic()
+        try:
+            for kind, body in self.frames.feed(data):
+                self._handle(kind, body)
+        except _wire.ProtocolError as exc:
+            self._protocol_error(str(exc))
+
+    def _handle(self, kind: int, body: bytes) -> None:
+        if kind == _wire.SUBMIT:
+            self._submit(body)
+        elif kind == _wire.CANCEL:
+            self._cancel(_wire.decode_cancel(body))
+        elif kind == _wire.PING:
+            self._send(_wire.encode_pong(_wire.decode_ping(body)))
+        elif kind == _wire.EVICT:
+            self._evict(_wire.decode_evict(body))
+        elif kind == _wire.SHUTDOWN:
+            _wire.decode_shutdown(body)
+            self.shutdown()
+        else:
+            raise _wire.ProtocolError(
+                f"unexpected {_wire.message_name(kind)} frame ({len(body)} bytes) "
+                "from the controller"
+            )
 
     def _submit(self, body: bytes) -> None:
         attempt_id, fn_id, fn, args = _wire.decode_submit(body)
         if fn is not None:
-            self.fn_cache[fn_id] = fn
+            self._cache(fn_id, fn)
         else:
             fn = self.fn_cache.get(fn_id)
             if fn is None:
-                self._send(
-                    _wire.encode_lost(attempt_id, f"the agent has no function with id {fn_id}")
+                raise _wire.ProtocolError(
+                    f"SUBMIT of attempt {attempt_id} without a function names id {fn_id}, "
+                    "which the agent does not have (the function caches are out of step)"
                 )
-                return
         if not self.idle and self._live_slots() >= self.target_slots:
-            self.queue[attempt_id] = (fn_id, args)  # starts when a slot frees up
+            self.queue[attempt_id] = (fn_id, fn, args)  # starts when a slot frees up
             return
-        self._start(self.idle.pop() if self.idle else self._fork_slot(), attempt_id, fn_id, args)
+        slot = self.idle.pop() if self.idle else self._fork_slot()
+        self._start(slot, attempt_id, fn_id, fn, args)
 
-    def _start(self, slot: _Slot, attempt_id: int, fn_id: int, args: bytes) -> None:
-        fn = self.fn_cache[fn_id]
+    def _cache(self, fn_id: int, fn: bytes) -> None:
+        old = self.fn_cache.get(fn_id)
+        self.fn_bytes += len(fn) - (len(old) if old is not None else 0)
+        self.fn_cache[fn_id] = fn
+        count = len(self.fn_cache)
+        if count > 1 and (
+            count > _wire.FN_CACHE_MAX_COUNT or self.fn_bytes > _wire.FN_CACHE_MAX_BYTES
+        ):
+            raise _wire.ProtocolError(
+                f"SUBMIT of function {fn_id} grows the agent's function cache to {count} "
+                f"functions / {self.fn_bytes} bytes, above the limit of "
+                f"{_wire.FN_CACHE_MAX_COUNT} / {_wire.FN_CACHE_MAX_BYTES}: the controller "
+                "did not evict (the function caches are out of step)"
+            )
+
+    def _evict(self, fn_ids: list[int]) -> None:
+        for fn_id in fn_ids:
+            fn = self.fn_cache.pop(fn_id, None)
+            if fn is None:
+                raise _wire.ProtocolError(
+                    f"EVICT names function {fn_id}, which the agent does not have "
+                    "(the function caches are out of step)"
+                )
+            self.fn_bytes -= len(fn)
+            for slot in self.children.values():
+                if fn_id in slot.fns:
+                    slot.fns.discard(fn_id)
+                    slot.evict.append(fn_id)
+
+    def _start(self, slot: _Slot, attempt_id: int, fn_id: int, fn: bytes, args: bytes) -> None:
         slot.attempt = attempt_id
         self.running[attempt_id] = slot
         frame = _wire.encode_submit(attempt_id, fn_id, None if fn_id in slot.fns else fn, args)
-        slot.fns.add(fn_id)
+        if slot.evict:
+            frame = _wire.encode_evict(slot.evict) + frame
+            slot.evict = []
+        if fn_id in self.fn_cache:
+            slot.fns.add(fn_id)
+        else:  # evicted while the attempt was queued: the slot drops it again next time
+            slot.evict.append(fn_id)
         with contextlib.suppress(OSError):  # a dead slot's reaping reports the attempt lost
             _write_all(slot.task_fd, frame)
 
@@ -298,6 +499,20 @@ class Agent:
             os.killpg(slot.pid, signal.SIGKILL)
         self._replenish()
 
+    def _pump_stdout(self, reads: int) -> None:
+        """Forward up to *reads* chunks of the slots' stdout as OUTPUT frames.
+
+        Bounded: the agent holds at most one chunk; a task printing faster than the
+        controller takes it blocks on its full stdout pipe."""
+        for _ in range(reads):
+            try:
+                data = os.read(self.stdout_r, _OUTPUT_CHUNK)
+            except (BlockingIOError, InterruptedError):
+                return
+            if not data:
+                return
+            self._send(_wire.encode_output(_wire.STDOUT, data))
+
     # -- slots ---------------------------------------------------------------------------
 
     def _live_slots(self) -> int:
@@ -311,8 +526,8 @@ class Agent:
     def _dequeue(self) -> None:
         while self.queue and self.idle:
             attempt_id = next(iter(self.queue))
-            fn_id, args = self.queue.pop(attempt_id)
-            self._start(self.idle.pop(), attempt_id, fn_id, args)
+            fn_id, fn, args = self.queue.pop(attempt_id)
+            self._start(self.idle.pop(), attempt_id, fn_id, fn, args)
 
     def _fork_slot(self) -> _Slot:
         task_r, task_w = os.pipe()
@@ -350,7 +565,9 @@ class Agent:
         agent_pid = os.getppid()
         with contextlib.suppress(OSError):
             self.selector.close()
-        fds = [self.in_fd, self.out_fd, self.wake_r, self.wake_w]
+        os.dup2(self.stdout_w, 1)  # the task's stdout: forwarded as OUTPUT frames
+        os.set_blocking(1, True)
+        fds = [self.in_fd, self.out_fd, self.wake_r, self.wake_w, self.stdout_r, self.stdout_w]
         for other in self.children.values():
             fds += [other.task_fd, other.result_fd]
         for fd in fds:
@@ -358,6 +575,9 @@ class Agent:
                 os.close(fd)
         if os.getppid() != agent_pid:
             os._exit(0)
+        _set_title(f"parallelize-slot {self.name}")
+        with contextlib.suppress(Exception):  # prints show up as they happen
+            sys.stdout.reconfigure(line_buffering=True)  # type: ignore[union-attr]
         os.environ["TMPDIR"] = self.tmpdir
         tempfile.tempdir = self.tmpdir
 
@@ -376,9 +596,23 @@ class Agent:
                 data = b""
             if not data:
                 return True
-            for kind, body in slot.frames.feed(data):
-                if kind == _wire.RESULT:
-                    self._slot_result(slot, kind, body)
+            try:
+                for kind, body in slot.frames.feed(data):
+                    if kind == _wire.RESULT:
+                        _wire.decode_result(body)  # checks the fixed part
+                        self._slot_result(slot, kind, body)
+                    elif kind == _wire.LOST:
+                        self._slot_lost(slot, _wire.decode_lost(body)[1])
+                    else:
+                        raise _wire.ProtocolError(
+                            f"unexpected {_wire.message_name(kind)} frame from the slot"
+                        )
+            except _wire.ProtocolError as exc:
+                # Its stream cannot be trusted any more: the slot goes, its attempt is lost.
+                slot.lost_reason = f"protocol error in the slot's output: {exc}"
+                with contextlib.suppress(OSError):
+                    os.killpg(slot.pid, signal.SIGKILL)
+                return True
 
     def _close_result(self, slot: _Slot) -> None:
         if slot.result_fd in self.by_fd:
@@ -392,12 +626,26 @@ class Agent:
         if slot.cancelled or attempt_id is None:
             return
         self.running.pop(attempt_id, None)
+        self._pump_stdout(16)  # what the task printed arrives before its result
         self._send(_wire.HEADER.pack(len(body) + 1, kind) + body)
         if len(self.idle) >= self.target_slots or slot.pid not in self.children:
             self._retire(slot)
         else:
             self.idle.append(slot)
             self._dequeue()
+
+    def _slot_lost(self, slot: _Slot, reason: str) -> None:
+        """The slot rejected its task frame: it goes (it would exit anyway) and is replaced."""
+        attempt_id = slot.attempt
+        slot.attempt = None
+        slot.retired = True
+        with contextlib.suppress(OSError):
+            os.killpg(slot.pid, signal.SIGKILL)
+        if slot in self.idle:
+            self.idle.remove(slot)
+        if attempt_id is not None and not slot.cancelled:
+            self.running.pop(attempt_id, None)
+            self._send(_wire.encode_lost(attempt_id, reason))
 
     def _retire(self, slot: _Slot) -> None:
         slot.retired = True
@@ -441,7 +689,8 @@ class Agent:
         attempt_id = slot.attempt
         if attempt_id is not None and not slot.cancelled:
             self.running.pop(attempt_id, None)
-            self._send(_wire.encode_lost(attempt_id, _describe_status(status)))
+            self._pump_stdout(16)  # its last words, before the loss
+            self._send(_wire.encode_lost(attempt_id, slot.lost_reason or _describe_status(status)))
         if not self.closing:
             self._replenish()
         return True
@@ -451,14 +700,23 @@ class Agent:
 
 
 def _read_exact(fd: int, n: int) -> bytes:
+    """*n* bytes, or fewer if the pipe closes first."""
     chunks = []
     while n:
         chunk = os.read(fd, min(n, _READ_SIZE))
         if not chunk:
-            return b""
+            break
         chunks.append(chunk)
         n -= len(chunk)
     return b"".join(chunks)
+
+
+def _task_frame_error(result_fd: int, reason: str) -> int:
+    """Report the slot's current attempt lost (the agent knows which) -> the exit code."""
+    message = f"protocol error in the task frame sent to the slot: {reason}"
+    with contextlib.suppress(OSError):
+        _write_all(result_fd, _wire.encode_lost(0, message))
+    return _EXIT_SLOT_PROTOCOL
 
 
 def _slot_loop(task_fd: int, result_fd: int, name: str, hostname: str) -> int:
@@ -467,13 +725,39 @@ def _slot_loop(task_fd: int, result_fd: int, name: str, hostname: str) -> int:
     while True:
         head = _read_exact(task_fd, 5)
         if not head:
-            return 0
+            return 0  # the agent closed the pipe: this slot is retired
+        if len(head) < 5:
+            return _task_frame_error(result_fd, f"a {len(head)}-byte frame header")
         length, kind = _wire.HEADER.unpack(head)
+        if length < 1:
+            return _task_frame_error(result_fd, "a frame of length zero")
         body = _read_exact(task_fd, length - 1)
-        if kind != _wire.SUBMIT or len(body) != length - 1:
-            return 0 if not body and length > 1 else 65
-        attempt_id, fn_id, fn_payload, args_payload = _wire.decode_submit(body)
-        _write_all(result_fd, _run(attempt_id, fn_id, fn_payload, args_payload, fns, origin))
+        if len(body) != length - 1:
+            return _task_frame_error(
+                result_fd,
+                f"a short {_wire.message_name(kind)} frame: {len(body)} of its "
+                f"{length - 1} bytes arrived before the pipe closed",
+            )
+        try:
+            if kind == _wire.EVICT:
+                for fn_id in _wire.decode_evict(body):
+                    fns.pop(fn_id, None)
+                continue
+            if kind != _wire.SUBMIT:
+                raise _wire.ProtocolError(f"unexpected {_wire.message_name(kind)} frame")
+            attempt_id, fn_id, fn_payload, args_payload = _wire.decode_submit(body)
+            if fn_payload is None and fn_id not in fns:
+                raise _wire.ProtocolError(
+                    f"SUBMIT of attempt {attempt_id} names function {fn_id} without sending "
+                    "it, and the slot does not have it"
+                )
+        except _wire.ProtocolError as exc:
+            return _task_frame_error(result_fd, str(exc))
+        frame = _run(attempt_id, fn_id, fn_payload, args_payload, fns, origin)
+        for stream in (sys.stdout, sys.stderr):  # the task's output before its result
+            with contextlib.suppress(BaseException):
+                stream.flush()
+        _write_all(result_fd, frame)
 
 
 def _run(
@@ -555,11 +839,13 @@ def _dump_error(
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Run the agent: ``argv = [display_name, slots]``."""
+    """Run the agent: ``argv = [display_name, slots, silence_limit]`` (the limit in seconds,
+    0 or absent: none)."""
     args = sys.argv[1:] if argv is None else argv
     name = args[0] if args else socket.gethostname()
     slots = int(args[1]) if len(args) > 1 else (os.cpu_count() or 1)
-    agent = Agent(name, slots)
+    silence_limit = float(args[2]) if len(args) > 2 else 0.0
+    agent = Agent(name, slots, silence_limit)
     agent.start()
     try:
         agent.run()

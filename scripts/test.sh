@@ -5,8 +5,8 @@
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 source "$here/_bootstrap.sh"
-if [ ! -x /usr/sbin/sshd ] || ! command -v ssh >/dev/null 2>&1 || ! command -v ssh-keygen >/dev/null 2>&1; then
-  apt_install openssh-server openssh-client
+if [ ! -x /usr/sbin/sshd ] || ! command -v ssh-keygen >/dev/null 2>&1 || ! command -v iptables >/dev/null 2>&1 || ! command -v ip >/dev/null 2>&1; then
+  apt_install openssh-server openssh-client iptables iproute2
 fi
 bootstrap_python "dev,dask,ray"  # DASK/RAY tests run real clusters
 cd "$here/.."

@@ -62,11 +62,15 @@ def test_info_sources_and_environment(tmp_path: Path) -> None:
 
 def test_info_pool_file_from_environment(tmp_path: Path) -> None:
     pool = tmp_path / "my-pool.toml"
-    pool.write_text("")
+    pool.write_text('[hosts.a]\nhost = "a.example"\n')
     proc = run_cli("info", PARALLELIZE_POOL_FILE=str(pool), PARALLELIZE_PROCESS_WORKERS="3")
     assert proc.returncode == 0, proc.stderr
     line = line_with(proc.stdout, "pool file")
     assert str(pool) in line and "from PARALLELIZE_POOL_FILE" in line and "(present)" in line
+    pool.write_text("")  # an invalid file is reported as such
+    invalid = run_cli("info", PARALLELIZE_POOL_FILE=str(pool)).stdout
+    assert "INVALID" in line_with(invalid, "pool file")
+    assert "defines no hosts" in line_with(invalid, "pool file")
     assert f"PARALLELIZE_POOL_FILE={pool}" in proc.stdout
     assert "environment variable PARALLELIZE_PROCESS_WORKERS=3" in line_with(
         proc.stdout, "process_workers "

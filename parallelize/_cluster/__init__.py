@@ -35,8 +35,14 @@ def require(engine: str) -> None:
         )
 
 
-def create_default(engine: str, address: str | None, backups: bool) -> Any:
-    """The default executor of *engine*: on *address*, else on a local cluster started now."""
+def create_default(engine: str, address: str | None) -> Any:
+    """The default executor of *engine*: on *address*, else on a local cluster started now.
+
+    ``backups`` (DASK) and ``max_attempts`` (RAY: ``max_retries`` = attempts - 1) come
+    from ``configure(...)`` or their environment variables, as for REMOTE.
+    """
+    from .._config import failure_setting
+
     require(engine)
     if not address and engine not in _local_logged:
         _local_logged.add(engine)
@@ -49,10 +55,14 @@ def create_default(engine: str, address: str | None, backups: bool) -> Any:
     if engine == "dask":
         from ._dask import DaskExecutor
 
-        return DaskExecutor(address=address, backups=backups, name="dask")
+        return DaskExecutor(
+            address=address, backups=failure_setting("backups") is not False, name="dask"
+        )
     from ._ray import RayExecutor
 
-    return RayExecutor(address=address, name="ray")
+    attempts = failure_setting("max_attempts")
+    retries = int(attempts) - 1 if attempts is not None else 2
+    return RayExecutor(address=address, max_retries=retries, name="ray")
 
 
 def is_dask_client(obj: object) -> bool:

@@ -56,7 +56,7 @@ def test_bad_addresses_fail_at_configure(bad: object) -> None:
 
 
 def test_bad_backups_setting_fails_at_configure() -> None:
-    with pytest.raises(ValueError, match="backups must be True or False"):
+    with pytest.raises(ValueError, match="backups must be true or false"):
         parallelize.configure(backups="no")  # type: ignore[arg-type]
 
 

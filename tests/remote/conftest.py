@@ -24,13 +24,18 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
+from fakes import WAIT, FakeClock, FakePool
+from faults import Faults, iptables_usable
 from sshd import SshdPool, sshd_available
 
+from remote._executor import RemoteExecutor
 from remote._link import HostSpec
+from remote._policies import RoundRobinPolicy
 
 
 @pytest.fixture(scope="session")
@@ -107,3 +112,40 @@ def ssh_hosts(sshd_pool: SshdPool) -> Iterator[SshHosts]:
     yield hosts
     for spec in {(s.host, s.port): s for s in hosts.used}.values():
         sshd_pool.kill_sessions(spec)
+
+
+@pytest.fixture
+def faults(sshd_pool: SshdPool) -> Iterator[Faults]:
+    """Cut hosts off (iptables DROP, or SIGSTOP without it); healed after the test."""
+    if not iptables_usable() and os.environ.get("CI", "").lower() == "true":
+        pytest.fail("iptables is not usable (the test script installs it and runs as root)")
+    found = Faults(sshd_pool)
+    try:
+        yield found
+    finally:
+        found.heal_all()
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+def make_executor(clock: FakeClock) -> Iterator[Callable[..., RemoteExecutor]]:
+    """RemoteExecutors on a FakePool (see ``fakes.py``), torn down after the test."""
+    made: list[RemoteExecutor] = []
+
+    def make(pool: FakePool, **kwargs: Any) -> RemoteExecutor:
+        kwargs.setdefault("heartbeat_interval", 3600.0)
+        kwargs.setdefault("policy", RoundRobinPolicy())
+        ex = RemoteExecutor(pool.specs, link_factory=pool.factory, clock=clock, **kwargs)
+        made.append(ex)
+        return ex
+
+    yield make
+    for ex in made:
+        ex.shutdown(wait=False, cancel_futures=True)
+        ex._scheduler.abort("test over")
+        ex._scheduler.join(WAIT)
+        assert not ex._scheduler.alive

@@ -319,6 +319,7 @@ class EventRecorder:
         self.results: dict[int, tuple[bool, bytes, float]] = {}
         self.lost: dict[int, str] = {}
         self.down: list[str] = []
+        self.health: list[tuple[bool, float]] = []
         self.order: list[tuple[str, int]] = []
         self._cond = threading.Condition()
 
@@ -340,6 +341,11 @@ class EventRecorder:
         with self._cond:
             self.down.append(reason)
             self.order.append(("down", 0))
+            self._cond.notify_all()
+
+    def on_link_health(self, link: object, suspect: bool, silent: float) -> None:
+        with self._cond:
+            self.health.append((suspect, silent))
             self._cond.notify_all()
 
     def wait(self, predicate: Callable[[], bool], timeout: float = 30.0) -> None:

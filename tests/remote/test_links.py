@@ -6,6 +6,7 @@ import os
 import pickle
 import signal
 import socket
+import subprocess
 import sys
 import threading
 import time
@@ -19,7 +20,7 @@ import cloudpickle
 import pytest
 from sshd import EventRecorder, processes_marked
 
-from remote._agent_client import AgentLink
+from remote._agent_client import AgentLink, LinkState, LinkTiming
 from remote._link import HostSpec, HostUnavailableError
 from remote._local_link import LocalLink
 from remote._pool_config import embedded_pool
@@ -297,16 +298,23 @@ def test_link_down_when_host_is_killed(ssh_hosts: Any) -> None:
     again.close()
 
 
-def test_frozen_agent_is_detected_by_heartbeat(ssh_hosts: Any) -> None:
+def test_frozen_agent_is_suspect_then_down(ssh_hosts: Any) -> None:
     spec = ssh_hosts(1)[0]
     events = EventRecorder()
-    link = SSHLink(spec, keepalive_interval=0.2, heartbeat_timeout=1.0)
+    link = SSHLink(spec, keepalive_interval=0.2, timing=LinkTiming(stall_timeout=3.0))
     link.connect(events)
     agent = int(link.hello["pid"])
+    wait_until(lambda: link.srtt is not None, 10)  # pings answered: healthy
+    assert link.state is LinkState.UP
     os.kill(agent, signal.SIGSTOP)
     try:
+        events.wait(lambda: bool(events.health), timeout=10)
+        suspect, silent = events.health[0]
+        assert suspect and silent < 3.0
+        assert link.state is LinkState.SUSPECT
         events.wait(lambda: bool(events.down), timeout=15)
         assert "no response" in events.down[0]
+        assert link.state in (LinkState.DOWN, LinkState.CLOSED)
     finally:
         os.kill(agent, signal.SIGCONT)
         link.close()
@@ -445,3 +453,265 @@ def test_unreachable_gateway_is_named(ssh_hosts: Any) -> None:
     via = replace(target, gateway=f"{target.user}@127.0.0.1:{free_port}")
     with pytest.raises(HostUnavailableError, match=rf"127\.0\.0\.1:{free_port}"):
         SSHLink(via, connect_timeout=5).connect(EventRecorder())
+
+
+def test_silent_host_prints_no_paramiko_traceback(tmp_path: Path) -> None:
+    # A plain script, no logging configured: paramiko's own ERROR records (a banner
+    # timeout, with a traceback) must not reach stderr; our error says what happened.
+    script = tmp_path / "silent.py"
+    script.write_text(
+        "import socket\n"
+        "from remote._link import HostSpec\n"
+        "from remote._ssh_link import SSHLink\n"
+        "from remote import HostUnavailableError\n"
+        "server = socket.socket(); server.bind(('127.0.0.1', 0)); server.listen(8)\n"
+        "spec = HostSpec(name='silent', host='127.0.0.1', port=server.getsockname()[1],\n"
+        "                strict_host_key_checking=False)\n"
+        "class Events:\n"
+        "    def __getattr__(self, name): return lambda *a: None\n"
+        "try:\n"
+        "    SSHLink(spec, connect_timeout=1.0).connect(Events())\n"
+        "except HostUnavailableError as exc:\n"
+        "    print('error:', exc.kind.value)\n"
+    )
+    import subprocess
+
+    proc = subprocess.run(
+        [sys.executable, str(script)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=dict(os.environ, PYTHONPATH=os.getcwd()),
+    )
+    assert proc.stdout.startswith("error: "), (proc.stdout, proc.stderr)
+    assert "Traceback" not in proc.stderr, proc.stderr
+    assert proc.stderr.count("\n") <= 2, proc.stderr
+
+
+def test_gateway_with_unknown_host_key_is_refused_under_strict_checking(
+    ssh_hosts: Any,
+) -> None:
+    gateway, target = ssh_hosts(2, strict_host_key_checking=True)
+    via = replace(target, gateway=f"{gateway.user}@{gateway.host}:{gateway.port}")
+    # only the user's own known_hosts files, where the test hosts are not
+    link = SSHLink(via)
+    with pytest.raises(HostUnavailableError) as info:
+        link.connect(EventRecorder())
+    assert info.value.kind.value == "host key unknown"
+    assert "the gateway" in str(info.value) and "Fix:" in str(info.value)
+
+
+def test_gateway_tunnel_is_closed_with_the_link(ssh_hosts: Any) -> None:
+    gateway, target = ssh_hosts(2)
+    via = replace(target, gateway=f"{gateway.user}@{gateway.host}:{gateway.port}")
+    link = SSHLink(via)
+    link.connect(EventRecorder())
+    assert link._tunnel is not None
+    port = link._tunnel._forwarder.local_bind_port
+    link.close()
+    assert link.wait_closed(30)
+
+    def port_closed() -> bool:
+        with socket.socket() as probe:
+            return probe.connect_ex(("127.0.0.1", port)) != 0
+
+    wait_until(port_closed, 20)
+
+
+# -- task stdout, noisy shells, protocol errors, bounded caches, silence limit ---------------
+
+
+def test_task_stdout_reaches_the_callers_stdout(
+    harness: Harness, capsys: pytest.CaptureFixture[str]
+) -> None:
+    def chatty(n: int) -> int:
+        import subprocess
+
+        print(f"hello {n}")
+        sys.stdout.write("no newline, then ")
+        sys.stdout.flush()
+        subprocess.run(["echo", "a child process"], check=True)  # writes to fd 1 directly
+        print("to stderr", file=sys.stderr)
+        print("tail", end="")  # a partial last line: passed on when the task ends
+        return n
+
+    harness.link.submit(1, 1, *call(chatty, 5))
+    assert harness.events.result(1) == (True, 5)
+    name = harness.link.spec.name
+    out, err = capsys.readouterr()
+    assert out == f"[{name}] hello 5\n[{name}] no newline, then a child process\n[{name}] tail\n"
+    while f"[{name}] to stderr" not in err:  # stderr has its own, asynchronous path
+        time.sleep(0.02)
+        err += capsys.readouterr().err
+    assert "hello" not in err
+
+
+def _noisy_python(tmp_path: Path, then: str) -> str:
+    """A "python" whose start prints a banner on stdout first, as a chatty ~/.bashrc does."""
+    script = tmp_path / "noisypython"
+    script.write_text(f"#!/bin/sh\necho 'Welcome to the machine!'\n{then}\n")
+    script.chmod(0o755)
+    return str(script)
+
+
+def _link_for(kind: str, python: str, request: pytest.FixtureRequest, **kwargs: Any) -> AgentLink:
+    if kind == "local":
+        return LocalLink(replace(embedded_pool(1).hosts[0], python=python), **kwargs)
+    return SSHLink(request.getfixturevalue("ssh_hosts")(1, python=python)[0], **kwargs)
+
+
+@pytest.mark.parametrize("kind", ["local", "ssh"])
+def test_noisy_shell_before_the_agent_is_skipped(
+    kind: str, tmp_path: Path, request: pytest.FixtureRequest, caplog: pytest.LogCaptureFixture
+) -> None:
+    link = _link_for(kind, _noisy_python(tmp_path, f'exec {sys.executable} "$@"'), request)
+    events = EventRecorder()
+    link.connect(events)
+    try:
+        link.submit(1, 1, *call(lambda: "works"))
+        assert events.result(1) == (True, "works")
+    finally:
+        link.close()
+    assert "remote shell printed 24 bytes" in caplog.text and "Welcome" in caplog.text
+
+
+@pytest.mark.parametrize("kind", ["local", "ssh"])
+@pytest.mark.parametrize(
+    ("then", "what"),
+    [
+        ("exit 1", "no agent started"),
+        ("cat > /dev/null", "the agent did not start within 2 s"),  # the shell eats stdin
+    ],
+)
+def test_noisy_shell_that_stops_the_agent_is_named(
+    kind: str, then: str, what: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    link = _link_for(kind, _noisy_python(tmp_path, then), request, connect_timeout=2.0)
+    with pytest.raises(HostUnavailableError) as info:
+        link.connect(EventRecorder())
+    message = str(info.value)
+    assert "the remote shell printed text before the agent started" in message
+    assert what in message and "Welcome to the machine!" in message
+    assert "print nothing for non-interactive shells" in message
+    assert "did not start within 10" not in message
+
+
+def test_bad_frame_takes_the_link_down_with_the_agents_reason(harness: Harness) -> None:
+    from remote import _wire
+
+    wait_until(lambda: len(harness.processes()) == 3)  # slots start after HELLO
+    with harness.link._write_lock:
+        harness.link._write(_wire.HEADER.pack(10, _wire.PING) + b"\x00" * 9)
+    harness.events.wait(lambda: bool(harness.events.down))
+    reason = harness.events.down[0]
+    assert "the worker agent rejected a frame" in reason
+    assert "malformed PING: 9 bytes (expected exactly 8)" in reason
+    wait_until(lambda: harness.processes() == [])
+
+
+def test_a_thousand_functions_keep_the_caches_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    from remote import _wire
+
+    marker = f"local-{uuid.uuid4().hex[:8]}"
+    monkeypatch.setenv("PARALLELIZE_TEST_HOST", marker)
+    link = LocalLink(embedded_pool(2).hosts[0])
+    events = EventRecorder()
+    link.connect(events)
+    try:
+        count = 1000
+        args = cloudpickle.dumps(((1,), {}))
+        for n in range(1, count + 1):
+            link.submit(n, n, cloudpickle.dumps(lambda x, n=n: x + n), args)
+        events.wait(lambda: len(events.results) == count, timeout=60)
+        assert all(events.result(n) == (True, 1 + n) for n in range(1, count + 1))
+
+        def slot_cache_size() -> int:
+            frame = sys._getframe(1)
+            while "fns" not in frame.f_locals:  # the slot's cache, in its caller's frame
+                assert frame.f_back is not None
+                frame = frame.f_back
+            return len(frame.f_locals["fns"])
+
+        probe = cloudpickle.dumps(slot_cache_size)
+        for attempt in (count + 1, count + 2):
+            link.submit(attempt, count + 1, probe, cloudpickle.dumps(((), {})))
+        # Each slot ran ~500 distinct functions; forwarded evictions keep it at the bound.
+        sizes = [events.result(attempt)[1] for attempt in (count + 1, count + 2)]
+        assert all(0 < size <= _wire.FN_CACHE_MAX_COUNT for size in sizes), sizes
+        # The agent refuses to hold more than the bound (test_agent), so a link still up
+        # after 1,000 functions kept it in step.
+        assert len(link._fns_sent) == _wire.FN_CACHE_MAX_COUNT
+        assert link.alive and not events.down
+    finally:
+        link.close()
+
+
+ROOT = Path(__file__).resolve().parents[2]
+CONTROLLER = r"""
+import pickle, sys, time, cloudpickle
+from remote._local_link import LocalLink
+from remote._ssh_link import SSHLink
+
+class Events:
+    def on_result(self, *args): pass
+    def on_attempt_lost(self, *args): pass
+    def on_link_down(self, link, reason): print("down", reason, flush=True)
+
+spec = pickle.loads(bytes.fromhex(sys.argv[1]))
+link = (LocalLink if spec.is_local else SSHLink)(spec)
+link.silence_limit = float(sys.argv[2])
+link.connect(Events())
+link.submit(1, 1, cloudpickle.dumps(time.sleep), cloudpickle.dumps(((300,), {})))
+print("agent", link.hello["pid"], flush=True)
+time.sleep(600)
+"""
+
+
+@pytest.mark.parametrize("kind", ["local", "ssh"])
+def test_frozen_controller_leaves_no_orphans(
+    kind: str, request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """A controller that stops sending (SIGSTOP: its pipe or connection stays open, as in a
+    partition) loses its agent and slots within about 2 x the silence limit."""
+    limit = 2.0
+    spec: HostSpec
+    if kind == "local":
+        marker = f"local-{uuid.uuid4().hex[:8]}"
+        monkeypatch.setenv("PARALLELIZE_TEST_HOST", marker)
+        spec = embedded_pool(2).hosts[0]
+        found = lambda: processes_marked(marker)  # noqa: E731
+    else:
+        ssh_hosts = request.getfixturevalue("ssh_hosts")
+        spec = ssh_hosts(1, slots=2)[0]
+        found = lambda: ssh_hosts.processes_on_host(spec)  # noqa: E731
+    stderr = open(tmp_path / "controller.err", "wb")  # noqa: SIM115
+    ctl = subprocess.Popen(
+        [sys.executable, "-c", CONTROLLER, pickle.dumps(spec).hex(), str(limit)],
+        stdout=subprocess.PIPE,
+        stderr=stderr,
+        cwd=ROOT,
+    )
+    stderr.close()
+    try:
+        assert ctl.stdout is not None
+        line = ctl.stdout.readline().decode()
+        assert line.startswith("agent "), (tmp_path / "controller.err").read_text()
+
+        def on_host() -> list[int]:
+            return [pid for pid in found() if pid != ctl.pid]
+
+        wait_until(lambda: len(on_host()) == 3)  # agent + 2 slots (one running the task)
+        # While the controller runs, its pings keep the agent well past the limit.
+        until = time.monotonic() + 2 * limit
+        while time.monotonic() < until:
+            assert len(on_host()) == 3
+            time.sleep(0.1)
+        os.kill(ctl.pid, signal.SIGSTOP)
+        stopped = time.monotonic()
+        wait_until(lambda: on_host() == [], timeout=2 * limit)
+        assert time.monotonic() - stopped >= limit * 0.9  # it was the limit, not a crash
+    finally:
+        ctl.kill()
+        ctl.wait()
+        if ctl.stdout is not None:
+            ctl.stdout.close()

@@ -28,7 +28,9 @@ from parallelize import ParallelizeError as RemoteExecutorException
 from parallelize._errors import RemoteTraceback
 from remote._default import create_default_executor
 from remote._executor import RemoteExecutor
+from remote._hosts import HostState
 from remote._link import HostSpec
+from remote._pool_config import embedded_pool
 
 WAIT = 60.0
 
@@ -99,7 +101,7 @@ def agent_info(ex: RemoteExecutor) -> dict[str, dict[str, Any]]:
         return {
             h.name: dict(h.link.hello)  # type: ignore[attr-defined]
             for h in ex._scheduler._hosts
-            if h.link is not None and h.state == "up"
+            if h.link is not None and h.state is HostState.UP
         }
 
     return ex._scheduler.call(collect)
@@ -368,6 +370,7 @@ def test_heartbeat_logs_table(caplog: pytest.LogCaptureFixture) -> None:
 EXIT_SCRIPT = """
 import os, sys, time
 from remote._executor import RemoteExecutor
+from remote._hosts import HostState
 ex = RemoteExecutor(heartbeat_interval=0.1)
 ex.submit(os.getpid).result(60)
 futures = [ex.submit(time.sleep, 0.5) for _ in range(6)]
@@ -400,3 +403,15 @@ def test_interpreter_exit_finishes_work_without_leaks() -> None:
     agents = [int(p) for p in proc.stdout.split("agents", 1)[1].split()[:1]]
     assert agents
     wait_for(lambda: not any(pid_alive(p) for p in agents), "the agents to exit")
+
+
+def test_shutdown_cancel_futures_keeps_calls_that_free_slots_took() -> None:
+    # like a standard pool whose idle workers already picked calls up: those run,
+    # only what waits for a slot is cancelled
+    ex = RemoteExecutor(embedded_pool(2))
+    ex.submit(time.sleep, 0).result(WAIT)  # connected, both slots warm
+    futures = [ex.submit(time.sleep, 0.2) for _ in range(50)]
+    ex.shutdown(wait=True, cancel_futures=True)
+    ran = [f for f in futures if not f.cancelled()]
+    assert 1 <= len(ran) <= 2 and all(f.result() is None for f in ran)
+    assert sum(f.cancelled() for f in futures) == 50 - len(ran)

@@ -8,15 +8,13 @@ from __future__ import annotations
 
 import functools
 import logging
-import pickle
 import threading
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import Future
 from typing import Any
 
-import cloudpickle
 import pytest
+from fakes import WAIT, FakeClock, FakeLink, FakePool, KillWorker, wait_until
 
 from parallelize import ParallelizeError as RemoteExecutorException
 from parallelize._errors import PicklingError, RemoteTraceback
@@ -31,164 +29,7 @@ from remote._heartbeat import (
     percentile,
     pick_backup,
 )
-from remote._link import HostSpec, HostUnavailableError, LinkEvents
-from remote._policies import RoundRobinPolicy
-
-WAIT = 10.0
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
-
-
-class FakeLink:
-    def __init__(self, spec: HostSpec, pool: FakePool) -> None:
-        self.spec = spec
-        self.pool = pool
-        self.events: LinkEvents | None = None
-        self.submitted: dict[int, tuple[int, bytes, bytes]] = {}
-        self.cancelled: list[int] = []
-        self.closed = False
-
-    def connect(self, events: LinkEvents) -> None:
-        gate = self.pool.connect_gates.get(self.spec.name)
-        if gate is not None:
-            gate.wait(WAIT)
-        error = self.pool.connect_errors.get(self.spec.name)
-        if error is not None:
-            with self.pool.cond:
-                self.pool.connect_failures[self.spec.name] = (
-                    self.pool.connect_failures.get(self.spec.name, 0) + 1
-                )
-                self.pool.cond.notify_all()
-            raise HostUnavailableError(f"host {self.spec.name}: {error}")
-        self.events = events
-
-    def submit(self, attempt_id: int, fn_id: int, fn_payload: bytes, args_payload: bytes) -> None:
-        with self.pool.cond:
-            self.submitted[attempt_id] = (fn_id, fn_payload, args_payload)
-            self.pool.attempts.append((self.spec.name, attempt_id))
-            self.pool.cond.notify_all()
-        if self.pool.auto:
-            self.run(attempt_id)
-
-    def cancel(self, attempt_id: int) -> None:
-        with self.pool.cond:
-            self.cancelled.append(attempt_id)
-            self.pool.cond.notify_all()
-
-    def close(self) -> None:
-        self.closed = True
-
-    @property
-    def alive(self) -> bool:
-        return not self.closed
-
-    # -- test controls -----------------------------------------------------
-
-    def run(self, attempt_id: int) -> None:
-        """Run the attempt here, now, and report what happened."""
-        _, fn_payload, args_payload = self.submitted[attempt_id]
-        fn = pickle.loads(fn_payload)
-        args, kwargs = pickle.loads(args_payload)
-        try:
-            value = fn(*args, **kwargs)
-        except KillWorker:
-            self.lose(attempt_id, "process exited with code 9")
-            return
-        except Exception as exc:
-            self.fail(attempt_id, exc)
-            return
-        self.finish(attempt_id, value)
-
-    def finish(self, attempt_id: int, value: Any) -> None:
-        assert self.events is not None
-        self.events.on_result(self, attempt_id, True, cloudpickle.dumps(value), 0.001)
-
-    def fail(self, attempt_id: int, exc: BaseException) -> None:
-        assert self.events is not None
-        tb = f"Traceback (on host {self.spec.name}):\n  raise {exc!r}\n"
-        self.events.on_result(self, attempt_id, False, cloudpickle.dumps((exc, tb)), 0.001)
-
-    def lose(self, attempt_id: int, reason: str) -> None:
-        assert self.events is not None
-        self.events.on_attempt_lost(self, attempt_id, reason)
-
-    def down(self, reason: str) -> None:
-        assert self.events is not None
-        self.events.on_link_down(self, reason)
-
-
-class KillWorker(Exception):
-    """Raised by a task to make the fake link report its process as dead."""
-
-
-class FakePool:
-    def __init__(self, *names: str, slots: int = 1, auto: bool = False) -> None:
-        self.specs = [HostSpec(name=n, host=n, slots=slots) for n in names]
-        self.auto = auto
-        self.cond = threading.Condition()
-        self.links: dict[str, list[FakeLink]] = {}
-        self.attempts: list[tuple[str, int]] = []
-        self.connect_errors: dict[str, str] = {}
-        self.connect_failures: dict[str, int] = {}
-        self.connect_gates: dict[str, threading.Event] = {}
-
-    def factory(self, spec: HostSpec) -> FakeLink:
-        link = FakeLink(spec, self)
-        with self.cond:
-            self.links.setdefault(spec.name, []).append(link)
-        return link
-
-    def link(self, name: str) -> FakeLink:
-        return self.links[name][-1]
-
-    def wait(self, predicate: Callable[[], bool], what: str) -> None:
-        with self.cond:
-            assert self.cond.wait_for(predicate, WAIT), f"timed out waiting for {what}"
-
-    def wait_attempts(self, n: int) -> list[tuple[str, int]]:
-        self.wait(lambda: len(self.attempts) >= n, f"{n} attempts")
-        return list(self.attempts)
-
-
-def wait_until(executor: RemoteExecutor, predicate: Callable[[], bool], what: str) -> None:
-    """Poll a condition on the scheduler thread (no state is read from another thread)."""
-    deadline = time.monotonic() + WAIT
-    while not executor._scheduler.call(predicate):
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.001)
-
-
-@pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock()
-
-
-@pytest.fixture
-def make_executor(clock: FakeClock) -> Iterator[Callable[..., RemoteExecutor]]:
-    made: list[RemoteExecutor] = []
-
-    def make(pool: FakePool, **kwargs: Any) -> RemoteExecutor:
-        kwargs.setdefault("heartbeat_interval", 3600.0)
-        kwargs.setdefault("policy", RoundRobinPolicy())
-        ex = RemoteExecutor(pool.specs, link_factory=pool.factory, clock=clock, **kwargs)
-        made.append(ex)
-        return ex
-
-    yield make
-    for ex in made:
-        ex.shutdown(wait=False, cancel_futures=True)
-        ex._scheduler.abort("test over")
-        ex._scheduler.join(WAIT)
-        assert not ex._scheduler.alive
+from remote._hosts import HostState
 
 
 def square(x: int) -> int:
@@ -385,11 +226,11 @@ def test_down_host_is_retried_with_backoff(
     ex = make_executor(pool, host_down_timeout=1000.0)
     future = ex.submit(square, 5)
     pool.wait(lambda: pool.connect_failures.get("a", 0) == 1, "first connect")
-    wait_until(ex, lambda: ex._scheduler._hosts[0].state == "down", "host down")
+    wait_until(ex, lambda: ex._scheduler._hosts[0].state is HostState.DOWN, "host down")
     clock.advance(1.0)  # first backoff: 1 s
     ex.heartbeat_now()
     pool.wait(lambda: pool.connect_failures.get("a", 0) == 2, "second connect")
-    wait_until(ex, lambda: ex._scheduler._hosts[0].state == "down", "host down again")
+    wait_until(ex, lambda: ex._scheduler._hosts[0].state is HostState.DOWN, "host down again")
     clock.advance(1.5)  # second backoff is 2 s: not yet
     ex.heartbeat_now()
     wait_until(ex, lambda: True, "a scheduler round")
@@ -408,7 +249,9 @@ def test_no_host_reachable_fails_pending(
     pool.connect_errors.update(a="connection refused", b="authentication failed")
     ex = make_executor(pool, host_down_timeout=30.0)
     futures = [ex.submit(square, i) for i in range(3)]
-    wait_until(ex, lambda: all(h.state == "down" for h in ex._scheduler._hosts), "hosts down")
+    wait_until(
+        ex, lambda: all(h.state is HostState.DOWN for h in ex._scheduler._hosts), "hosts down"
+    )
     clock.advance(29.0)
     ex.heartbeat_now()
     wait_until(ex, lambda: True, "a scheduler round")

@@ -1,0 +1,47 @@
+"""The API for packages that add a way to run calls (REMOTE, the cluster engines, yours).
+
+``parallelize`` never imports such a package: the package registers a factory for its
+:class:`~parallelize.Method` with :func:`register_method`, either when it is imported or
+through the ``parallelize.methods`` entry-point group, which ``parallelize`` reads the
+first time a method without a registered factory is asked for::
+
+    [project.entry-points."parallelize.methods"]
+    remote = "remote._default:register"
+
+Everything an executor needs from ``parallelize`` is here; executors should import
+nothing else of it but its top-level public names.
+"""
+
+from __future__ import annotations
+
+from ._config import (
+    FAILURE_SETTINGS,
+    current_settings,
+    failure_setting,
+    validate_failure_setting,
+)
+from ._errors import attach_remote_traceback
+from ._executor_base import BaseExecutor, waits_at_exit
+from ._pickling import callable_name, dumps_args, dumps_function, split_bound_method
+from ._registry import method_factory, register_info_section, register_method
+from ._stats import ExecutorStats, Outcome, TaskStats
+
+__all__ = [
+    "FAILURE_SETTINGS",
+    "BaseExecutor",
+    "ExecutorStats",
+    "Outcome",
+    "TaskStats",
+    "attach_remote_traceback",
+    "callable_name",
+    "current_settings",
+    "dumps_args",
+    "dumps_function",
+    "failure_setting",
+    "method_factory",
+    "register_info_section",
+    "register_method",
+    "split_bound_method",
+    "validate_failure_setting",
+    "waits_at_exit",
+]

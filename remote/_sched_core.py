@@ -1,0 +1,376 @@
+"""The REMOTE scheduler's state and its bundle bookkeeping (see ``_scheduler`` for the
+threading model: everything here runs on the scheduler thread only).
+
+``SchedulerCore`` holds every piece of scheduler state and the transitions of bundles and
+attempts: starting and ending attempts, results, lost attempts, poisoning, completing
+futures. Host health (``_sched_hosts``) and dispatch and speculation (``_sched_dispatch``)
+build on it; ``_scheduler.Scheduler`` adds the thread, the loop, status and teardown.
+"""
+
+from __future__ import annotations
+
+import logging
+import pickle
+import queue
+import threading
+import time
+from collections import OrderedDict, deque
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from parallelize import AttemptRecord, ParallelizeError, PoisonedCallError
+from parallelize.ext import Outcome, TaskStats, attach_remote_traceback
+
+from ._attempt_log import AttemptLog, FloatRing, RateWindow
+from ._bundle import Attempt, AttemptState, Bundle, BundleState
+from ._errors import HostUnavailableError
+from ._host_table import HostTable
+from ._hosts import Host
+from ._link import HostLink, HostSpec
+from ._policies import SelectionPolicy
+from ._speculation import SpeculationConfig
+
+__all__ = [
+    "FN_IDS",
+    "LinkFactory",
+    "SchedulerCore",
+    "close_quietly",
+    "copy_error",
+    "logger",
+    "warn_visibly",
+]
+
+logger = logging.getLogger("remote")
+
+LinkFactory = Callable[[HostSpec], HostLink]
+
+_GLOBAL_SAMPLES = 5000
+_RATE_WINDOW = 30.0  # seconds of completions used for the ETA
+FN_IDS = 1024  # distinct function payloads remembered (LRU) for their ids
+
+
+def warn_visibly(log: logging.Logger, message: str, *args: Any) -> None:
+    """Log at WARNING; when no handler is configured anywhere (our loggers carry only a
+    NullHandler, which stops ``logging.lastResort``), print it through lastResort, so a
+    problem that needs a person is never silent in a plain script."""
+    log.warning(message, *args)
+    current: logging.Logger | None = log
+    while current is not None:
+        if any(not isinstance(h, logging.NullHandler) for h in current.handlers):
+            return
+        if not current.propagate:
+            break
+        current = current.parent
+    last = logging.lastResort
+    if last is not None and log.isEnabledFor(logging.WARNING):
+        record = log.makeRecord(log.name, logging.WARNING, "(remote)", 0, message, args, None)
+        last.handle(record)
+
+
+class SchedulerCore:
+    """Scheduler state and bundle/attempt bookkeeping (scheduler thread only)."""
+
+    def __init__(
+        self,
+        specs: Sequence[HostSpec],
+        link_factory: LinkFactory,
+        *,
+        policy: SelectionPolicy,
+        stats: TaskStats,
+        name: str = "remote",
+        heartbeat_interval: float = 5.0,
+        backups: bool = True,
+        max_backups_per_bundle: int = 2,
+        backup_budget: float = 0.1,
+        max_attempts: int = 3,
+        host_down_timeout: float = 60.0,
+        timeline_limit: int = 10_000,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if not specs:
+            raise ValueError("the pool has no hosts")
+        if heartbeat_interval <= 0:
+            raise ValueError("heartbeat_interval must be positive")
+        if max_attempts < 1:
+            raise ValueError("max_attempts must be at least 1")
+        if host_down_timeout <= 0:
+            raise ValueError("host_down_timeout must be positive")
+        names = [s.name for s in specs]
+        if len(set(names)) != len(names):
+            raise ValueError(f"host names in the pool must be unique: {names}")
+        self.name = name
+        self._clock = clock
+        self._link_factory = link_factory
+        self._policy = policy
+        self._stats = stats
+        self._heartbeat_interval = heartbeat_interval
+        self._spec = SpeculationConfig(
+            enabled=backups,
+            max_backups_per_bundle=max(0, max_backups_per_bundle),
+            budget=backup_budget,
+        )
+        self._max_attempts = max_attempts
+        self._host_down_timeout = host_down_timeout
+
+        self._q: queue.SimpleQueue[tuple[Any, ...]] = queue.SimpleQueue()
+        # --- state below is owned by the scheduler thread -----------------
+        self._hosts = [Host(spec, i) for i, spec in enumerate(specs)]
+        self._table = HostTable(self._hosts)
+        self._policy.prepare(self._hosts)
+        self._pending: deque[Bundle] = deque()
+        self._n_pending = 0
+        self._rescue: deque[Bundle] = deque()  # running only on SUSPECT hosts: back up first
+        self._running: dict[int, Bundle] = {}  # bundle id -> RUNNING bundle
+        self._attempts: dict[int, tuple[Attempt, Bundle, Host]] = {}
+        self._next_attempt_id = 1
+        self._fn_ids: OrderedDict[bytes, int] = OrderedDict()
+        self._next_fn_id = 1
+        self._submitted = 0
+        self._counts = {state: 0 for state in BundleState if state.terminal}
+        self._backups_started = 0
+        self._speculative_started = 0
+        self._backups_won = 0
+        self._durations = FloatRing(_GLOBAL_SAMPLES)
+        self._completions = RateWindow(_RATE_WINDOW)
+        self._attempt_log = AttemptLog(timeline_limit)
+        self._no_host_since: float | None = None
+        self._t0 = self._clock()
+        self._next_heartbeat = self._t0 + heartbeat_interval
+        self._next_speculation: float | None = None
+        self._speculation_scan_at = 0.0
+        self._last_logged: tuple[int, int, int] | None = None
+        self._stopping = False
+        self._aborting: str | None = None
+        # --- shared with connect threads and callers -----------------------
+        self._closed = False
+        self._closed_lock = threading.Lock()
+        self._start()
+
+    def _start(self) -> None:
+        """Start running (the Scheduler starts its thread here)."""
+
+    def _has_work(self) -> bool:
+        return bool(self._n_pending or self._running)
+
+    def _host_down(self, host: Host, reason: str, now: float) -> None:
+        raise NotImplementedError  # host health: see _sched_hosts
+
+    def _host_of(self, attempt: Attempt) -> Host:
+        return self._attempts[attempt.id][2]
+
+    def _start_attempt(self, bundle: Bundle, host: Host, now: float, *, is_backup: bool) -> None:
+        attempt_id = self._next_attempt_id
+        self._next_attempt_id += 1
+        attempt = bundle.start_attempt(
+            attempt_id, host.name, self._table.take_slot(host), now, is_backup=is_backup
+        )
+        self._running[bundle.id] = bundle
+        host.running[attempt_id] = attempt
+        host.last_start = now
+        self._attempts[attempt_id] = (attempt, bundle, host)
+        if is_backup:
+            self._backups_started += 1
+            logger.info(
+                "%s: backup of bundle %d (%s) on %s, running for %.3gs",
+                self.name,
+                bundle.id,
+                bundle.fn_name,
+                host.name,
+                now - min(a.start for a in bundle.attempts if a is not attempt),
+            )
+        link = host.link
+        if link is None or bundle.fn_id is None:  # an invariant of UP hosts and bundles
+            raise RuntimeError(f"attempt {attempt_id} started on {host!r} with no link")
+        try:
+            link.submit(attempt_id, bundle.fn_id, bundle.fn_payload, bundle.args_payload)
+        except Exception as exc:
+            self._host_down(host, f"could not send an attempt: {type(exc).__name__}: {exc}", now)
+
+    def _end_attempt(
+        self, attempt: Attempt, host: Host, state: AttemptState, now: float, reason: str = ""
+    ) -> None:
+        attempt.finish(state, now, reason)
+        del self._attempts[attempt.id]
+        del host.running[attempt.id]
+        self._table.release_slot(host, attempt.slot)
+        self._attempt_log.add(
+            attempt.bundle_id,
+            attempt.id,
+            attempt.host,
+            attempt.slot,
+            attempt.start - self._t0,
+            now - self._t0,
+            state.value,
+            attempt.is_backup,
+            reason,
+        )
+
+    def _cancel_attempts(self, bundle: Bundle, now: float, reason: str) -> None:
+        for attempt in bundle.running_attempts:
+            _, _, host = self._attempts[attempt.id]
+            self._end_attempt(attempt, host, AttemptState.CANCELLED, now, reason)
+            if host.link is not None and host.state.connected:
+                try:
+                    host.link.cancel(attempt.id)
+                except Exception as exc:
+                    logger.debug(
+                        "cancel of attempt %d on %s failed: %s", attempt.id, host.name, exc
+                    )
+
+    def _on_result(
+        self, host: Host, attempt_id: int, ok: bool, payload: bytes, duration: float
+    ) -> None:
+        entry = self._attempts.get(attempt_id)
+        if entry is None:
+            return  # a loser or a cancelled attempt that finished anyway
+        attempt, bundle, _ = entry
+        now = self._clock()
+        won = bundle.future.set_running_or_notify_cancel()
+        self._end_attempt(
+            attempt,
+            host,
+            AttemptState.WON if won else AttemptState.CANCELLED,
+            now,
+            "" if won else "cancelled by the user",
+        )
+        elapsed = now - attempt.start
+        host.record_duration(elapsed)
+        self._durations.append(elapsed)
+        if attempt.is_backup and won:
+            self._backups_won += 1
+        for loser in bundle.running_attempts:  # what they ran is a floor on their host's pace
+            self._host_of(loser).record_censored(now - loser.start)
+        self._cancel_attempts(bundle, now, f"lost the race to attempt {attempt_id}")
+        if not won:
+            self._finish(bundle, BundleState.CANCELLED, now)
+            return
+        try:
+            value = pickle.loads(payload)
+        except BaseException as exc:
+            error: BaseException = ParallelizeError(
+                f"{bundle.fn_name}: the {'result' if ok else 'exception'} sent back by host "
+                f"{host.name} could not be unpickled here ({type(exc).__name__}: {exc})"
+            )
+            error.__cause__ = exc
+            self._finish(bundle, BundleState.FAILED, now, exc=error, duration=duration)
+            return
+        if ok:
+            self._finish(bundle, BundleState.SUCCEEDED, now, value=value, duration=duration)
+            return
+        try:
+            exc_value, tb_text = value
+            if not isinstance(exc_value, BaseException):
+                raise TypeError(f"not an exception: {exc_value!r}")
+            attach_remote_traceback(exc_value, str(tb_text))
+        except (TypeError, ValueError) as bad:
+            exc_value = ParallelizeError(
+                f"{bundle.fn_name} failed on host {host.name} with an unreadable error: {bad}"
+            )
+        self._finish(bundle, BundleState.FAILED, now, exc=exc_value, duration=duration)
+
+    def _on_lost(self, host: Host, attempt_id: int, reason: str) -> None:
+        entry = self._attempts.get(attempt_id)
+        if entry is None:
+            return
+        attempt, bundle, _ = entry
+        now = self._clock()
+        self._end_attempt(attempt, host, AttemptState.LOST, now, reason)
+        host.lost += 1
+        logger.warning(
+            "%s: attempt %d of bundle %d (%s) lost on host %s: %s",
+            self.name,
+            attempt_id,
+            bundle.id,
+            bundle.fn_name,
+            host.name,
+            reason,
+        )
+        self._attempt_failed(bundle, now)
+
+    def _attempt_failed(self, bundle: Bundle, now: float) -> None:
+        """An attempt of *bundle* was lost: poison it, re-queue it, or let a copy carry on."""
+        if bundle.state is not BundleState.RUNNING:
+            return
+        lost = bundle.lost_attempts
+        if len(lost) >= self._max_attempts:
+            self._cancel_attempts(bundle, now, "the bundle was poisoned")
+            details = "; ".join(
+                f"attempt {i} on host {a.host}: {a.reason}" for i, a in enumerate(lost, 1)
+            )
+            error = PoisonedCallError(
+                f"{bundle.fn_name} was given up after {len(lost)} infrastructure failures "
+                f"(max_attempts={self._max_attempts}; the call probably kills its worker "
+                f"process): {details}",
+                tuple(AttemptRecord(a.host, a.reason, a.duration) for a in lost),
+            )
+            logger.error("%s: bundle %d poisoned: %s", self.name, bundle.id, error)
+            self._finish(bundle, BundleState.POISONED, now, exc=error)
+        elif not bundle.running_attempts:
+            bundle.transition(BundleState.PENDING, now)
+            del self._running[bundle.id]
+            self._pending.appendleft(bundle)
+            self._n_pending += 1
+
+    def _on_cancel(self, bundle: Bundle) -> None:
+        if bundle.state.terminal:
+            return
+        now = self._clock()
+        if bundle.state is BundleState.PENDING:
+            self._n_pending -= 1
+        else:
+            self._cancel_attempts(bundle, now, "cancelled by the user")
+        self._finish(bundle, BundleState.CANCELLED, now)
+
+    def _finish(
+        self,
+        bundle: Bundle,
+        state: BundleState,
+        now: float,
+        *,
+        value: Any = None,
+        exc: BaseException | None = None,
+        duration: float | None = None,
+    ) -> None:
+        """Move *bundle* to a terminal state and complete its future (once)."""
+        was_running = bundle.state is BundleState.RUNNING
+        bundle.transition(state, now)
+        if was_running:
+            del self._running[bundle.id]
+        self._counts[state] += 1
+        self._completions.add(now)
+        future = bundle.future
+        if state is BundleState.CANCELLED:
+            future.cancel()
+            self._stats.task_finished(Outcome.CANCELLED, None)
+        elif state is BundleState.SUCCEEDED:
+            future.set_result(value)
+            self._stats.task_finished(Outcome.SUCCEEDED, duration)
+        else:
+            if exc is None:  # a bug: a failed bundle always has its error
+                raise RuntimeError(f"bundle {bundle.id} failed without an exception")
+            if future.running() or future.set_running_or_notify_cancel():
+                future.set_exception(exc)
+                self._stats.task_finished(Outcome.FAILED, duration)
+            else:
+                self._stats.task_finished(Outcome.CANCELLED, None)
+        # drop payloads early: the bundle may be referenced by the attempt log's users
+        bundle.args_payload = b""
+
+    def _fail_pending(self, now: float, error: HostUnavailableError) -> None:
+        pending = [b for b in self._pending if b.state is BundleState.PENDING]
+        self._pending.clear()
+        self._n_pending = 0
+        for bundle in pending:
+            self._finish(bundle, BundleState.FAILED, now, exc=copy_error(error))
+
+
+def copy_error(error: HostUnavailableError) -> HostUnavailableError:
+    """A fresh exception per future: a shared instance would collect every caller's frames."""
+    return HostUnavailableError(str(error), error.kind, error.host)
+
+
+def close_quietly(link: HostLink) -> None:
+    try:
+        link.close()
+    except Exception as exc:
+        logger.debug("closing link to %s failed: %s", link.spec.name, exc)
