@@ -1,13 +1,15 @@
 """``Method.DASK``: calls run as tasks of a Dask cluster (``distributed``).
 
-Each call is one Dask task with a unique key (calls are never deduplicated),
-submitted as ``run_call(fn, args, kwargs)`` so every user keyword reaches the
-function. The SmartFuture's inner future is completed when Dask reports the task
-done: a fetcher thread brings the values of finished calls in batches (one
-``gather`` for all that finished meanwhile, as ``client.gather`` would). A
-SmartFuture of this executor passed to another call is handed to Dask as its
-Dask future, so the value moves between workers only; such a call's own value
-is not brought back unless asked for.
+Each call is one Dask task with a unique key (calls are never deduplicated). A call
+with a keyword that ``Client.submit`` would take for itself (``key``,
+``workers``, ``priority``, ``retries``...) is submitted as ``run_call(fn,
+args, kwargs)``, so every user keyword reaches the function. The SmartFuture's
+inner future is completed when Dask reports the task done: a fetcher thread
+brings the values of finished calls in batches (one ``gather`` for all that
+finished meanwhile, as ``client.gather`` would). A SmartFuture of this
+executor passed to another call is handed to Dask as its Dask future, so the
+value moves between workers only; such a call's own value is not brought back
+unless asked for.
 
 Failures: a worker dying under a call is retried by the scheduler itself (its
 ``allowed-failures`` setting); when Dask gives up (``KilledWorker``) the call
@@ -31,6 +33,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import itertools
 import logging
 import queue
@@ -122,6 +125,8 @@ class DaskExecutor(BaseExecutor):
         self.backups = backups
         self.max_backups_per_call = max_backups_per_call
         self._heartbeat_interval = heartbeat_interval
+        # Keyword names Client.submit keeps for itself (key, workers, priority, retries...).
+        self._reserved = frozenset(inspect.signature(type(client).submit).parameters)
         self._prefix = f"parallelize-{self.name}-{uuid.uuid4().hex[:8]}"
         self._ids = itertools.count()
         self._calls: dict[int, _Call] = {}
@@ -188,9 +193,15 @@ class DaskExecutor(BaseExecutor):
             key += f"-b{len(call.attempts)}"
             # Loose: if that worker is gone by then, any other may run the copy.
             pin = {"workers": [worker], "allow_other_workers": True}
-        engine = self.client.submit(
-            run_call, call.fn, call.args, call.kwargs, key=key, pure=False, **pin
-        )
+        if call.kwargs.keys() & self._reserved:
+            # A keyword Client.submit would take for itself: pass the arguments packed.
+            engine = self.client.submit(
+                run_call, call.fn, call.args, call.kwargs, key=key, pure=False, **pin
+            )
+        else:
+            engine = self.client.submit(
+                call.fn, *call.args, key=key, pure=False, **pin, **call.kwargs
+            )
         attempt = _Attempt(key, engine, backup)
         with self._lock:
             call.attempts.append(attempt)
