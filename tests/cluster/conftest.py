@@ -23,8 +23,6 @@ from engines import DaskCluster, RayCluster
 
 import parallelize
 
-TIMEOUT = 60.0  # generous guard for waits on a cluster
-
 
 def _require(module: str, extra: str) -> None:
     if importlib.util.find_spec(module) is None:

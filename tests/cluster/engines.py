@@ -21,6 +21,7 @@ from pathlib import Path
 
 BIN = Path(sys.executable).parent
 LOOPBACK = "127.0.0.1"
+TIMEOUT = 60.0  # generous guard for waits on a cluster
 
 
 def free_port() -> int:

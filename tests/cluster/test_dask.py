@@ -9,8 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import TIMEOUT
-from engines import DaskCluster
+from engines import TIMEOUT, DaskCluster
 
 import parallelize
 from parallelize import Method, PoisonedCallError, SmartFuture, wait_all, wait_any

@@ -8,8 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import TIMEOUT
-from engines import RayCluster
+from engines import TIMEOUT, RayCluster
 
 import parallelize
 from parallelize import Method, PoisonedCallError, wait_all, wait_any
