@@ -9,6 +9,10 @@ Environment variables (read when a default executor is first created):
 - ``PARALLELIZE_SHM_THRESHOLD``: buffers of at least this many bytes go through
   shared memory in the default PROCESS executor (default 1 MiB; ``off``: never).
 
+- ``PARALLELIZE_DASK_ADDRESS`` / ``PARALLELIZE_RAY_ADDRESS``: the cluster of
+  ``Method.DASK`` (``tcp://scheduler:8786``) / ``Method.RAY`` (``ray://head:10001``,
+  ``auto``); unset: a local cluster started on first use.
+
 The REMOTE pool is configured by its pool file (``PARALLELIZE_POOL_FILE``).
 
 How REMOTE (and the cluster engines) treat failures and stragglers, read when an
@@ -30,7 +34,9 @@ import threading
 from dataclasses import dataclass
 
 __all__ = [
+    "ENV_DASK_ADDRESS",
     "ENV_PROCESS_WORKERS",
+    "ENV_RAY_ADDRESS",
     "ENV_SHM_THRESHOLD",
     "ENV_THREAD_WORKERS",
     "FAILURE_SETTINGS",
@@ -44,6 +50,8 @@ __all__ = [
 ENV_THREAD_WORKERS = "PARALLELIZE_THREAD_WORKERS"
 ENV_PROCESS_WORKERS = "PARALLELIZE_PROCESS_WORKERS"
 ENV_SHM_THRESHOLD = "PARALLELIZE_SHM_THRESHOLD"
+ENV_DASK_ADDRESS = "PARALLELIZE_DASK_ADDRESS"
+ENV_RAY_ADDRESS = "PARALLELIZE_RAY_ADDRESS"
 
 
 @dataclass(frozen=True)
@@ -57,6 +65,8 @@ class Settings:
     stall_timeout: float | None = None
     host_down_timeout: float | None = None
     heartbeat_interval: float | None = None
+    dask_address: str | None = None
+    ray_address: str | None = None
 
 
 # name -> (environment variable, kind): the failure-handling settings shared by the
@@ -185,3 +195,21 @@ def process_shm_threshold(default: int) -> int | None:
             "or unset it"
         )
     return value
+
+
+def cluster_address(engine: str) -> str | None:
+    """The address of *engine* ("dask"/"ray"): explicit, then environment; None: local."""
+    explicit = _settings.dask_address if engine == "dask" else _settings.ray_address
+    if explicit:
+        return explicit
+    raw = os.environ.get(ENV_DASK_ADDRESS if engine == "dask" else ENV_RAY_ADDRESS, "").strip()
+    return raw or None
+
+
+def validate_address(value: object, what: str) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise ValueError(
+            f"{what} must be a non-empty string such as 'tcp://scheduler:8786' (Dask) or "
+            f"'ray://head:10001' / 'auto' (Ray), got {value!r}"
+        )
+    return value.strip()

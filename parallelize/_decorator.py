@@ -85,6 +85,10 @@ def _parse_options(options: dict[str, Any]) -> tuple[Method, Executor | None]:
             f"{', '.join(_OPTIONS)}.{hint}"
         )
     executor = options.get("executor")
+    if executor is not None and not isinstance(executor, Executor) and _cluster_client(executor):
+        from . import _cluster
+
+        executor = _cluster.executor_for_client(executor)
     if executor is not None and not isinstance(executor, Executor):
         raise TypeError(
             f"parallelize(executor=...) needs a concurrent.futures.Executor instance, "
@@ -93,7 +97,18 @@ def _parse_options(options: dict[str, Any]) -> tuple[Method, Executor | None]:
     if executor is not None and "method" in options:
         raise TypeError("parallelize() takes either method= or executor=, not both")
     method = Method.parse(options.get("method", Method.THREAD))
+    if method in (Method.DASK, Method.RAY):
+        from . import _cluster
+
+        _cluster.require(method.value)
     return method, executor
+
+
+def _cluster_client(obj: object) -> bool:
+    # A distributed.Client is accepted as an executor (checked without importing dask).
+    from ._cluster import is_dask_client
+
+    return is_dask_client(obj)
 
 
 def _wrap(func: Any, method: Method, executor: Executor | None) -> Any:
@@ -143,6 +158,8 @@ def _wrap(func: Any, method: Method, executor: Executor | None) -> Any:
     ) -> SmartFuture[Any]:
         target = current_executor()
         if has_smart_future(args, kwargs):
+            if getattr(target, "passes_smart_futures", False):  # cluster engines chain natively
+                return SmartFuture(target.submit(wrapped, *args, **kwargs))
             return submit_call(target, wrapped, args, kwargs)
         return SmartFuture(target.submit(wrapped, *args, **kwargs))
 

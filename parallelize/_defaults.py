@@ -54,6 +54,12 @@ def _create(method: Method) -> Executor:
             name="default-process",
             shm_threshold=_config.process_shm_threshold(DEFAULT_THRESHOLD),
         )
+    if method in (Method.DASK, Method.RAY):
+        from . import _cluster
+
+        address = _config.cluster_address(method.value)
+        cluster_executor: Executor = _cluster.create_default(method.value, address)
+        return cluster_executor
     factory = method_factory(method)
     executor: Executor = factory()
     return executor
@@ -68,12 +74,18 @@ def configure(
     stall_timeout: float | None = None,
     host_down_timeout: float | None = None,
     heartbeat_interval: float | None = None,
+    dask_address: str | None = None,
+    ray_address: str | None = None,
 ) -> None:
     """Configure the default executors (None: environment variable, else default).
 
     *thread_workers*, *process_workers*: sizes of the THREAD and PROCESS executors.
     *backups*, *max_attempts*, *stall_timeout*, *host_down_timeout*, *heartbeat_interval*:
-    how REMOTE treats stragglers and failures (see the README's configuration reference).
+    how REMOTE treats stragglers and failures (see the README's configuration reference);
+    *backups* and *max_attempts* also apply to DASK and RAY.
+    *dask_address* / *ray_address*: the cluster of Method.DASK / Method.RAY
+    (``PARALLELIZE_DASK_ADDRESS`` / ``PARALLELIZE_RAY_ADDRESS``; unset: a local
+    cluster started on first use).
     An existing default executor whose settings change is replaced: the old one
     finishes its queued work in the background and new calls go to the new one.
     """
@@ -91,12 +103,26 @@ def configure(
     for name, value in failure.items():
         if value is not None:
             _config.validate_failure_setting(name, value, "configure()")
+    if dask_address is not None:
+        dask_address = _config.validate_address(dask_address, "dask_address")
+    if ray_address is not None:
+        ray_address = _config.validate_address(ray_address, "ray_address")
     old = _config.current_settings()
-    new = _config.Settings(thread_workers, process_workers, **failure)  # type: ignore[arg-type]
+    new = _config.Settings(
+        thread_workers,
+        process_workers,
+        **failure,  # type: ignore[arg-type]
+        dask_address=dask_address,
+        ray_address=ray_address,
+    )
     _config.set_settings(new)
     changed = [Method.THREAD, Method.PROCESS]
     if any(getattr(old, name) != value for name, value in failure.items()):
-        changed.append(Method.REMOTE)
+        changed += [Method.REMOTE, Method.DASK, Method.RAY]
+    if old.dask_address != dask_address:
+        changed.append(Method.DASK)
+    if old.ray_address != ray_address:
+        changed.append(Method.RAY)
     with _lock:
         retired = [_executors.pop(m) for m in changed if m in _executors]
     for executor in retired:

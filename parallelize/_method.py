@@ -14,12 +14,15 @@ class Method(enum.Enum):
     that releases the GIL, such as numpy). PROCESS: a local worker process
     (best for pure-Python CPU work). REMOTE: a worker slot on a pool of
     machines reached over SSH (or the embedded local pool when none is
-    configured).
+    configured). DASK / RAY: a task on a Dask or Ray cluster (``pip install
+    'parallelize[dask]'`` / ``'parallelize[ray]'``; see :func:`configure`).
     """
 
     THREAD = "thread"
     PROCESS = "process"
     REMOTE = "remote"
+    DASK = "dask"
+    RAY = "ray"
 
     @classmethod
     def parse(cls, value: Method | str) -> Method:

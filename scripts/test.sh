@@ -8,7 +8,7 @@ source "$here/_bootstrap.sh"
 if [ ! -x /usr/sbin/sshd ] || ! command -v ssh-keygen >/dev/null 2>&1 || ! command -v iptables >/dev/null 2>&1 || ! command -v ip >/dev/null 2>&1; then
   apt_install openssh-server openssh-client iptables iproute2
 fi
-bootstrap_python "dev"
+bootstrap_python "dev,dask,ray"  # DASK/RAY tests run real clusters
 cd "$here/.."
 "$PY" -m ruff check .
 "$PY" -m mypy

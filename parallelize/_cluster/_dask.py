@@ -1,0 +1,615 @@
+"""``Method.DASK``: calls run as tasks of a Dask cluster (``distributed``).
+
+Each call is one Dask task with a unique key (calls are never deduplicated). A call
+with a keyword that ``Client.submit`` would take for itself (``key``,
+``workers``, ``priority``, ``retries``...) is submitted as ``run_call(fn,
+args, kwargs)``, so every user keyword reaches the function. The SmartFuture's
+inner future is completed when Dask reports the task done: a fetcher thread
+brings the values of finished calls in batches (one ``gather`` for all that
+finished meanwhile, as ``client.gather`` would). A SmartFuture of this
+executor passed to another call is handed to Dask as its Dask future, so the
+value moves between workers only; such a call's own value is not brought back
+unless asked for.
+
+Failures: a worker dying under a call is retried by the scheduler itself (its
+``allowed-failures`` setting); when Dask gives up (``KilledWorker``) the call
+fails with :class:`PoisonedCallError` listing each lost attempt. An exception
+raised by the function arrives with its type and the worker's traceback, and
+is not retried.
+
+Backups: a heartbeat thread (only while calls are live, and only with
+*backups*) asks the scheduler which calls are processing where, and starts at
+most one copy per heartbeat of a straggler on an idle worker (see
+``_speculation``); the first copy to finish wins and the other is cancelled.
+
+Threads and locks: user threads submit; Dask's event loop watches attempts
+(handed over in batches); the completion thread finishes them; the fetcher
+thread gathers values; the heartbeat thread looks for stragglers. ``_lock``
+guards ``_calls``, every call's attempt list and the ``_ready`` and
+``_to_watch`` hand-offs, and is never held across a call into Dask.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import inspect
+import itertools
+import logging
+import queue
+import threading
+import time
+import traceback
+import uuid
+from collections.abc import Callable
+from concurrent.futures import CancelledError, Future, InvalidStateError
+from dataclasses import dataclass, field
+from typing import Any
+
+from .._errors import AttemptRecord, PoisonedCallError, TaskLostError, attach_remote_traceback
+from .._executor_base import BaseExecutor
+from .._stats import ExecutorStats, Outcome
+from ._engine_future import UNFETCHED, EngineFuture, native_arguments
+from ._remote_side import lost_attempts, run_call
+from ._speculation import Running, choose_backup
+
+__all__ = ["DaskExecutor"]
+
+logger = logging.getLogger("parallelize")
+_executor_ids = itertools.count()
+_FETCH_BATCH = 1024  # values gathered at most per round trip
+
+
+@dataclass(eq=False)
+class _Attempt:
+    key: str
+    engine: Any  # distributed.Future
+    is_backup: bool
+    done: bool = False
+
+
+@dataclass(eq=False)
+class _Call:
+    id: int
+    future: EngineFuture
+    fn: Callable[..., Any]
+    args: tuple[Any, ...]
+    kwargs: dict[str, Any]
+    submitted: float
+    attempts: list[_Attempt] = field(default_factory=list)
+    seen_running: float | None = None  # monotonic time the heartbeat first saw it processing
+    workers: set[str] = field(default_factory=set)
+    finished: bool = False
+
+
+class DaskExecutor(BaseExecutor):
+    """Runs calls on a Dask cluster; a :class:`concurrent.futures.Executor`.
+
+    *client*: a ``distributed.Client`` to use (not closed by this executor); else
+    *address* (``tcp://scheduler:8786``) to connect to; else a local cluster of
+    worker processes is started (and closed on shutdown). *backups*: start
+    speculative copies of straggling calls (at most *max_backups_per_call* each).
+    """
+
+    passes_smart_futures = True  # the decorator hands SmartFuture arguments to submit()
+
+    def __init__(
+        self,
+        client: Any = None,
+        *,
+        address: str | None = None,
+        backups: bool = True,
+        max_backups_per_call: int = 2,
+        heartbeat_interval: float = 0.25,
+        name: str | None = None,
+    ) -> None:
+        from distributed import Client
+
+        super().__init__(name=name or f"dask-{next(_executor_ids)}")
+        self._cluster: Any = None
+        self._owns_client = client is None
+        if client is None:
+            if address:
+                client = Client(address, set_as_default=False)  # type: ignore[no-untyped-call]
+            else:
+                from distributed import LocalCluster
+
+                self._cluster = LocalCluster(  # type: ignore[no-untyped-call]
+                    processes=True,
+                    threads_per_worker=1,
+                    dashboard_address="127.0.0.1:0",  # its HTTP server on loopback, any port
+                    host="127.0.0.1",
+                )
+                client = Client(self._cluster, set_as_default=False)  # type: ignore[no-untyped-call]
+        self.client = client
+        self.backups = backups
+        self.max_backups_per_call = max_backups_per_call
+        self._heartbeat_interval = heartbeat_interval
+        # Keyword names Client.submit keeps for itself (key, workers, priority, retries...).
+        self._reserved = frozenset(inspect.signature(type(client).submit).parameters)
+        self._prefix = f"parallelize-{self.name}-{uuid.uuid4().hex[:8]}"
+        self._ids = itertools.count()
+        self._calls: dict[int, _Call] = {}
+        self._lock = threading.Lock()
+        self._ready: list[EngineFuture] = []  # finished calls whose value the fetcher brings
+        self._ready_wake = threading.Event()
+        # Run times of finished calls from the scheduler's task stream (heartbeat thread only).
+        self._durations: list[float] = []
+        self._timed: set[str] = set()
+        self._stream_mark = time.time()
+        self._lost: dict[int, list[tuple[str, float, float]]] = {}
+        self._backups_started = 0
+        self._backups_won = 0
+        self._winners: set[str] = set()
+        self._started_wall = time.time()
+        # The scheduler records task start/stop per worker once its task stream is on.
+        self.client.get_task_stream(start=self._started_wall)
+        self._threads_total = 0  # worker threads in the cluster, refreshed every 5 s
+        self._threads_checked = -1e9
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._to_watch: list[tuple[_Call, _Attempt]] = []
+        self._watchers: set[asyncio.Future[None]] = set()  # touched on the event loop only
+        self._completed: queue.SimpleQueue[tuple[_Call, _Attempt] | None] = queue.SimpleQueue()
+        self._completer = threading.Thread(
+            target=self._completion_loop, name=f"{self.name}-completion", daemon=True
+        )
+        self._completer.start()
+        self._fetcher = threading.Thread(
+            target=self._fetch_loop, name=f"{self.name}-fetcher", daemon=True
+        )
+        self._fetcher.start()
+        self._heartbeat: threading.Thread | None = None
+        if backups:
+            self._heartbeat = threading.Thread(
+                target=self._heartbeat_loop, name=f"{self.name}-heartbeat", daemon=True
+            )
+            self._heartbeat.start()
+
+    # -- submitting ------------------------------------------------------------
+
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:
+        self._check_open()
+        args, kwargs, foreign = native_arguments(self, args, kwargs)
+        if foreign:  # SmartFutures of other executors: wait for their values first
+            from .._submission import submit_call
+
+            return submit_call(self, fn, args, kwargs).future
+        call_id = next(self._ids)
+        future = EngineFuture(self, call_id, None)
+        call = _Call(call_id, future, fn, args, kwargs, time.monotonic())
+        with self._lock:
+            self._calls[call_id] = call
+        self._stats.task_submitted()
+        self._start_attempt(call, None)
+        self._wake.set()
+        return future
+
+    def _start_attempt(self, call: _Call, worker: str | None) -> None:
+        backup = worker is not None
+        key = f"{self._prefix}-{call.id}"
+        pin: dict[str, Any] = {}
+        if backup:
+            key += f"-b{len(call.attempts)}"
+            # Loose: if that worker is gone by then, any other may run the copy.
+            pin = {"workers": [worker], "allow_other_workers": True}
+        if call.kwargs.keys() & self._reserved:
+            # A keyword Client.submit would take for itself: pass the arguments packed.
+            engine = self.client.submit(
+                run_call, call.fn, call.args, call.kwargs, key=key, pure=False, **pin
+            )
+        else:
+            engine = self.client.submit(
+                call.fn, *call.args, key=key, pure=False, **pin, **call.kwargs
+            )
+        attempt = _Attempt(key, engine, backup)
+        with self._lock:
+            call.attempts.append(attempt)
+            if call.future.engine_future is None:
+                call.future.engine_future = engine
+            if backup:
+                self._backups_started += 1
+        if backup:
+            logger.info("%s: backup of call %d on %s", self.name, call.id, worker)
+        self._watch(call, attempt)
+
+    # -- completion (the completion thread) ---------------------------------------
+
+    def _watch(self, call: _Call, attempt: _Attempt) -> None:
+        """Have the completion thread run ``_attempt_done`` when *attempt* finishes.
+
+        ``Future.add_done_callback`` wakes Dask's event loop once per future (a
+        socket write, as costly as the submit itself); instead new attempts are
+        handed to the loop in batches, one wake-up per batch.
+        """
+        with self._lock:
+            self._to_watch.append((call, attempt))
+            first = len(self._to_watch) == 1
+        if first:
+            self.client.loop.add_callback(self._start_watching)
+
+    def _start_watching(self) -> None:  # on Dask's event loop
+        with self._lock:
+            batch, self._to_watch = self._to_watch, []
+        for call, attempt in batch:
+            task = asyncio.ensure_future(self._await_attempt(call, attempt))
+            self._watchers.add(task)  # the loop keeps only weak references to tasks
+            task.add_done_callback(self._watchers.discard)
+
+    async def _await_attempt(self, call: _Call, attempt: _Attempt) -> None:  # on the loop
+        state = getattr(attempt.engine, "_state", None)
+        if state is not None and hasattr(state, "wait"):
+            await state.wait()
+            self._completed.put((call, attempt))
+        else:  # a Dask without FutureState.wait: its public callback
+            attempt.engine.add_done_callback(lambda _: self._completed.put((call, attempt)))
+
+    def _completion_loop(self) -> None:
+        while True:
+            item = self._completed.get()
+            if item is None:
+                return
+            call, attempt = item
+            try:
+                self._attempt_done(call, attempt, attempt.engine)
+            except Exception:  # never lose the thread; the call's future says what failed
+                logger.exception("%s: finishing call %d failed", self.name, call.id)
+                _set(call.future, None, TaskLostError(f"call {call.id}: could not be finished"))
+
+    def _attempt_done(self, call: _Call, attempt: _Attempt, engine: Any) -> None:
+        status = engine.status
+        exc: BaseException | None = None
+        if status == "error":
+            exc = engine.exception()
+            if not _is_killed_worker(exc):
+                tb = engine.traceback()
+                if tb is not None:
+                    attach_remote_traceback(exc, "".join(traceback.format_tb(tb)))
+        lost = status != "finished" and (exc is None or _is_killed_worker(exc))
+        with self._lock:
+            attempt.done = True
+            if call.finished:
+                return
+            if lost and any(not a.done for a in call.attempts):
+                return  # another copy carries on
+            call.finished = True
+            del self._calls[call.id]
+            losers = [a for a in call.attempts if not a.done]
+            if status == "finished":
+                call.future.engine_future = engine
+                if not call.future.used_as_argument:
+                    self._ready.append(call.future)
+                    self._ready_wake.set()
+                self._winners.add(attempt.key)
+                if attempt.is_backup:
+                    self._backups_won += 1
+            chained = call.future.used_as_argument
+        call.fn, call.args, call.kwargs = _dropped, (), {}
+        if losers and not chained:
+            self.client.cancel([a.engine for a in losers], reason="another copy finished first")
+        if status == "finished":
+            self._stats.task_finished(Outcome.SUCCEEDED)
+            if chained:  # its value is wanted on workers: leave it there until asked for
+                _set(call.future, UNFETCHED)
+        elif exc is not None and not lost:
+            self._stats.task_finished(Outcome.FAILED)
+            _set(call.future, None, exc)
+        elif exc is not None:
+            self._stats.task_finished(Outcome.FAILED)
+            _set(call.future, None, self._poisoned(call, exc))
+        else:
+            self._stats.task_finished(Outcome.CANCELLED)
+            _set(
+                call.future,
+                None,
+                TaskLostError(
+                    f"call {call.id} of {self.name!r} was cancelled on the Dask cluster "
+                    "(by another client, or the scheduler lost it)"
+                ),
+            )
+
+    def _poisoned(self, call: _Call, exc: BaseException) -> PoisonedCallError:
+        keys = [a.key for a in call.attempts]
+        records: list[tuple[str, float, float]] = []
+        try:
+            for key in keys:
+                records.extend(self.client.run_on_scheduler(lost_attempts, key=key))
+        except Exception:  # an old or unusual scheduler: fall back to what the error says
+            records = []
+        if not records:
+            last = getattr(getattr(exc, "last_worker", None), "address", "?")
+            records = [(str(last), 0.0, 0.0)]
+        self._lost[call.id] = records
+        attempts = tuple(
+            AttemptRecord(
+                host=worker,
+                reason="the worker died while running the call",
+                duration=(end - start) if end > start else None,
+            )
+            for worker, start, end in sorted(records, key=lambda r: r[1])
+        )
+        where = "; ".join(f"attempt {i} {a}" for i, a in enumerate(attempts, 1))
+        return PoisonedCallError(
+            f"call {call.id} of {self.name!r} was given up by Dask after its worker died "
+            f"{len(attempts)} time(s) (the scheduler's allowed-failures; the call probably "
+            f"kills its worker process): {where}",
+            attempts,
+        )
+
+    # -- values ---------------------------------------------------------------------
+
+    def _fetch_loop(self) -> None:
+        while True:
+            self._ready_wake.wait()
+            with self._lock:
+                self._ready_wake.clear()
+                batch, self._ready = self._ready[:_FETCH_BATCH], self._ready[_FETCH_BATCH:]
+                if self._ready:
+                    self._ready_wake.set()
+            if not batch:
+                if self._stop.is_set():
+                    return
+                continue
+            try:
+                values = self.client.gather([f.engine_future for f in batch])
+            except Exception:  # e.g. a value lost with its worker: each result() fetches alone
+                logger.debug("%s: batched gather failed", self.name, exc_info=True)
+                for future in batch:
+                    _set(future, UNFETCHED)
+                continue
+            for future, value in zip(batch, values, strict=True):
+                future.fetched = value
+                _set(future, value)
+
+    def _fetch(self, future: EngineFuture) -> Any:
+        """The value of a finished call that was left in the cluster."""
+        return self.client.gather(future.engine_future)
+
+    def _cancel_call(self, future: EngineFuture) -> None:
+        with self._lock:
+            call = self._calls.pop(future.call_id, None)
+            if call is None or call.finished:
+                return
+            call.finished = True
+            engines = [a.engine for a in call.attempts]
+        self._stats.task_finished(Outcome.CANCELLED)
+        self.client.cancel(engines, reason="cancelled by the caller")
+
+    # -- backups (heartbeat thread) -----------------------------------------------
+
+    def _heartbeat_loop(self) -> None:
+        while not self._stop.is_set():
+            with self._lock:
+                idle = not self._calls
+            if idle:
+                self._wake.wait()
+                self._wake.clear()
+                continue
+            if self._stop.wait(self._heartbeat_interval):
+                return
+            try:
+                self._consider_backup()
+            except Exception:  # the client is closing or the scheduler is away: try later
+                logger.debug("%s: heartbeat failed", self.name, exc_info=True)
+
+    def _read_durations(self) -> None:
+        """Add the run times of calls finished since the last look (scheduler records)."""
+        records = self.client.get_task_stream(start=self._stream_mark - 1.0)
+        prefix = self._prefix + "-"
+        for rec in records:
+            key = str(rec.get("key", ""))
+            if not key.startswith(prefix) or key in self._timed or rec.get("status") != "OK":
+                continue
+            compute = [s for s in rec.get("startstops", ()) if s.get("action") == "compute"]
+            if compute:
+                self._timed.add(key)
+                self._durations.append(compute[-1]["stop"] - compute[0]["start"])
+                self._stream_mark = max(self._stream_mark, compute[-1]["stop"])
+
+    def _consider_backup(self) -> None:
+        now = time.monotonic()
+        if now - self._threads_checked > 5.0:
+            self._threads_total = sum(self.client.nthreads().values())
+            self._threads_checked = now
+        with self._lock:
+            live = len(self._calls)
+        if live > self._threads_total:
+            # More calls than worker threads: some are queued, so no backup is due, and
+            # asking the scheduler what runs where would only load it.
+            return
+        self._read_durations()
+        processing: dict[str, Any] = self.client.processing()
+        now = time.monotonic()
+        where: dict[str, str] = {}
+        for worker, keys in processing.items():
+            for key in keys:
+                where[str(key)] = worker
+        idle_workers = [w for w, keys in processing.items() if not keys]
+        running = []
+        pending = 0
+        with self._lock:
+            for call in self._calls.values():
+                workers = {where[a.key] for a in call.attempts if not a.done and a.key in where}
+                if not workers:
+                    pending += 1
+                    continue
+                if call.seen_running is None:
+                    call.seen_running = now
+                call.workers |= workers
+                running.append(
+                    Running(
+                        call.id, now - call.seen_running, frozenset(workers), len(call.attempts) - 1
+                    )
+                )
+        durations = self._durations
+        if not self.backups:
+            return
+        choice = choose_backup(
+            running,
+            durations,
+            idle_workers,
+            pending=pending,
+            max_backups=self.max_backups_per_call,
+        )
+        if choice is None:
+            return
+        call_id, worker = choice
+        with self._lock:
+            chosen = self._calls.get(call_id)
+        if chosen is not None and not chosen.finished:
+            self._start_attempt(chosen, worker)
+
+    # -- introspection ----------------------------------------------------------
+
+    def stats(self) -> ExecutorStats:
+        """Counters, with durations and per-worker rows from the scheduler's task stream.
+
+        ``extra``: ``hosts`` (one row per worker: done, failed, p50, p95 in seconds),
+        ``attempts`` (one record per attempt for :meth:`ExecutorStats.plot_timeline`,
+        seconds since this executor started; lost attempts included),
+        ``backups_started``, ``backups_won``.
+        """
+        import dataclasses
+
+        import numpy as np
+
+        from ._speculation import percentile
+
+        records = self.client.get_task_stream(start=self._started_wall)
+        with self._lock:
+            winners = set(self._winners)
+            lost = {k: list(v) for k, v in self._lost.items()}
+            started, won = self._backups_started, self._backups_won
+        prefix = self._prefix + "-"
+        attempts: list[dict[str, Any]] = []
+        per_worker: dict[str, list[float]] = {}
+        failed: dict[str, int] = {}
+        durations = []
+        for rec in records:
+            key = str(rec.get("key", ""))
+            if not key.startswith(prefix):
+                continue
+            compute = [s for s in rec.get("startstops", ()) if s.get("action") == "compute"]
+            if not compute:
+                continue
+            start, stop = compute[0]["start"], compute[-1]["stop"]
+            worker = str(rec.get("worker", "?"))
+            call = key[len(prefix) :].split("-")[0]
+            ok = rec.get("status") == "OK"
+            outcome = "won" if key in winners else ("cancelled" if ok else "failed")
+            attempts.append(
+                {
+                    "slot": worker,
+                    "start": start - self._started_wall,
+                    "end": stop - self._started_wall,
+                    "outcome": outcome,
+                    "bundle": int(call),
+                    "is_backup": "-b" in key[len(prefix) :],
+                }
+            )
+            if outcome == "won":
+                durations.append(stop - start)
+                per_worker.setdefault(worker, []).append(stop - start)
+            elif outcome == "failed":
+                failed[worker] = failed.get(worker, 0) + 1
+        for call_id, rows in lost.items():
+            for worker, start, end in rows:
+                attempts.append(
+                    {
+                        "slot": worker,
+                        "start": start - self._started_wall,
+                        "end": end - self._started_wall,
+                        "outcome": "lost",
+                        "bundle": call_id,
+                        "is_backup": False,
+                    }
+                )
+        hosts = [
+            {
+                "host": w,
+                "done": len(d),
+                "failed": failed.get(w, 0),
+                "p50": percentile(d, 50),
+                "p95": percentile(d, 95),
+            }
+            for w, d in sorted(per_worker.items())
+        ]
+        hosts += [
+            {"host": w, "done": 0, "failed": n, "p50": None, "p95": None}
+            for w, n in sorted(failed.items())
+            if w not in per_worker
+        ]
+        snapshot = self._stats.snapshot(
+            self.name,
+            hosts=hosts,
+            attempts=sorted(attempts, key=lambda a: a["start"]),
+            backups_started=started,
+            backups_won=won,
+        )
+        return dataclasses.replace(snapshot, durations=np.asarray(durations, dtype=np.float64))
+
+    # -- BaseExecutor hooks ---------------------------------------------------------
+
+    def _cancel_queued(self) -> int:
+        try:
+            processing = {str(k) for keys in self.client.processing().values() for k in keys}
+        except Exception:
+            processing = set()
+        with self._lock:
+            queued = [
+                c.future
+                for c in self._calls.values()
+                if not any(a.key in processing for a in c.attempts)
+            ]
+        return sum(1 for f in queued if f.cancel())
+
+    def _shutdown_impl(self, *, wait: bool, cancel_futures: bool) -> None:
+        if cancel_futures:
+            self._cancel_queued()
+        if wait:
+            self._join()
+        self._stop.set()
+        self._wake.set()
+        self._ready_wake.set()
+        self._completed.put(None)
+        if wait:
+            self._fetcher.join()
+            self._completer.join()
+        if wait and self._heartbeat is not None:
+            self._heartbeat.join()
+        if self._owns_client:
+            if not wait:
+                with self._lock:
+                    live = [c.future for c in self._calls.values()]
+                for future in live:
+                    future.cancel()
+            self.client.close()
+            if self._cluster is not None:
+                self._cluster.close()
+
+    def _join(self) -> None:
+        with self._lock:
+            live = [c.future for c in self._calls.values()] + list(self._ready)
+        for future in live:
+            with contextlib.suppress(CancelledError):
+                future.exception()  # waits; the outcome stays with the caller's future
+
+
+def _dropped(*_: Any, **__: Any) -> None:  # what a finished call keeps instead of its function
+    return None
+
+
+def _is_killed_worker(exc: BaseException | None) -> bool:
+    return type(exc).__name__ == "KilledWorker"
+
+
+def _set(future: Future[Any], value: Any, exc: BaseException | None = None) -> None:
+    if future.done():
+        return
+    try:
+        if exc is None:
+            future.set_result(value)
+        else:
+            future.set_exception(exc)
+    except InvalidStateError:  # cancelled by the caller meanwhile
+        pass

@@ -1,0 +1,84 @@
+"""The concurrent.futures.Future a cluster engine completes, and the argument translation.
+
+An :class:`EngineFuture` is driven by the engine's own completion events (Dask
+future callbacks, Ray object-ref callbacks): ``wait_all``/``wait_any``/progress
+see it finish when the engine says so. ``cancel()`` cancels on the engine.
+Its value may stay in the cluster until asked for: the owner then fetches it
+(Dask fetches every finished value it holds in one batch).
+"""
+
+from __future__ import annotations
+
+from concurrent.futures import Future
+from typing import Any, Protocol
+
+from smart_future import SmartFuture
+
+__all__ = ["UNFETCHED", "EngineFuture", "Owner", "native_arguments"]
+
+
+class _Unfetched:
+    def __repr__(self) -> str:
+        return "<value still in the cluster>"
+
+
+UNFETCHED: Any = _Unfetched()
+
+
+class Owner(Protocol):
+    """What an EngineFuture needs from the executor that created it."""
+
+    def _cancel_call(self, future: EngineFuture) -> None: ...
+
+    def _fetch(self, future: EngineFuture) -> Any: ...
+
+
+class EngineFuture(Future[Any]):
+    """A call's future on a cluster engine; ``engine_future`` is the engine's own future."""
+
+    def __init__(self, owner: Owner, call_id: int, engine_future: Any) -> None:
+        super().__init__()
+        self.owner: Owner | None = owner
+        self.call_id = call_id
+        self.engine_future = engine_future
+        self.used_as_argument = False
+        self.fetched: Any = UNFETCHED
+
+    def cancel(self) -> bool:
+        if not super().cancel():
+            return False
+        owner = self.owner
+        if owner is not None:
+            owner._cancel_call(self)
+        return True
+
+    def result(self, timeout: float | None = None) -> Any:
+        value = super().result(timeout)
+        if value is UNFETCHED:
+            if self.fetched is UNFETCHED:
+                assert self.owner is not None
+                self.fetched = self.owner._fetch(self)
+            value = self.fetched
+        return value
+
+
+def native_arguments(
+    owner: object, args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> tuple[tuple[Any, ...], dict[str, Any], bool]:
+    """Replace SmartFutures of *owner*'s calls by the engine's futures (the value stays in
+    the cluster); the flag says whether other SmartFutures remain (to be waited for)."""
+    foreign = False
+
+    def convert(value: Any) -> Any:
+        nonlocal foreign
+        if isinstance(value, SmartFuture):
+            inner = value.future
+            if isinstance(inner, EngineFuture) and inner.owner is owner and not inner.cancelled():
+                inner.used_as_argument = True
+                return inner.engine_future
+            foreign = True
+        return value
+
+    new_args = tuple(convert(a) for a in args)
+    new_kwargs = {k: convert(v) for k, v in kwargs.items()}
+    return new_args, new_kwargs, foreign

@@ -1,0 +1,42 @@
+"""Code that runs inside the cluster (Dask workers and scheduler, Ray workers).
+
+They are pickled by reference, so the cluster's Python environment needs
+parallelize installed (as it needs every package the user's functions use);
+they import nothing else from it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+
+def run_call(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    """Dask: run one call. Arguments travel as a tuple and a dict so that every user keyword
+    (even ``key``, ``workers``, ``priority``, ``retries``) reaches *fn* untouched."""
+    return fn(*args, **kwargs)
+
+
+def run_call_spread(fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
+    """Ray: run one call. Ray resolves only top-level ObjectRef arguments, so they are spread;
+    *fn* is positional-only so no user keyword can collide with it."""
+    return fn(*args, **kwargs)
+
+
+def lost_attempts(dask_scheduler: Any, key: str) -> list[tuple[str, float, float]]:
+    """On the Dask scheduler: ``(worker, start, end)`` of each attempt of *key* lost with its
+    worker, from the task's transition story and the scheduler's remove-worker events."""
+    starts = [t.timestamp for t in dask_scheduler.story(key) if t.finish == "processing"]
+    removals = []
+    for stamp, msg in dask_scheduler.get_events("all"):
+        if (
+            isinstance(msg, dict)
+            and msg.get("action") == "remove-worker"
+            and key in (msg.get("processing-tasks") or ())
+        ):
+            removals.append((str(msg.get("worker", "?")), float(stamp)))
+    attempts = []
+    for worker, end in removals:
+        begun = [s for s in starts if s <= end]
+        attempts.append((worker, begun[-1] if begun else end, end))
+    return attempts

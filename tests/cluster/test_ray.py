@@ -1,0 +1,144 @@
+"""Method.RAY on a real Ray cluster (``ray start --head`` on loopback, one runtime per session)."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from engines import TIMEOUT, RayCluster
+
+import parallelize
+from parallelize import Method, PoisonedCallError, wait_all, wait_any
+from parallelize._cluster._engine_future import EngineFuture
+
+
+def _executor() -> Any:
+    return parallelize.default_executor(Method.RAY)
+
+
+def _block_until(path: str) -> None:
+    deadline = time.monotonic() + 60
+    while not os.path.exists(path) and time.monotonic() < deadline:
+        time.sleep(0.02)
+
+
+def test_every_keyword_reaches_the_function(ray_runtime: RayCluster) -> None:
+    import ray
+
+    @parallelize.parallelize(method=Method.RAY)
+    def echo(x: int, **kwargs: Any) -> tuple[int, dict[str, Any]]:
+        return x, kwargs
+
+    names = {"fn": 1, "key": "k", "num_cpus": 8, "max_retries": 0, "_metadata": None}
+    future = echo(1, **names)
+    assert isinstance(future.future, EngineFuture)
+    assert isinstance(future.future.engine_future, ray.ObjectRef)
+    assert future.result(TIMEOUT) == (1, names)
+
+
+def test_chained_call_is_handed_to_ray_at_once(ray_runtime: RayCluster, tmp_path: Path) -> None:
+    release = tmp_path / "release"
+
+    @parallelize.parallelize(method=Method.RAY)
+    def produce(path: str) -> list[int]:
+        _block_until(path)
+        return [1, 2, 3]
+
+    @parallelize.parallelize(method=Method.RAY)
+    def total(values: list[int], *, scale: list[int]) -> int:
+        return sum(values) * len(scale)
+
+    try:
+        produced = produce(str(release))
+        result = total(produced, scale=produced)
+        # Submitted to Ray straight away with the ObjectRef, not held back in this process.
+        assert isinstance(result.future, EngineFuture)
+        assert not result.done()
+    finally:
+        release.touch()
+    assert result.result(TIMEOUT) == 18
+
+
+def test_cancel_cancels_on_the_engine(ray_runtime: RayCluster, tmp_path: Path) -> None:
+    import ray
+    from ray.exceptions import TaskCancelledError
+
+    release = tmp_path / "release"
+
+    @parallelize.parallelize(method=Method.RAY)
+    def blocked(path: str) -> str:
+        _block_until(path)
+        return "ran"
+
+    running = [blocked(str(release)) for _ in range(2)]  # the cluster has 2 CPUs
+    queued = blocked(str(release))
+    try:
+        assert queued.cancel() and queued.cancelled()
+        with pytest.raises(TaskCancelledError):
+            ray.get(queued.future.engine_future, timeout=TIMEOUT)
+    finally:
+        release.touch()
+    assert [f.result(TIMEOUT) for f in running] == ["ran", "ran"]
+    assert _executor().stats().cancelled == 1
+
+
+def test_wait_any_and_stats(ray_runtime: RayCluster, tmp_path: Path) -> None:
+    release = tmp_path / "release"
+
+    @parallelize.parallelize(method=Method.RAY)
+    def step(i: int, path: str) -> int:
+        if i == 0:
+            _block_until(path)
+        return i
+
+    futures = [step(i, str(release)) for i in range(5)]
+    try:
+        assert next(wait_any(futures, timeout=TIMEOUT)).result() != 0
+    finally:
+        release.touch()
+    assert sorted(f.result() for f in wait_all(futures, timeout=TIMEOUT, progress=True)) == [
+        0,
+        1,
+        2,
+        3,
+        4,
+    ]
+    stats = _executor().stats()
+    assert stats.succeeded == 5 and stats.durations.size == 5
+    assert len(stats.extra["attempts"]) == 5
+
+
+def test_application_error_keeps_type_and_traceback_and_is_not_retried(
+    ray_runtime: RayCluster, tmp_path: Path
+) -> None:
+    log = tmp_path / "runs"
+
+    @parallelize.parallelize(method=Method.RAY)
+    def fails(path: str) -> None:
+        with open(path, "a") as out:
+            out.write("run\n")
+        raise ValueError("bad row 7")
+
+    with pytest.raises(ValueError, match="bad row 7") as info:
+        fails(str(log)).result(TIMEOUT)
+    assert isinstance(info.value.__cause__, parallelize.RemoteTraceback)
+    assert "fails" in info.value.__cause__.tb
+    assert log.read_text() == "run\n"
+
+
+def test_call_that_kills_its_worker_is_poisoned(ray_runtime: RayCluster) -> None:
+    @parallelize.parallelize(method=Method.RAY)
+    def maybe_die(i: int) -> int:
+        if i == 3:
+            os._exit(13)
+        return i
+
+    futures = wait_all([maybe_die(i) for i in range(8)], timeout=TIMEOUT * 2)
+    with pytest.raises(PoisonedCallError) as info:
+        futures[3].result()
+    assert len(info.value.attempts) == 3  # max_retries=2
+    assert "max_retries=2" in str(info.value)
+    assert [f.result() for i, f in enumerate(futures) if i != 3] == [0, 1, 2, 4, 5, 6, 7]
