@@ -335,19 +335,7 @@ def test_exit_with_calls_in_flight(
     specs = sshd_pool.specs(2, slots=6, first=1)
     tmp = tmp_path_factory.mktemp("exit")
     pool_file = tmp / "pool.toml"
-    lines = ["[defaults]", f'identity_file = "{specs[0].identity_file}"', ""]
-    for spec in specs:
-        lines += [
-            f"[hosts.{spec.name}]",
-            f'host = "{spec.host}"',
-            f"port = {spec.port}",
-            f'user = "{spec.user}"',
-            f"slots = {spec.slots}",
-            f'python = "{spec.python}"',
-            "strict_host_key_checking = false",
-            "",
-        ]
-    pool_file.write_text("\n".join(lines))
+    SshdPool.write_pool_file(specs, pool_file)
     script = tmp / "script.py"
     script.write_text(_EXIT_SCRIPT)
     log = tmp / "runs.log"

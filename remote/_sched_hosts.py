@@ -125,16 +125,7 @@ class HostHealth(SchedulerCore):
                     logger, "%s: host %s cannot be used: %s", self.name, host.name, failure
                 )
         else:
-            host.backoff = min(max(_BACKOFF_START, host.backoff * 2), _BACKOFF_CAP)
-            host.retry_at = now + host.backoff
-            self._table.move(host, HostState.DOWN)
-            logger.warning(
-                "%s: host %s is down (%s); retrying in %.3gs",
-                self.name,
-                host.name,
-                failure,
-                host.backoff,
-            )
+            self._mark_down(host, str(failure), now)
         self._note_no_host(now)
         broken = self._broken_error()
         if broken is not None:
@@ -192,16 +183,7 @@ class HostHealth(SchedulerCore):
         link, host.link = host.link, None
         if link is not None:
             close_quietly(link)
-        host.backoff = min(max(_BACKOFF_START, host.backoff * 2), _BACKOFF_CAP)
-        host.retry_at = now + host.backoff
-        self._table.move(host, HostState.DOWN)
-        logger.warning(
-            "%s: host %s is down (%s); retrying in %.3gs",
-            self.name,
-            host.name,
-            reason,
-            host.backoff,
-        )
+        self._mark_down(host, reason, now)
         affected = []
         for attempt in list(host.running.values()):
             _, bundle, _ = self._attempts[attempt.id]
@@ -217,6 +199,19 @@ class HostHealth(SchedulerCore):
         for bundle in affected:
             self._attempt_failed(bundle, now)
         self._note_no_host(now)
+
+    def _mark_down(self, host: Host, reason: str, now: float) -> None:
+        """DOWN, to be retried after a doubling backoff (a transient failure)."""
+        host.backoff = min(max(_BACKOFF_START, host.backoff * 2), _BACKOFF_CAP)
+        host.retry_at = now + host.backoff
+        self._table.move(host, HostState.DOWN)
+        logger.warning(
+            "%s: host %s is down (%s); retrying in %.3gs",
+            self.name,
+            host.name,
+            reason,
+            host.backoff,
+        )
 
     def _note_no_host(self, now: float) -> None:
         if self._no_host_since is None and self._table.up_count == 0:

@@ -244,6 +244,24 @@ class SshdPool:
             )
         return out
 
+    @staticmethod
+    def write_pool_file(specs: list[HostSpec], path: Path) -> Path:
+        """A pool file naming *specs* (for scripts that use the default REMOTE executor)."""
+        lines = ["[defaults]", f'identity_file = "{specs[0].identity_file}"', ""]
+        for spec in specs:
+            lines += [
+                f"[hosts.{spec.name}]",
+                f'host = "{spec.host}"',
+                f"port = {spec.port}",
+                f'user = "{spec.user}"',
+                f"slots = {spec.slots}",
+                f'python = "{spec.python}"',
+                "strict_host_key_checking = false",
+                "",
+            ]
+        path.write_text("\n".join(lines))
+        return path
+
     def _by_spec(self, spec: HostSpec) -> SshdHost:
         for host in self._hosts.values():
             if host.address == spec.host and host.port == spec.port:

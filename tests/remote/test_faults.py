@@ -19,6 +19,7 @@ from typing import Any
 import cloudpickle
 import pytest
 from faults import Faults
+from sshd import SshdPool
 
 from parallelize import ParallelizeError
 from remote import HostErrorKind, HostUnavailableError, RemoteExecutor
@@ -156,19 +157,7 @@ print("submitted", flush=True)
 def test_script_ending_mid_run_runs_each_call_exactly_once(ssh_hosts: Any, tmp_path: Path) -> None:
     hosts = ssh_hosts(2, slots=3)
     pool = tmp_path / "pool.toml"
-    lines = ["[defaults]", f'identity_file = "{hosts[0].identity_file}"', ""]
-    for spec in hosts:
-        lines += [
-            f"[hosts.{spec.name}]",
-            f'host = "{spec.host}"',
-            f"port = {spec.port}",
-            f'user = "{spec.user}"',
-            f"slots = {spec.slots}",
-            f'python = "{spec.python}"',
-            "strict_host_key_checking = false",
-            "",
-        ]
-    pool.write_text("\n".join(lines))
+    SshdPool.write_pool_file(hosts, pool)
     script = tmp_path / "script.py"
     script.write_text(textwrap.dedent(_EXIT_SCRIPT))
     log = tmp_path / "runs.log"
