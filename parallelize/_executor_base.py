@@ -11,6 +11,7 @@ pool wants to see: how many tasks are live, how long they took
 from __future__ import annotations
 
 import abc
+import sys
 import threading
 import weakref
 from collections.abc import Callable, Iterable, Iterator
@@ -71,8 +72,16 @@ def abandon_work_at_exit() -> None:
 
 
 def waits_at_exit() -> bool:
-    """Whether interpreter exit waits for queued and running tasks (the default)."""
-    return _wait_at_exit
+    """Whether interpreter exit waits for queued and running tasks (the default).
+
+    Not after a Ctrl-C during a wait (``abandon_work_at_exit``), nor when the program is
+    ending on a KeyboardInterrupt it did not catch, wherever it landed: the interpreter
+    records that exception (``sys.last_value``) before it runs the exit hooks. (A Ctrl-C
+    that arrives while a wait is still setting up never reaches the wait's handler.)"""
+    if not _wait_at_exit:
+        return False
+    last = getattr(sys, "last_value", None) or getattr(sys, "last_exc", None)
+    return not isinstance(last, KeyboardInterrupt)
 
 
 def live_executors() -> list[BaseExecutor]:

@@ -80,3 +80,39 @@ def test_ctrl_c_cancels_queued_work_and_leaves_no_orphans() -> None:
     while _pids_with_marker(marker) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert _pids_with_marker(marker) == [], "worker processes outlived the program"
+
+
+UNCAUGHT = """
+import time
+from parallelize import parallelize, Method
+
+@parallelize(method=Method.PROCESS)
+def slow(i):
+    time.sleep(60)  # far longer than the test allows
+    return i
+
+futures = [slow(i) for i in range(4)]
+futures[0].running()  # no wait: the Ctrl-C below lands outside every SmartFuture wait
+print("submitted", flush=True)
+time.sleep(60)
+"""
+
+
+@pytest.mark.timeout(120)
+def test_ctrl_c_outside_any_wait_still_exits_promptly() -> None:
+    # A KeyboardInterrupt that reaches the top of the program, wherever it landed, means
+    # the user wants out: exit does not wait for the running calls.
+    proc = subprocess.Popen(
+        [sys.executable, "-c", textwrap.dedent(UNCAUGHT)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=dict(os.environ, PARALLELIZE_PROCESS_WORKERS="2"),
+    )
+    assert proc.stdout is not None
+    assert proc.stdout.readline().strip() == "submitted"
+    started = time.monotonic()
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert "KeyboardInterrupt" in err
+    assert time.monotonic() - started < 30
