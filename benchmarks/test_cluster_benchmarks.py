@@ -25,7 +25,7 @@ import parallelize as par
 from parallelize import Method, parallelize
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "cluster"))
-from engines import DaskCluster, RayCluster
+from engines import DaskCluster, RayCluster, ray_tests_allowed
 from workloads import noop, sleep_by_worker
 
 N_CALLS = 2_000
@@ -54,6 +54,9 @@ def dask_four_one_slow(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Das
 
 @pytest.fixture(scope="module")
 def ray_runtime() -> Iterator[None]:
+    reason = ray_tests_allowed()
+    if reason is not None:
+        pytest.skip(reason)
     pytest.importorskip("ray")
     os.environ["RAY_AUTH_MODE"] = "disabled"
     import ray

@@ -19,7 +19,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from engines import DaskCluster, RayCluster
+from engines import DaskCluster, RayCluster, ray_tests_allowed
 
 import parallelize
 
@@ -45,6 +45,9 @@ def dask_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DaskClust
 
 @pytest.fixture(scope="session")
 def ray_cluster() -> Iterator[RayCluster]:
+    reason = ray_tests_allowed()
+    if reason is not None:
+        pytest.skip(reason)
     _require("ray", "ray")
     os.environ["RAY_AUTH_MODE"] = "disabled"  # as the cluster (see engines._env)
     import ray
