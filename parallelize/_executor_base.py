@@ -80,6 +80,9 @@ def waits_at_exit() -> bool:
     that arrives while a wait is still setting up never reaches the wait's handler.)"""
     if not _wait_at_exit:
         return False
+    if hasattr(sys, "ps1") or "IPython" in sys.modules:
+        # interactive: sys.last_value may be a Ctrl-C of long ago, not the reason for exiting
+        return True
     last = getattr(sys, "last_value", None) or getattr(sys, "last_exc", None)
     return not isinstance(last, KeyboardInterrupt)
 
