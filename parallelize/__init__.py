@@ -31,6 +31,7 @@ from ._errors import (
     PoisonedCallError,
     RemoteTraceback,
     TaskLostError,
+    TaskTimeoutError,
     WorkerDiedError,
 )
 from ._executor_base import BaseExecutor
@@ -53,6 +54,7 @@ __all__ = [
     "RemoteTraceback",
     "SmartFuture",
     "TaskLostError",
+    "TaskTimeoutError",
     "ThreadExecutor",
     "WorkerDiedError",
     "configure",

@@ -4,6 +4,7 @@
 
     ParallelizeError                      anything that went wrong in parallelize itself
     ├── PicklingError                     a call could not be serialised (also TypeError)
+    ├── TaskTimeoutError                  a call ran past its ``timeout=`` (also TimeoutError)
     ├── TaskLostError                     a call's worker or attempt was lost (also RuntimeError)
     │   ├── WorkerDiedError               the process running it exited (PROCESS; REMOTE poisoned)
     │   └── PoisonedCallError             REMOTE/cluster: every attempt was lost (``attempts``)
@@ -26,8 +27,10 @@ __all__ = [
     "PoisonedCallError",
     "RemoteTraceback",
     "TaskLostError",
+    "TaskTimeoutError",
     "WorkerDiedError",
     "attach_remote_traceback",
+    "where_ran",
 ]
 
 
@@ -41,6 +44,26 @@ class PicklingError(ParallelizeError, pickle.PicklingError, TypeError):
     Raised at call time, naming the function and the argument (or the
     function itself) that could not be pickled.
     """
+
+
+class TaskTimeoutError(ParallelizeError, TimeoutError):
+    """A call ran longer than its ``timeout=`` and was stopped.
+
+    ``function`` names the call, ``timeout`` is the limit in seconds and ``where``
+    says where it ran (``"thread"``, ``"process worker 12345"``, ``"host web1"``).
+    PROCESS and REMOTE killed the process that ran it; a THREAD call runs on.
+    """
+
+    def __init__(self, function: str, timeout: float, where: str) -> None:
+        super().__init__(
+            f"{function} ran longer than its timeout of {timeout:g} s on {where} and was stopped"
+        )
+        self.function = function
+        self.timeout = timeout
+        self.where = where
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.function, self.timeout, self.where))
 
 
 class TaskLostError(ParallelizeError, RuntimeError):
@@ -89,15 +112,22 @@ class RemoteTraceback(Exception):
     traceback printout shows where the task failed in the worker.
     """
 
-    def __init__(self, tb: str) -> None:
+    def __init__(self, tb: str, host: str | None = None) -> None:
         super().__init__(tb)
         self.tb = tb
+        self.host = host  # where it ran, when that was another machine (REMOTE)
 
     def __str__(self) -> str:
         return f'\n"""\n{self.tb}"""'
 
 
-def attach_remote_traceback(exc: BaseException, tb: str) -> BaseException:
+def attach_remote_traceback(exc: BaseException, tb: str, host: str | None = None) -> BaseException:
     """Set ``exc.__cause__`` to a :class:`RemoteTraceback` holding *tb*; return *exc*."""
-    exc.__cause__ = RemoteTraceback(tb)
+    exc.__cause__ = RemoteTraceback(tb, host)
     return exc
+
+
+def where_ran(exc: BaseException) -> str | None:
+    """The host a failed call ran on, when its executor recorded one (REMOTE)."""
+    cause = exc.__cause__
+    return cause.host if isinstance(cause, RemoteTraceback) else None

@@ -15,9 +15,10 @@ import sys
 import threading
 import weakref
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import Executor
+from concurrent.futures import Executor, Future
 from typing import Any, TypeVar
 
+from ._call_options import DEFAULT_OPTIONS, CallOptions
 from ._stats import ExecutorStats, TaskStats
 
 __all__ = [
@@ -155,6 +156,41 @@ class BaseExecutor(Executor, abc.ABC):
         if isinstance(chunksize, bool) or not isinstance(chunksize, int) or chunksize < 1:
             raise ValueError(f"chunksize must be a positive integer, got {chunksize!r}")
         return super().map(fn, *iterables, timeout=timeout)
+
+    def submit_with(
+        self, options: CallOptions, fn: Callable[..., T], /, *args: Any, **kwargs: Any
+    ) -> Future[T]:
+        """Submit one call with per-call *options* (what ``@parallelize(timeout=...)`` sets).
+
+        Retries are not the executor's job (the decorator does them). This base
+        version handles calls that need nothing special and refuses ``timeout=``
+        with a clear error; executors that support it override this method.
+        """
+        options = options.for_executor()
+        if options.timeout is not None and not self.supports_timeout:
+            raise TypeError(
+                f"{type(self).__name__} cannot enforce timeout=: use method=THREAD, "
+                "PROCESS or REMOTE, or drop the option"
+            )
+        return self.submit(fn, *args, **kwargs)
+
+    def submit_batch(
+        self,
+        fn: Callable[..., T],
+        calls: Iterable[tuple[tuple[Any, ...], dict[str, Any]]],
+        options: CallOptions = DEFAULT_OPTIONS,
+    ) -> list[Future[T]]:
+        """Submit many calls of *fn* (``(args, kwargs)`` each) at once; one future per call.
+
+        What ``f.map(...)`` uses. This version submits them one by one; executors
+        that can enqueue many calls more cheaply override it.
+        """
+        if options.for_executor().is_default:
+            return [self.submit(fn, *a, **k) for a, k in calls]
+        return [self.submit_with(options, fn, *a, **k) for a, k in calls]
+
+    #: Whether ``submit_with`` enforces ``timeout=`` (subclasses that do set True).
+    supports_timeout = False
 
     def shutdown_if_idle(self) -> bool:
         """Shut down (without waiting) if no task is queued or running.

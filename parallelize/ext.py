@@ -14,13 +14,14 @@ nothing else of it but its top-level public names.
 
 from __future__ import annotations
 
+from ._call_options import DEFAULT_OPTIONS, CallOptions
 from ._config import (
     FAILURE_SETTINGS,
     current_settings,
     failure_setting,
     validate_failure_setting,
 )
-from ._errors import attach_remote_traceback
+from ._errors import TaskTimeoutError, attach_remote_traceback, where_ran
 from ._executor_base import BaseExecutor, waits_at_exit
 from ._pickling import callable_name, dumps_args, dumps_function, split_bound_method
 from ._process._memory import trim_c_heap as release_memory
@@ -28,11 +29,14 @@ from ._registry import method_factory, register_info_section, register_method
 from ._stats import ExecutorStats, Outcome, TaskStats
 
 __all__ = [
+    "DEFAULT_OPTIONS",
     "FAILURE_SETTINGS",
     "BaseExecutor",
+    "CallOptions",
     "ExecutorStats",
     "Outcome",
     "TaskStats",
+    "TaskTimeoutError",
     "attach_remote_traceback",
     "callable_name",
     "current_settings",
@@ -46,4 +50,5 @@ __all__ = [
     "split_bound_method",
     "validate_failure_setting",
     "waits_at_exit",
+    "where_ran",
 ]

@@ -24,10 +24,12 @@ import logging
 from smart_future._interrupt import register_interrupt_hook
 from smart_future._smart_future import SmartFuture
 from smart_future._status import register_status_provider
+from smart_future._stoppable import StoppableFuture
 from smart_future._wait import wait_all, wait_any
 
 __all__ = [
     "SmartFuture",
+    "StoppableFuture",
     "register_interrupt_hook",
     "register_status_provider",
     "wait_all",

@@ -36,6 +36,7 @@ from typing import Any, Generic, TypeVar
 
 from smart_future import _interrupt
 from smart_future._status import collect_status
+from smart_future._stoppable import StoppableFuture
 
 __all__ = ["SmartFuture", "remove_callbacks"]
 
@@ -304,8 +305,17 @@ class SmartFuture(Generic[T]):
         return self.future.done()
 
     def cancel(self) -> bool:
-        """Cancel the task if it has not started; return True if cancelled."""
-        return self.future.cancel()
+        """Cancel the task; return True if it is now cancelled.
+
+        Unlike ``concurrent.futures.Future.cancel()``, a *running* call is also
+        stopped when its executor can kill it (PROCESS and REMOTE kill its process;
+        threads cannot be killed, so THREAD cancels only calls that have not
+        started). ``self.future.cancel()`` keeps the standard semantics.
+        """
+        future = self.future
+        if isinstance(future, StoppableFuture):
+            return future.stop()
+        return future.cancel()
 
     def cancelled(self) -> bool:
         """Return True if the task was cancelled.  Never blocks."""

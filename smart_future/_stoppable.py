@@ -1,0 +1,55 @@
+"""A ``concurrent.futures.Future`` whose *running* call can be stopped.
+
+The standard ``Future.cancel()`` refuses a running future, and that stays so:
+code that holds the raw future keeps the standard semantics. Executors that can
+stop a running call (PROCESS and REMOTE kill its process) return a
+:class:`StoppableFuture`; :meth:`SmartFuture.cancel` then also stops a running
+call through :meth:`StoppableFuture.stop`.
+
+``stop()`` moves the future from RUNNING to cancelled, wakes its waiters
+(``wait``, ``as_completed``) exactly as a cancelled pending future would, and
+runs its done-callbacks: the executor's own callback sees ``cancelled()`` and
+kills the process. It relies on the private fields of CPython's Future
+(``_condition``, ``_state``, ``_waiters``, ``_invoke_callbacks``), stable since
+Python 3.2 and the same ones ``concurrent.futures`` itself uses; the conformance
+tests check the behaviour.
+"""
+
+from __future__ import annotations
+
+from concurrent.futures import Future
+from concurrent.futures._base import CANCELLED, CANCELLED_AND_NOTIFIED, FINISHED, RUNNING
+from typing import Any, TypeVar
+
+__all__ = ["StoppableFuture"]
+
+T = TypeVar("T")
+
+
+class StoppableFuture(Future[T]):
+    """A future that an executor can kill while it runs; see the module docstring."""
+
+    def stop(self) -> bool:
+        """Cancel the call even if it is running; True if it is now cancelled.
+
+        False only if it has already finished. A pending call is cancelled as
+        by ``cancel()``.
+        """
+        if self.cancel():
+            return True
+        state: Any = self
+        with state._condition:
+            if state._state == FINISHED:
+                return False
+            if state._state in (CANCELLED, CANCELLED_AND_NOTIFIED):
+                return True
+            if state._state != RUNNING:  # defensive: cancel() just handled PENDING
+                return False
+            # RUNNING waiters were never told about this future; tell them now, as
+            # set_running_or_notify_cancel() does for a future cancelled while pending.
+            state._state = CANCELLED_AND_NOTIFIED
+            for waiter in state._waiters:
+                waiter.add_cancelled(self)
+            state._condition.notify_all()
+        state._invoke_callbacks()
+        return True
