@@ -614,6 +614,7 @@ def test_task_raising_keyboard_interrupt_does_not_run_hooks() -> None:
 def test_public_api() -> None:
     assert set(smart_future.__all__) == {
         "SmartFuture",
+        "StoppableFuture",
         "register_interrupt_hook",
         "wait_all",
         "wait_any",
