@@ -5,6 +5,7 @@ from __future__ import annotations
 import difflib
 import importlib
 import inspect
+import sys
 from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import Executor, Future
 from typing import Any, ParamSpec, TypeVar, overload
@@ -23,7 +24,6 @@ from ._method import Method
 from ._pickling import callable_name, register_reducer
 from ._retry import submit_attempt, submit_retrying
 from ._submission import has_smart_future, submit_call
-from ._thread_executor import ThreadExecutor
 from ._typing import ParallelFunction
 
 __all__ = ["ParallelFunction", "parallelize"]
@@ -346,14 +346,16 @@ def _has_smart_future_in(argsets: list[tuple[Any, ...]]) -> bool:
 
 
 def _runs_chunks(executor: Executor) -> bool:
-    """Whether f.map groups calls into chunks on *executor*: when calls cross processes.
+    """Whether f.map groups calls into chunks on *executor*: the PROCESS pool.
 
-    Not THREAD (a call costs a few microseconds there) nor the cluster engines
-    (their futures are the engines' own, one per call).
+    Its workers import parallelize (the chunk runner travels by reference) and a
+    call costs far more there than running it. THREAD calls cost a few microseconds;
+    REMOTE hosts need not have parallelize installed and the cluster engines keep one
+    engine future per call: they get one task per call (their ``submit_batch`` may
+    batch as it likes).
     """
-    return not isinstance(executor, ThreadExecutor) and not getattr(
-        executor, "passes_smart_futures", False
-    )
+    process = sys.modules.get("parallelize._process")
+    return process is not None and isinstance(executor, process.ProcessExecutor)
 
 
 class _OptionsCall:
@@ -425,10 +427,10 @@ class _ParallelFunction(wrapt.FunctionWrapper):  # type: ignore[type-arg]
         """Submit one call per item (of ``zip(iterable, *iterables)``) at once.
 
         Returns the list of SmartFutures, each with its own result or exception.
-        Calls that cross processes (PROCESS, REMOTE) are sent in chunks of
-        *chunksize* calls per task (None: sized from the measured call duration);
-        THREAD and the cluster engines send each call as its own task, as do calls
-        with a ``timeout``.
+        On PROCESS the calls are sent in chunks of *chunksize* calls per task
+        (None: sized from the measured call duration); other methods, and calls
+        with a ``timeout`` or retries, are sent one task per call through the
+        executor's ``submit_batch`` (*chunksize* is then only checked).
         """
         return self._self_dispatch.map(self.__wrapped__, (iterable, *iterables), chunksize)
 

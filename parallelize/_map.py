@@ -1,7 +1,7 @@
 """``f.map(xs)``: many calls at once, one future per call, small calls run in chunks.
 
-Each call keeps its own future, exception and progress tick. For executors whose
-calls cross a process boundary (PROCESS, REMOTE), the calls are grouped into chunks:
+Each call keeps its own future, exception and progress tick. On the PROCESS pool
+the calls are grouped into chunks:
 one task runs a chunk's calls in turn and returns each call's outcome, which is then
 split into the per-call futures (an exception stays with its call, with the worker's
 traceback attached as for any other call). Measured: 10,000 no-op calls on 2 PROCESS
