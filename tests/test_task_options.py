@@ -21,7 +21,7 @@ from parallelize import Method, SmartFuture, TaskTimeoutError, parallelize, wait
 from parallelize._pickling import dumps
 from parallelize._retry import AttemptsFuture
 from parallelize._timer import call_later
-from parallelize.ext import DEFAULT_OPTIONS
+from parallelize.ext import DEFAULT_OPTIONS, CallOptions
 from smart_future import StoppableFuture
 
 EVENT_TIMEOUT = 30.0  # generous deadlock guard for waits
@@ -429,3 +429,19 @@ def test_pickled_by_value_keeps_the_options() -> None:
     assert (options.timeout, options.retries, options.retry_on) == (5, 2, (ConnectionError,))
     assert copy._self_options[0] is Method.PROCESS
     assert copy.__wrapped__(3) == 3
+
+
+def test_thread_executor_submit_with_enforces_the_timeout(gate: threading.Event) -> None:
+    executor = par.ThreadExecutor(2)
+    try:
+        assert executor.supports_timeout
+        options = CallOptions(timeout=0.1)
+        hung = executor.submit_with(options, gate.wait, EVENT_TIMEOUT)
+        quick = executor.submit_with(options, add, 2, 3)
+        assert quick.result(EVENT_TIMEOUT) == 5
+        assert isinstance(hung.exception(EVENT_TIMEOUT), TaskTimeoutError)
+        batch = executor.submit_batch(add, [((1, 1), {}), ((2, 2), {})], options)
+        assert [f.result(EVENT_TIMEOUT) for f in batch] == [2, 4]
+    finally:
+        gate.set()
+        executor.shutdown()
