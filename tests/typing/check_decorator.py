@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import assert_type
 
-from parallelize import Method, parallelize
+from parallelize import Method, ParallelFunction, parallelize
 from smart_future import SmartFuture, register_status_provider, wait_all, wait_any
 
 
@@ -101,6 +101,8 @@ def check_methods() -> None:
 
 
 def check_map_and_options() -> None:
+    annotated: ParallelFunction[[int], str] = bare
+    assert_type(annotated(1), SmartFuture[str])
     assert_type(bare.map([1, 2]), list[SmartFuture[str]])
     assert_type(called.map(range(3), chunksize=8), list[SmartFuture[float]])
     assert_type(process.map([[1], [2]], chunksize=None), list[SmartFuture[int]])
