@@ -26,8 +26,8 @@ from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Executor, Future, InvalidStateError
 from typing import Any
 
-from ._errors import attach_remote_traceback
-from ._pickling import dumps_function, split_bound_method
+from ._errors import PicklingError, attach_remote_traceback
+from ._pickling import callable_name, dumps_function, split_bound_method
 
 __all__ = ["DurationEstimate", "check_chunksize", "chunk_size", "submit_chunks"]
 
@@ -126,7 +126,15 @@ def submit_chunks(
         argsets = [(instance, *args) for args in argsets]
     fn_bytes = dumps_function(function)
     chunks = [argsets[i : i + size] for i in range(0, len(argsets), size)]
-    tasks = submit_batch(run_chunk, [((fn_bytes, chunk, pid), {}) for chunk in chunks])
+    try:
+        tasks = submit_batch(run_chunk, [((fn_bytes, chunk, pid), {}) for chunk in chunks])
+    except PicklingError as exc:
+        # The executor names the chunk runner's argument; name the user's function.
+        raise PicklingError(
+            f"cannot send the calls of {callable_name(fn)} to a worker: the arguments of "
+            f"one of them could not be pickled ({exc.__cause__ or exc}). Pass picklable "
+            "values (data instead of open files, locks or connections), or use Method.THREAD."
+        ) from exc
     for index, task in enumerate(tasks):
         start = index * size
         task.add_done_callback(_Splitter(futures[start : start + size], estimate))

@@ -445,3 +445,9 @@ def test_thread_executor_submit_with_enforces_the_timeout(gate: threading.Event)
     finally:
         gate.set()
         executor.shutdown()
+
+
+def test_map_names_the_function_when_an_argument_cannot_be_pickled() -> None:
+    mapped = parallelize(method=Method.PROCESS)(add)
+    with pytest.raises(par.PicklingError, match=r"calls of .*add to a worker"):
+        mapped.map([1, threading.Lock()], [1, 2], chunksize=2)
