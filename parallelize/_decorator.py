@@ -5,9 +5,8 @@ from __future__ import annotations
 import difflib
 import importlib
 import inspect
-import sys
 from collections.abc import Callable, Iterable, Mapping
-from concurrent.futures import Executor, Future
+from concurrent.futures import Executor
 from typing import Any, ParamSpec, TypeVar, overload
 
 import wrapt
@@ -15,14 +14,12 @@ import wrapt
 from smart_future import SmartFuture
 
 from . import _defaults
-from ._call_options import DEFAULT_OPTIONS, OPTION_NAMES, CallOptions, normalise_retry_on
+from ._call_options import DEFAULT_OPTIONS, OPTION_NAMES, CallOptions
 from ._defaults import default_executor
+from ._dispatch import Dispatch, OptionsCall, check_executor_supports, parse_call_options
 from ._errors import PicklingError
-from ._executor_base import BaseExecutor
-from ._map import DurationEstimate, check_chunksize, chunk_size, submit_chunks, workers_of
 from ._method import Method
-from ._pickling import callable_name, register_reducer
-from ._retry import submit_attempt, submit_retrying
+from ._pickling import register_reducer
 from ._submission import has_smart_future, submit_call
 from ._typing import ParallelFunction
 
@@ -32,8 +29,6 @@ P = ParamSpec("P")
 R = TypeVar("R")
 
 _OPTIONS = ("method", "executor", *OPTION_NAMES)
-# What f.options(...) may override.
-_OVERRIDES = ("method", *OPTION_NAMES)
 
 
 @overload
@@ -121,44 +116,9 @@ def _parse_options(options: dict[str, Any]) -> tuple[Method, Executor | None, Ca
         from . import _cluster
 
         _cluster.require(method.value)
-    call_options = _call_options(options)
-    _check_executor_supports(executor, call_options)
+    call_options = parse_call_options(options)
+    check_executor_supports(executor, call_options)
     return method, executor, call_options
-
-
-def _call_options(options: dict[str, Any]) -> CallOptions:
-    values = {name: options[name] for name in OPTION_NAMES if name in options}
-    if not values:
-        return DEFAULT_OPTIONS
-    if "retry_on" in values:
-        values["retry_on"] = normalise_retry_on(values["retry_on"])
-    built = CallOptions(**values)
-    return DEFAULT_OPTIONS if built == DEFAULT_OPTIONS else built
-
-
-def _check_executor_supports(executor: Executor | None, options: CallOptions) -> None:
-    """Refuse, at decoration, options an explicit executor cannot honour."""
-    if executor is None:
-        return
-    kind = type(executor).__name__
-    if not isinstance(executor, BaseExecutor):
-        wanted = [
-            name
-            for name, value in (("timeout", options.timeout), ("backups", options.backups))
-            if value is not None
-        ]
-        if wanted:
-            raise TypeError(
-                f"parallelize(executor=...) got a {kind}, which cannot enforce "
-                f"{wanted[0]}=: only parallelize's executors take per-call options. Use "
-                "method=Method.THREAD/PROCESS/REMOTE (or a ThreadExecutor/ProcessExecutor "
-                f"as executor=), or drop {wanted[0]}= (retries= works with any executor)."
-            )
-    elif options.timeout is not None and not executor.supports_timeout:
-        raise TypeError(
-            f"parallelize(executor=...) got a {kind}, which cannot enforce timeout=: use "
-            "method=THREAD, PROCESS or REMOTE, or drop the option"
-        )
 
 
 def _cluster_client(obj: object) -> bool:
@@ -195,7 +155,7 @@ def _wrap(
             "instead, e.g. one that does `return list(...)`."
         )
 
-    dispatch = _Dispatch(method, executor, options)
+    dispatch = Dispatch(method, executor, options)
     if options is not DEFAULT_OPTIONS:
         # Calls with options go through the dispatcher (submit_with, retries).
         def call_with_options(
@@ -241,146 +201,6 @@ def _wrap(
     return wrapper
 
 
-class _Dispatch:
-    """How calls of one decorated function (or of one ``f.options(...)``) are submitted."""
-
-    __slots__ = ("estimate", "executor", "method", "options")
-
-    def __init__(
-        self,
-        method: Method,
-        executor: Executor | None,
-        options: CallOptions,
-        estimate: DurationEstimate | None = None,
-    ) -> None:
-        self.method = method
-        self.executor = executor
-        self.options = options
-        # The measured call duration, which sizes f.map's chunks.
-        self.estimate = estimate if estimate is not None else DurationEstimate()
-
-    def current_executor(self) -> Executor:
-        if self.executor is not None:
-            return self.executor
-        found = _defaults._executors.get(self.method)
-        if found is None or getattr(found, "_shutdown", False):
-            return default_executor(self.method)
-        return found
-
-    def submit(
-        self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
-    ) -> SmartFuture[Any]:
-        target = self.current_executor()
-        options = self.options
-
-        def submit_one(
-            fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
-        ) -> Future[Any]:
-            if options.retries:
-                return submit_retrying(target, options, fn, args, kwargs)
-            return submit_attempt(target, options, fn, args, kwargs)
-
-        if has_smart_future(args, kwargs) and not getattr(target, "passes_smart_futures", False):
-            return submit_call(target, fn, args, kwargs, submit_one)
-        return SmartFuture(submit_one(fn, args, kwargs))
-
-    def map(
-        self, fn: Callable[..., Any], iterables: tuple[Iterable[Any], ...], chunksize: Any
-    ) -> list[SmartFuture[Any]]:
-        check_chunksize(chunksize)
-        argsets = list(zip(*iterables, strict=False))  # as map(): the shortest ends it
-        if not argsets:
-            return []
-        target = self.current_executor()
-        options = self.options
-        if options.retries or _has_smart_future_in(argsets):
-            return [self.submit(fn, args, {}) for args in argsets]
-        if not isinstance(target, BaseExecutor):
-            return [SmartFuture(target.submit(fn, *args)) for args in argsets]
-        for_executor = options.for_executor()
-        size = 1
-        if for_executor.timeout is None and _runs_chunks(target):
-            size = chunksize or chunk_size(len(argsets), workers_of(target), self.estimate)
-        if size > 1:
-
-            def submit_batch(
-                task: Callable[..., Any], calls: Iterable[tuple[tuple[Any, ...], dict[str, Any]]]
-            ) -> list[Future[Any]]:
-                return target.submit_batch(task, calls, for_executor)
-
-            futures = submit_chunks(submit_batch, fn, argsets, size, self.estimate)
-        else:
-            futures = target.submit_batch(fn, [(args, {}) for args in argsets], for_executor)
-        return [SmartFuture(future) for future in futures]
-
-    def with_overrides(self, overrides: dict[str, Any]) -> _Dispatch:
-        unknown = [name for name in overrides if name not in _OVERRIDES]
-        if unknown:
-            name = unknown[0]
-            close = difflib.get_close_matches(name, _OVERRIDES, n=1)
-            hint = f" Did you mean {close[0]!r}?" if close else ""
-            raise TypeError(
-                f"options() got an unknown option {name!r}; valid options are "
-                f"{', '.join(_OVERRIDES)}.{hint}"
-            )
-        method, executor = self.method, self.executor
-        estimate: DurationEstimate | None = self.estimate
-        if "method" in overrides:
-            method = Method.parse(overrides["method"])
-            if method in (Method.DASK, Method.RAY):
-                from . import _cluster
-
-                _cluster.require(method.value)
-            executor = None
-            estimate = None
-        values = {k: v for k, v in overrides.items() if k != "method"}
-        options = self.options.merged(values) if values else self.options
-        _check_executor_supports(executor, options)
-        return _Dispatch(method, executor, options, estimate)
-
-
-def _has_smart_future_in(argsets: list[tuple[Any, ...]]) -> bool:
-    # The set of argument types is quicker to build than testing every argument.
-    kinds = {type(value) for args in argsets for value in args}
-    return any(issubclass(kind, SmartFuture) for kind in kinds)
-
-
-def _runs_chunks(executor: Executor) -> bool:
-    """Whether f.map groups calls into chunks on *executor*: the PROCESS pool.
-
-    Its workers import parallelize (the chunk runner travels by reference) and a
-    call costs far more there than running it. THREAD calls cost a few microseconds;
-    REMOTE hosts need not have parallelize installed and the cluster engines keep one
-    engine future per call: they get one task per call (their ``submit_batch`` may
-    batch as it likes).
-    """
-    process = sys.modules.get("parallelize._process")
-    return process is not None and isinstance(executor, process.ProcessExecutor)
-
-
-class _OptionsCall:
-    """What ``f.options(...)`` returns: *fn* called with other options, without re-decorating."""
-
-    def __init__(self, fn: Callable[..., Any], dispatch: _Dispatch) -> None:
-        self.__wrapped__ = fn
-        self._dispatch = dispatch
-
-    def __call__(self, *args: Any, **kwargs: Any) -> SmartFuture[Any]:
-        return self._dispatch.submit(self.__wrapped__, args, kwargs)
-
-    def map(
-        self, iterable: Iterable[Any], /, *iterables: Iterable[Any], chunksize: int | None = None
-    ) -> list[SmartFuture[Any]]:
-        return self._dispatch.map(self.__wrapped__, (iterable, *iterables), chunksize)
-
-    def options(self, **overrides: Any) -> _OptionsCall:
-        return _OptionsCall(self.__wrapped__, self._dispatch.with_overrides(overrides))
-
-    def __repr__(self) -> str:
-        options = self._dispatch.options
-        return f"<{callable_name(self.__wrapped__)} with {options}>"
-
-
 class _BoundParallelFunction(wrapt.BoundFunctionWrapper):  # type: ignore[type-arg]
     """A decorated method bound to its instance: pickles as ``getattr(instance, name)``."""
 
@@ -388,13 +208,13 @@ class _BoundParallelFunction(wrapt.BoundFunctionWrapper):  # type: ignore[type-a
         self, iterable: Iterable[Any], /, *iterables: Iterable[Any], chunksize: int | None = None
     ) -> list[SmartFuture[Any]]:
         """As :meth:`_ParallelFunction.map`, for the bound method."""
-        dispatch: _Dispatch = self._self_parent._self_dispatch
+        dispatch: Dispatch = self._self_parent._self_dispatch
         return dispatch.map(self.__wrapped__, (iterable, *iterables), chunksize)
 
-    def options(self, **overrides: Any) -> _OptionsCall:
+    def options(self, **overrides: Any) -> OptionsCall:
         """As :meth:`_ParallelFunction.options`, for the bound method."""
-        dispatch: _Dispatch = self._self_parent._self_dispatch
-        return _OptionsCall(self.__wrapped__, dispatch.with_overrides(overrides))
+        dispatch: Dispatch = self._self_parent._self_dispatch
+        return OptionsCall(self.__wrapped__, dispatch.with_overrides(overrides))
 
     def __reduce_ex__(self, protocol: Any) -> tuple[Any, ...]:
         instance = self._self_instance
@@ -419,7 +239,7 @@ class _ParallelFunction(wrapt.FunctionWrapper):  # type: ignore[type-arg]
 
     __bound_function_wrapper__ = _BoundParallelFunction
     _self_options: tuple[Method, Executor | None]
-    _self_dispatch: _Dispatch
+    _self_dispatch: Dispatch
 
     def map(
         self, iterable: Iterable[Any], /, *iterables: Iterable[Any], chunksize: int | None = None
@@ -434,10 +254,10 @@ class _ParallelFunction(wrapt.FunctionWrapper):  # type: ignore[type-arg]
         """
         return self._self_dispatch.map(self.__wrapped__, (iterable, *iterables), chunksize)
 
-    def options(self, **overrides: Any) -> _OptionsCall:
+    def options(self, **overrides: Any) -> OptionsCall:
         """This function with other options (``timeout``, ``retries``, ``retry_on``,
         ``retry_backoff``, ``backups``, ``method``) for the calls made through the result."""
-        return _OptionsCall(self.__wrapped__, self._self_dispatch.with_overrides(overrides))
+        return OptionsCall(self.__wrapped__, self._self_dispatch.with_overrides(overrides))
 
     def __reduce_ex__(self, protocol: Any) -> tuple[Any, ...]:
         module_name: str = getattr(self, "__module__", None) or ""
@@ -496,5 +316,5 @@ def _options_state(options: CallOptions) -> dict[str, Any]:
 
 def _rebuild(func: Any, method: str, options: dict[str, Any] | None = None) -> Any:
     """Unpickle a decorated function sent by value: decorate it again."""
-    call_options = _call_options(options) if options else DEFAULT_OPTIONS
+    call_options = parse_call_options(options) if options else DEFAULT_OPTIONS
     return _wrap(func, Method.parse(method), None, call_options)
