@@ -10,7 +10,7 @@ import os
 import pickle
 import threading
 from collections.abc import Iterator
-from concurrent.futures import CancelledError, ThreadPoolExecutor
+from concurrent.futures import CancelledError, Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeoutError
 from pathlib import Path
 
@@ -20,8 +20,9 @@ import parallelize as par
 from parallelize import Method, SmartFuture, TaskTimeoutError, parallelize, wait_all
 from parallelize._pickling import dumps
 from parallelize._retry import AttemptsFuture
+from parallelize._submission import submit_call
 from parallelize._timer import call_later
-from parallelize.ext import DEFAULT_OPTIONS, CallOptions
+from parallelize.ext import DEFAULT_OPTIONS, CallOptions, attach_remote_traceback
 from smart_future import StoppableFuture
 
 EVENT_TIMEOUT = 30.0  # generous deadlock guard for waits
@@ -451,3 +452,56 @@ def test_map_names_the_function_when_an_argument_cannot_be_pickled() -> None:
     mapped = parallelize(method=Method.PROCESS)(add)
     with pytest.raises(par.PicklingError, match=r"calls of .*add to a worker"):
         mapped.map([1, threading.Lock()], [1, 2], chunksize=2)
+
+
+class RecordingExecutor(par.ThreadExecutor):
+    """A ThreadExecutor that records the options each submit_with receives."""
+
+    def __init__(self) -> None:
+        super().__init__(2)
+        self.seen: list[CallOptions] = []
+
+    def submit_with(self, options, fn, /, *args, **kwargs):  # type: ignore[no-untyped-def]
+        self.seen.append(options)
+        return super().submit_with(options, fn, *args, **kwargs)
+
+
+def test_retries_avoid_the_hosts_where_attempts_failed(counter: Path) -> None:
+    def fails_on_hosts(path: str) -> str:
+        run = count_run(path)
+        if run <= 2:
+            raise attach_remote_traceback(ConnectionError(f"run {run}"), "tb", host=f"h{run}")
+        return "ok"
+
+    executor = RecordingExecutor()
+    try:
+        retried = parallelize(executor=executor, retries=3, retry_on=ConnectionError)
+        assert retried(fails_on_hosts)(str(counter)).result(EVENT_TIMEOUT) == "ok"
+        assert [o.avoid_hosts for o in executor.seen] == [{"h1"}, {"h1", "h2"}]
+        assert all(o.retries == 0 for o in executor.seen)  # retries never reach executors
+        last = parallelize(executor=executor, retries=1, retry_on=ConnectionError)(fails_on_hosts)
+        other = counter.with_name("other")
+        error = last(str(other)).exception(EVENT_TIMEOUT)
+        assert error is not None and runs(other) == 2
+        assert error.__notes__ == ["attempt 1 of 2 failed on host h1: ConnectionError: run 1"]
+    finally:
+        executor.shutdown()
+
+
+def test_chained_call_is_stopped_through_its_smart_future() -> None:
+    dependency: Future[int] = Future()
+    attempts: list[StoppableFuture[int]] = []
+
+    def submit(fn: object, args: tuple[object, ...], kwargs: dict[str, object]) -> Future[int]:
+        attempt: StoppableFuture[int] = StoppableFuture()
+        attempt.set_running_or_notify_cancel()  # as if a worker had started it
+        attempts.append(attempt)
+        return attempt
+
+    with ThreadPoolExecutor(1) as unused:  # *submit* replaces the executor's submit
+        chained = submit_call(unused, add, (SmartFuture(dependency), 1), {}, submit)
+    assert not chained.running()
+    dependency.set_result(1)
+    assert len(attempts) == 1 and chained.running()
+    assert not chained.future.cancel()  # raw future: standard semantics
+    assert chained.cancel() and attempts[0].cancelled()
