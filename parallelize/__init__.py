@@ -38,6 +38,7 @@ from ._executor_base import BaseExecutor
 from ._method import Method
 from ._stats import ExecutorStats
 from ._thread_executor import ThreadExecutor
+from ._typing import ParallelFunction
 
 if TYPE_CHECKING:
     from ._process import ProcessExecutor
@@ -47,6 +48,7 @@ __all__ = [
     "BaseExecutor",
     "ExecutorStats",
     "Method",
+    "ParallelFunction",
     "ParallelizeError",
     "PicklingError",
     "PoisonedCallError",

@@ -5,7 +5,7 @@ from __future__ import annotations
 import difflib
 import importlib
 import inspect
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import Executor
 from typing import Any, ParamSpec, TypeVar, overload
 
@@ -14,28 +14,31 @@ import wrapt
 from smart_future import SmartFuture
 
 from . import _defaults
+from ._call_options import DEFAULT_OPTIONS, OPTION_NAMES, CallOptions
 from ._defaults import default_executor
+from ._dispatch import Dispatch, OptionsCall, check_executor_supports, parse_call_options
 from ._errors import PicklingError
 from ._method import Method
 from ._pickling import register_reducer
 from ._submission import has_smart_future, submit_call
+from ._typing import ParallelFunction
 
-__all__ = ["parallelize"]
+__all__ = ["ParallelFunction", "parallelize"]
 
 P = ParamSpec("P")
 R = TypeVar("R")
 
-_OPTIONS = ("method", "executor")
+_OPTIONS = ("method", "executor", *OPTION_NAMES)
 
 
 @overload
-def parallelize(func: Callable[P, R], /) -> Callable[P, SmartFuture[R]]: ...
+def parallelize(func: Callable[P, R], /) -> ParallelFunction[P, R]: ...
 
 
 @overload
 def parallelize(
     method: Method | str = ..., /, **options: Any
-) -> Callable[[Callable[P, R]], Callable[P, SmartFuture[R]]]: ...
+) -> Callable[[Callable[P, R]], ParallelFunction[P, R]]: ...
 
 
 def parallelize(func: Any = None, /, **options: Any) -> Any:
@@ -53,6 +56,18 @@ def parallelize(func: Any = None, /, **options: Any) -> Any:
         method: a :class:`Method` (or its name as a string); default THREAD.
         executor: an explicit :class:`concurrent.futures.Executor` to submit
             to instead of the default one for the method.
+        timeout: seconds a call may run (counted from when it starts) before
+            its future fails with :class:`TaskTimeoutError`; PROCESS and REMOTE
+            kill the process running it, THREAD lets the thread run on.
+        retries, retry_on, retry_backoff: re-run a call up to *retries* more
+            times when it raises one of the *retry_on* exception types (one type
+            or a tuple), waiting ``retry_backoff * 2**k`` seconds before retry k+1.
+        backups: speculative backup copies of stragglers (REMOTE, DASK):
+            True/False, or None for the executor's setting.
+
+    The decorated function also has ``f.map(iterable, *iterables, chunksize=None)``
+    (one SmartFuture per call, submitted at once) and ``f.options(**overrides)``
+    (the same function with other options for the calls made through it).
 
     Each call returns a SmartFuture at once. SmartFuture arguments are
     waited for (without blocking the caller) and replaced by their values
@@ -68,13 +83,13 @@ def parallelize(func: Any = None, /, **options: Any) -> Any:
             raise TypeError("parallelize() got the method twice (positionally and as method=)")
         options["method"] = func
         func = None
-    method, executor = _parse_options(options)
+    method, executor, call_options = _parse_options(options)
     if func is None:
-        return lambda f: _wrap(f, method, executor)
-    return _wrap(func, method, executor)
+        return lambda f: _wrap(f, method, executor, call_options)
+    return _wrap(func, method, executor, call_options)
 
 
-def _parse_options(options: dict[str, Any]) -> tuple[Method, Executor | None]:
+def _parse_options(options: dict[str, Any]) -> tuple[Method, Executor | None, CallOptions]:
     unknown = [name for name in options if name not in _OPTIONS]
     if unknown:
         name = unknown[0]
@@ -101,7 +116,9 @@ def _parse_options(options: dict[str, Any]) -> tuple[Method, Executor | None]:
         from . import _cluster
 
         _cluster.require(method.value)
-    return method, executor
+    call_options = parse_call_options(options)
+    check_executor_supports(executor, call_options)
+    return method, executor, call_options
 
 
 def _cluster_client(obj: object) -> bool:
@@ -111,7 +128,9 @@ def _cluster_client(obj: object) -> bool:
     return is_dask_client(obj)
 
 
-def _wrap(func: Any, method: Method, executor: Executor | None) -> Any:
+def _wrap(
+    func: Any, method: Method, executor: Executor | None, options: CallOptions = DEFAULT_OPTIONS
+) -> Any:
     target = func.__func__ if isinstance(func, (staticmethod, classmethod)) else func
     if inspect.isclass(target):
         raise TypeError(
@@ -135,6 +154,19 @@ def _wrap(func: Any, method: Method, executor: Executor | None) -> Any:
             "process) and run none of its body. Decorate a function that returns a list "
             "instead, e.g. one that does `return list(...)`."
         )
+
+    dispatch = Dispatch(method, executor, options)
+    if options is not DEFAULT_OPTIONS:
+        # Calls with options go through the dispatcher (submit_with, retries).
+        def call_with_options(
+            wrapped: Any, instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
+        ) -> SmartFuture[Any]:
+            return dispatch.submit(wrapped, args, kwargs)
+
+        wrapper = _ParallelFunction(func, call_with_options)
+        wrapper._self_options = (method, executor)
+        wrapper._self_dispatch = dispatch
+        return wrapper
 
     # The hot path of every call: find the executor, and unless an argument is a
     # SmartFuture (rare), submit directly. Kept flat: the whole decorator has a
@@ -165,11 +197,24 @@ def _wrap(func: Any, method: Method, executor: Executor | None) -> Any:
 
     wrapper = _ParallelFunction(func, call)
     wrapper._self_options = (method, executor)
+    wrapper._self_dispatch = dispatch
     return wrapper
 
 
 class _BoundParallelFunction(wrapt.BoundFunctionWrapper):  # type: ignore[type-arg]
     """A decorated method bound to its instance: pickles as ``getattr(instance, name)``."""
+
+    def map(
+        self, iterable: Iterable[Any], /, *iterables: Iterable[Any], chunksize: int | None = None
+    ) -> list[SmartFuture[Any]]:
+        """As :meth:`_ParallelFunction.map`, for the bound method."""
+        dispatch: Dispatch = self._self_parent._self_dispatch
+        return dispatch.map(self.__wrapped__, (iterable, *iterables), chunksize)
+
+    def options(self, **overrides: Any) -> OptionsCall:
+        """As :meth:`_ParallelFunction.options`, for the bound method."""
+        dispatch: Dispatch = self._self_parent._self_dispatch
+        return OptionsCall(self.__wrapped__, dispatch.with_overrides(overrides))
 
     def __reduce_ex__(self, protocol: Any) -> tuple[Any, ...]:
         instance = self._self_instance
@@ -194,6 +239,25 @@ class _ParallelFunction(wrapt.FunctionWrapper):  # type: ignore[type-arg]
 
     __bound_function_wrapper__ = _BoundParallelFunction
     _self_options: tuple[Method, Executor | None]
+    _self_dispatch: Dispatch
+
+    def map(
+        self, iterable: Iterable[Any], /, *iterables: Iterable[Any], chunksize: int | None = None
+    ) -> list[SmartFuture[Any]]:
+        """Submit one call per item (of ``zip(iterable, *iterables)``) at once.
+
+        Returns the list of SmartFutures, each with its own result or exception.
+        On PROCESS the calls are sent in chunks of *chunksize* calls per task
+        (None: sized from the measured call duration); other methods, and calls
+        with a ``timeout`` or retries, are sent one task per call through the
+        executor's ``submit_batch`` (*chunksize* is then only checked).
+        """
+        return self._self_dispatch.map(self.__wrapped__, (iterable, *iterables), chunksize)
+
+    def options(self, **overrides: Any) -> OptionsCall:
+        """This function with other options (``timeout``, ``retries``, ``retry_on``,
+        ``retry_backoff``, ``backups``, ``method``) for the calls made through the result."""
+        return OptionsCall(self.__wrapped__, self._self_dispatch.with_overrides(overrides))
 
     def __reduce_ex__(self, protocol: Any) -> tuple[Any, ...]:
         module_name: str = getattr(self, "__module__", None) or ""
@@ -208,7 +272,10 @@ class _ParallelFunction(wrapt.FunctionWrapper):  # type: ignore[type-arg]
                 "executor=, which cannot be sent to another process. Define it at module "
                 "level of an importable module (it is then sent by reference), or use method=."
             )
-        return (_rebuild, (self.__wrapped__, method.value))
+        options = self._self_dispatch.options
+        if options is DEFAULT_OPTIONS:
+            return (_rebuild, (self.__wrapped__, method.value))
+        return (_rebuild, (self.__wrapped__, method.value, _options_state(options)))
 
     def __reduce__(self) -> tuple[Any, ...]:
         return self.__reduce_ex__(2)
@@ -243,6 +310,11 @@ def _load_by_name(module_name: str, qualname: str) -> Any:
     return found
 
 
-def _rebuild(func: Any, method: str) -> Any:
+def _options_state(options: CallOptions) -> dict[str, Any]:
+    return {name: getattr(options, name) for name in OPTION_NAMES}
+
+
+def _rebuild(func: Any, method: str, options: dict[str, Any] | None = None) -> Any:
     """Unpickle a decorated function sent by value: decorate it again."""
-    return _wrap(func, Method.parse(method), None)
+    call_options = parse_call_options(options) if options else DEFAULT_OPTIONS
+    return _wrap(func, Method.parse(method), None, call_options)

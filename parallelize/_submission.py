@@ -18,20 +18,45 @@ from typing import Any
 
 from smart_future import SmartFuture
 
-__all__ = ["has_smart_future", "submit_call"]
+from ._retry import AttemptsFuture
+
+__all__ = ["Submit", "has_smart_future", "submit_call"]
+
+#: How a resolved call is submitted: ``submit(fn, args, kwargs) -> Future``.
+Submit = Callable[[Callable[..., Any], tuple[Any, ...], dict[str, Any]], "Future[Any]"]
 
 
 def submit_call(
-    executor: Executor, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+    executor: Executor,
+    fn: Callable[..., Any],
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    submit: Submit | None = None,
 ) -> SmartFuture[Any]:
+    """Submit ``fn(*args, **kwargs)`` once its SmartFuture arguments have finished.
+
+    *submit* replaces ``executor.submit`` (the decorator passes one that applies
+    per-call options and retries).
+    """
+    if submit is None:
+        submit = _plain_submit(executor)
     if not has_smart_future(args, kwargs):
-        return SmartFuture(executor.submit(fn, *args, **kwargs))
+        return SmartFuture(submit(fn, args, kwargs))
     pending = [a for a in args if isinstance(a, SmartFuture)]
     pending.extend(v for v in kwargs.values() if isinstance(v, SmartFuture))
     unfinished = [sf for sf in pending if not sf.done()]
     if not unfinished:
-        return _submit_resolved(executor, fn, args, kwargs)
-    return _submit_when_ready(executor, fn, args, kwargs, unfinished)
+        return _submit_resolved(submit, fn, args, kwargs)
+    return _submit_when_ready(submit, fn, args, kwargs, unfinished)
+
+
+def _plain_submit(executor: Executor) -> Submit:
+    def submit(
+        fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> Future[Any]:
+        return executor.submit(fn, *args, **kwargs)
+
+    return submit
 
 
 def has_smart_future(args: tuple[Any, ...], kwargs: dict[str, Any]) -> bool:
@@ -74,7 +99,7 @@ def _resolve(
 
 
 def _submit_resolved(
-    executor: Executor, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+    submit: Submit, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
 ) -> SmartFuture[Any]:
     failure = _first_failure(args, kwargs)
     if failure is not None:
@@ -82,17 +107,19 @@ def _submit_resolved(
         failed.set_exception(failure)
         return SmartFuture(failed)
     args, kwargs = _resolve(args, kwargs)
-    return SmartFuture(executor.submit(fn, *args, **kwargs))
+    return SmartFuture(submit(fn, args, kwargs))
 
 
 def _submit_when_ready(
-    executor: Executor,
+    submit: Submit,
     fn: Callable[..., Any],
     args: tuple[Any, ...],
     kwargs: dict[str, Any],
     unfinished: list[SmartFuture[Any]],
 ) -> SmartFuture[Any]:
-    outer: Future[Any] = Future()
+    # Stays pending while it waits, then follows the submitted call: running() and
+    # cancel() (also SmartFuture.cancel() of a running PROCESS/REMOTE call) act on it.
+    outer = AttemptsFuture()
     remaining = [len(unfinished)]
     lock = threading.Lock()
 
@@ -109,37 +136,16 @@ def _submit_when_ready(
             return
         try:
             resolved_args, resolved_kwargs = _resolve(args, kwargs)
-            inner = executor.submit(fn, *resolved_args, **resolved_kwargs)
+            inner = submit(fn, resolved_args, resolved_kwargs)
         except BaseException as exc:
             _set_exception_unless_cancelled(outer, exc)
             return
-        _chain(inner, outer)
+        outer.set_attempt(inner)
+        inner.add_done_callback(outer.settle_from)
 
     for dependency in unfinished:
         dependency.future.add_done_callback(on_dependency_done)
     return SmartFuture(outer)
-
-
-def _chain(inner: Future[Any], outer: Future[Any]) -> None:
-    """Copy inner's outcome to outer; cancelling outer cancels inner."""
-
-    def copy(done: Future[Any]) -> None:
-        if done.cancelled():
-            outer.cancel()
-            return
-        exc = done.exception()
-        if exc is not None:
-            _set_exception_unless_cancelled(outer, exc)
-        elif not outer.done():
-            with contextlib.suppress(InvalidStateError):  # outer was cancelled meanwhile
-                outer.set_result(done.result())
-
-    def propagate_cancel(done: Future[Any]) -> None:
-        if done.cancelled():
-            inner.cancel()
-
-    outer.add_done_callback(propagate_cancel)
-    inner.add_done_callback(copy)
 
 
 def _set_exception_unless_cancelled(future: Future[Any], exc: BaseException) -> None:

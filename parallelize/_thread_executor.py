@@ -12,18 +12,23 @@ touched under ``_shutdown_lock``; statistics have their own leaf lock.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 import queue
 import threading
 import weakref
 from collections.abc import Callable
-from concurrent.futures import Future
+from concurrent.futures import Future, InvalidStateError
 from time import perf_counter
 from typing import Any, TypeVar
 
+from ._call_options import CallOptions
+from ._errors import TaskTimeoutError
 from ._executor_base import BaseExecutor, at_threads_exit, waits_at_exit
+from ._pickling import callable_name
 from ._stats import Outcome, TaskStats
+from ._timer import call_later
 
 __all__ = ["ThreadExecutor"]
 
@@ -143,6 +148,31 @@ class ThreadExecutor(BaseExecutor):
                 self._maybe_start_thread()
         return future
 
+    #: ``timeout=`` is enforced: the future fails at the deadline, the thread runs on.
+    supports_timeout = True
+
+    def submit_with(
+        self, options: CallOptions, fn: Callable[..., T], /, *args: Any, **kwargs: Any
+    ) -> Future[T]:
+        """Submit one call with per-call *options*; only ``timeout`` means anything here.
+
+        The deadline counts from when a worker thread starts the call. At the deadline
+        the future fails with :class:`TaskTimeoutError`; the thread cannot be killed,
+        so it runs the call to its end and its result is discarded (the thread is busy
+        until then). ``backups`` and ``avoid_hosts`` do not apply to threads.
+        """
+        timeout = options.timeout
+        if timeout is None:
+            return self.submit(fn, *args, **kwargs)
+        future: _TimedFuture[T] = _TimedFuture()
+        with self._shutdown_lock:
+            self._check_open()
+            self._stats.task_submitted()
+            self._queue.put((future, _Timed(fn, timeout, future), args, kwargs))
+            if len(self._threads) < self.max_workers:
+                self._maybe_start_thread()
+        return future
+
     def _maybe_start_thread(self) -> None:
         if self._idle.acquire(timeout=0):
             return
@@ -199,3 +229,42 @@ class ThreadExecutor(BaseExecutor):
         self._shutdown_lock = threading.Lock()
         self._threads = []
         self._queue = queue.SimpleQueue()
+
+
+class _TimedFuture(Future[T]):
+    """The future of a call with a timeout: the first outcome wins.
+
+    The worker sets the call's outcome when it returns, which may be after the
+    timer has already failed the future; that late outcome is dropped.
+    """
+
+    def set_result(self, result: T) -> None:
+        with contextlib.suppress(InvalidStateError):
+            super().set_result(result)
+
+    def set_exception(self, exception: BaseException | None) -> None:
+        with contextlib.suppress(InvalidStateError):
+            super().set_exception(exception)
+
+
+class _Timed:
+    """Runs *fn* on the worker thread with a timer armed from the moment it starts."""
+
+    __slots__ = ("fn", "future", "timeout")
+
+    def __init__(self, fn: Callable[..., Any], timeout: float, future: Future[Any]) -> None:
+        self.fn = fn
+        self.timeout = timeout
+        self.future = future
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        handle = call_later(self.timeout, self._expire)
+        try:
+            return self.fn(*args, **kwargs)
+        finally:
+            handle.cancel()
+
+    def _expire(self) -> None:
+        if not self.future.done():
+            error = TaskTimeoutError(callable_name(self.fn), self.timeout, "thread")
+            self.future.set_exception(error)

@@ -32,4 +32,8 @@ def check() -> None:
     n: int = f(1).result()  # error: assignment
     Model().method("x")  # error: arg-type
     wait_all([f(1)], progress="sometimes")  # error: arg-type
-    print(n)
+    f.options(timout=1)  # error: call-arg
+    f.options(timeout=1)("x")  # error: arg-type
+    f.map([1], chunksize="auto")  # error: arg-type
+    m: list[int] = f.map([1])  # error: assignment
+    print(n, m)
