@@ -23,6 +23,7 @@ from time import perf_counter
 from typing import Any, TypeVar
 
 from ._executor_base import BaseExecutor, at_threads_exit, waits_at_exit
+from ._share import unwrap_shared
 from ._stats import Outcome, TaskStats
 
 __all__ = ["ThreadExecutor"]
@@ -135,6 +136,7 @@ class ThreadExecutor(BaseExecutor):
         Raises RuntimeError if the executor has been shut down.
         """
         future: Future[T] = Future()
+        args, kwargs = unwrap_shared(args, kwargs)  # share() handles: the object itself
         with self._shutdown_lock:
             self._check_open()
             self._stats.task_submitted()
