@@ -7,6 +7,7 @@ host's current connection) of real agents behind real OpenSSH servers (``sshd`` 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import os
 import signal
 import stat
@@ -18,8 +19,10 @@ import cloudpickle
 import numpy as np
 import pytest
 from sshd import EventRecorder
+from test_agent import AgentProc, expect_protocol_error
 
 from parallelize import ProcessExecutor, Shared, ThreadExecutor, share
+from remote import _wire
 from remote._blobs import (
     Blob,
     BlobArgs,
@@ -290,3 +293,38 @@ def test_host_without_zstandard(ssh_hosts: Any, tmp_path: Path) -> None:
     with pytest.raises(HostUnavailableError, match="pip install zstandard") as info:
         link.connect(EventRecorder())
     assert info.value.kind is HostErrorKind.VERSION
+
+
+# -- the agent's side, spoken to directly -----------------------------------------------------
+
+
+def _blob_frame(blob: Blob) -> bytes:
+    head = _wire.encode_blob_head(blob.digest, _wire.BLOB_RAW, len(blob.data), len(blob.data))
+    return head + blob.data
+
+
+def test_agent_keeps_blobs_in_step_and_rejects_unknown_ones() -> None:
+    array = np.arange(1000, dtype=float)
+    data = cloudpickle.dumps(array)
+    blob = Blob(hashlib.sha256(data).digest(), data)
+    args = cloudpickle.dumps(((BlobRef(blob.digest), 1), {}))
+    agent = AgentProc(slots=1)
+    try:
+        agent.send(_blob_frame(blob))
+        for attempt in (1, 2):  # the second SUBMIT finds the blob in the agent and slot
+            agent.send(_wire.encode_blob_use(attempt, [blob.digest]))
+            agent.send(_wire.encode_submit(attempt, 7, cloudpickle.dumps(total), args))
+            kind, body = agent.recv()
+            assert kind == _wire.RESULT
+            _, ok, payload, _ = _wire.decode_result(body)
+            assert ok and cloudpickle.loads(payload) == float(array.sum()) + 1
+        agent.send(_wire.encode_blob_drop([blob.digest]))
+        agent.send(_wire.encode_blob_use(3, [blob.digest]))
+        assert "out of step" in expect_protocol_error(agent)
+    finally:
+        if agent.proc.poll() is None:
+            agent.proc.kill()
+        agent.proc.wait()
+        for stream in (agent.proc.stdin, agent.proc.stdout, agent.proc.stderr):
+            if stream is not None:
+                stream.close()
