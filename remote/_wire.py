@@ -345,7 +345,8 @@ class FrameBuffer:
             stop = pos + 4 + length
             if stop > end:
                 break
-            frames.append((kind, bytes(buf[pos + 5 : stop])))
+            with memoryview(buf) as view:  # one copy of a large body, not two
+                frames.append((kind, bytes(view[pos + 5 : stop])))
             pos = stop
         if pos:
             del buf[:pos]
