@@ -367,6 +367,13 @@ def negotiate_compression(spec: HostSpec, hello: dict[str, Any]) -> bool:
 
     ``"zstd"`` on a host without zstandard fails the connection, naming the fix."""
     mode = spec.compression
+    if mode == "zstd" and zstd_version() is None:  # a HostSpec made without the pool file
+        raise HostUnavailableError(
+            f"host {spec.name!r}: compression = 'zstd' needs the zstandard package on the "
+            "controller. Fix: pip install 'parallelize[compress]', or use compression = 'auto'.",
+            kind=HostErrorKind.VERSION,
+            host=spec.name,
+        )
     if mode == "none" or zstd_version() is None:
         return False
     if hello.get("zstd"):

@@ -33,6 +33,10 @@ Design:
   (unpickled); a slot receives the bytes with the first task that uses them.
   The caches are bounded in lockstep with the controller's LRU: the agent
   keeps what it is sent and drops what an EVICT names (see ``_wire``).
+- Large arguments arrive as blobs (BLOB frames, see ``_wire`` and ``remote/_blobs.py``):
+  the agent keeps their bytes by digest, in lockstep with the controller like functions;
+  each slot unpickles a blob once, when it first runs a task that uses it, and hands the
+  same (read-only where numpy allows) object to later tasks (the "blobs" sections below).
 - Protocol errors: a frame from the controller that does not match its
   declared parts is answered with an ERROR frame naming it; the agent then
   writes the reason on stderr and exits with status 2. A slot that gets a
@@ -307,11 +311,11 @@ class Agent:
         # args). The function bytes are held here: an EVICT may drop them from the cache.
         self.queue: dict[int, tuple[int, bytes, bytes]] = {}
         # Blobs by digest, mirroring the controller's BlobLRU (see _wire, remote/_blobs.py).
-        self.blobs: dict[bytes, bytes] = {}
+        self.blobs: dict[bytes, bytes | memoryview] = {}
         self.blob_use: dict[int, list[bytes]] = {}  # from BLOB_USE, until its SUBMIT
         # The blobs each submitted, not yet started attempt needs (held here: a BLOB_DROP
         # may drop them from the cache while the attempt waits for a slot).
-        self.attempt_blobs: dict[int, list[tuple[bytes, bytes]]] = {}
+        self.attempt_blobs: dict[int, list[tuple[bytes, bytes | memoryview]]] = {}
         self.tmpdir = ""
         self.selector = selectors.DefaultSelector()
         self.wake_r, self.wake_w = os.pipe()
@@ -939,9 +943,10 @@ def _zstd_version() -> str | None:
     return str(getattr(zstandard, "__version__", "unknown"))
 
 
-def _unpack_blob(codec: int, raw_len: int, data: memoryview) -> bytes:
+def _unpack_blob(codec: int, raw_len: int, data: memoryview) -> bytes | memoryview:
+    """The raw bytes of a BLOB's data: a view into the frame (no copy) unless compressed."""
     if codec == _wire.BLOB_RAW:
-        return bytes(data)
+        return data
     try:
         import zstandard
     except ImportError:
