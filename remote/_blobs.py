@@ -10,7 +10,9 @@ at the end of ``_wire.py``):
   is pickled on its own into a :class:`Blob` (its SHA-256 digest and bytes) and replaced in
   the call's pickled arguments by a :class:`BlobRef`, a few dozen bytes that unpickle *on the
   slot* as the object. Each distinct object is pickled once per submit (a handle: once per
-  handle, ever) and its bytes are shared by every host and attempt; they live as long as the
+  handle, ever) and its bytes are shared by every host and attempt, and by every call in
+  flight whose argument pickles to the same bytes (a registry of live blobs by digest), so
+  one pickled copy is held however many pending calls use an object; they live as long as the
   call's bundle (retries may need them on another host) and the link queues that still have
   to write them, no longer. The pickled arguments travel as :class:`BlobArgs`, bytes that
   also name their blobs, so the scheduler and the link contract are unchanged.
@@ -148,7 +150,7 @@ def zstd_version() -> str | None:
 class Blob:
     """One pickled object: its digest, its bytes and, when worth it, a compressed copy."""
 
-    __slots__ = ("data", "digest", "zstd")
+    __slots__ = ("__weakref__", "data", "digest", "zstd")
 
     def __init__(self, digest: bytes, data: bytes) -> None:
         self.digest = digest
@@ -198,6 +200,25 @@ class BlobRef:
         return (operator.methodcaller("resolve_blob", self.digest), (_AgentModule(),))
 
 
+# Every blob some pending call still holds, by digest: a call whose argument pickles to the
+# bytes of a live blob shares that blob, so the controller keeps one pickled copy of an
+# object however many calls in flight use it (the bytes go when the last of them is done).
+_live: weakref.WeakValueDictionary[bytes, Blob] = weakref.WeakValueDictionary()
+_live_lock = threading.Lock()
+
+
+def _shared_blob(digest: bytes, data: bytes, compress: bool) -> Blob:
+    with _live_lock:
+        blob = _live.get(digest)
+    if blob is None:
+        fresh = Blob(digest, data)
+        if compress:
+            fresh.compress()
+        with _live_lock:
+            blob = _live.setdefault(digest, fresh)
+    return blob
+
+
 # Blobs of share() handles, made once per handle (compression included).
 _handle_blobs: weakref.WeakKeyDictionary[Shared[Any], Blob] = weakref.WeakKeyDictionary()
 _handle_lock = threading.Lock()
@@ -207,10 +228,7 @@ def _handle_blob(handle: Shared[Any], compress: bool) -> Blob:
     with _handle_lock:
         blob = _handle_blobs.get(handle)
     if blob is None:
-        digest, data = pickled_shared(handle)
-        blob = Blob(digest, data)
-        if compress:
-            blob.compress()
+        blob = _shared_blob(*pickled_shared(handle), compress)
         with _handle_lock:
             blob = _handle_blobs.setdefault(handle, blob)
     return blob
@@ -255,9 +273,8 @@ def prepare_args(
             if len(data) < threshold:
                 by_id[id(value)] = value
                 return value
-            blob = Blob(blob_digest(data), data)
-            if compress:
-                blob.compress()
+            blob = _shared_blob(blob_digest(data), data, compress)
+            del data  # a live blob of the same bytes is kept instead
         if len(blob.data) > _MAX_BLOB:
             raise PicklingError(
                 f"cannot send call to {callable_name(target)}: an argument takes "

@@ -97,6 +97,9 @@ def test_prepare_args_replaces_large_arguments_only() -> None:
     assert isinstance(payload, BlobArgs)
     assert len(payload.blobs) == 1  # one object: pickled once, one blob
     assert len(payload) < 4096
+    # calls in flight with equal arguments hold one pickled copy between them
+    other = prepare_args(total, (big.copy(),), {}, MB, compress=False)
+    assert isinstance(other, BlobArgs) and other.blobs[0] is payload.blobs[0]
     # a large list has no cheap size estimate: found by the second pass
     listed = prepare_args(total, (list(range(400_000)),), {}, MB, compress=False)
     assert isinstance(listed, BlobArgs) and len(listed.blobs) == 1
