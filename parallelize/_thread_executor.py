@@ -22,8 +22,8 @@ from concurrent.futures import Future
 from time import perf_counter
 from typing import Any, TypeVar
 
+from . import _share
 from ._executor_base import BaseExecutor, at_threads_exit, waits_at_exit
-from ._share import unwrap_shared
 from ._stats import Outcome, TaskStats
 
 __all__ = ["ThreadExecutor"]
@@ -136,7 +136,8 @@ class ThreadExecutor(BaseExecutor):
         Raises RuntimeError if the executor has been shut down.
         """
         future: Future[T] = Future()
-        args, kwargs = unwrap_shared(args, kwargs)  # share() handles: the object itself
+        if _share.handles_exist:  # share() handles: the function gets the object itself
+            args, kwargs = _share.unwrap_shared(args, kwargs)
         with self._shutdown_lock:
             self._check_open()
             self._stats.task_submitted()
