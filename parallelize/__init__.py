@@ -36,6 +36,7 @@ from ._errors import (
 )
 from ._executor_base import BaseExecutor
 from ._method import Method
+from ._share import Shared, share
 from ._stats import ExecutorStats
 from ._thread_executor import ThreadExecutor
 from ._typing import ParallelFunction
@@ -54,6 +55,7 @@ __all__ = [
     "PoisonedCallError",
     "ProcessExecutor",
     "RemoteTraceback",
+    "Shared",
     "SmartFuture",
     "TaskLostError",
     "TaskTimeoutError",
@@ -62,6 +64,7 @@ __all__ = [
     "configure",
     "default_executor",
     "parallelize",
+    "share",
     "shutdown_default_executors",
     "wait_all",
     "wait_any",

@@ -23,6 +23,7 @@ from concurrent.futures import Future, InvalidStateError
 from time import perf_counter
 from typing import Any, TypeVar
 
+from . import _share
 from ._call_options import CallOptions
 from ._errors import TaskTimeoutError
 from ._executor_base import BaseExecutor, at_threads_exit, waits_at_exit
@@ -140,6 +141,8 @@ class ThreadExecutor(BaseExecutor):
         Raises RuntimeError if the executor has been shut down.
         """
         future: Future[T] = Future()
+        if _share.handles_exist:  # share() handles: the function gets the object itself
+            args, kwargs = _share.unwrap_shared(args, kwargs)
         with self._shutdown_lock:
             self._check_open()
             self._stats.task_submitted()
@@ -165,6 +168,8 @@ class ThreadExecutor(BaseExecutor):
         if timeout is None:
             return self.submit(fn, *args, **kwargs)
         future: _TimedFuture[T] = _TimedFuture()
+        if _share.handles_exist:
+            args, kwargs = _share.unwrap_shared(args, kwargs)
         with self._shutdown_lock:
             self._check_open()
             self._stats.task_submitted()

@@ -24,8 +24,10 @@ from ._config import (
 from ._errors import TaskTimeoutError, attach_remote_traceback, where_ran
 from ._executor_base import BaseExecutor, waits_at_exit
 from ._pickling import callable_name, dumps_args, dumps_function, split_bound_method
+from ._pickling import dumps as dumps_value
 from ._process._memory import trim_c_heap as release_memory
 from ._registry import method_factory, register_info_section, register_method
+from ._share import blob_digest, pickled_shared
 from ._stats import ExecutorStats, Outcome, TaskStats
 
 __all__ = [
@@ -38,12 +40,15 @@ __all__ = [
     "TaskStats",
     "TaskTimeoutError",
     "attach_remote_traceback",
+    "blob_digest",
     "callable_name",
     "current_settings",
     "dumps_args",
     "dumps_function",
+    "dumps_value",
     "failure_setting",
     "method_factory",
+    "pickled_shared",
     "register_info_section",
     "register_method",
     "release_memory",

@@ -44,6 +44,7 @@ from pathlib import Path
 from typing import Any
 
 from . import _wire
+from ._blobs import BlobLRU, blob_frames, blobs_of, negotiate_compression
 from ._errors import HostErrorKind, HostUnavailableError
 from ._fn_lru import FnLRU
 from ._link import HostSpec, LinkEvents
@@ -215,10 +216,17 @@ class _Outbound:
     (a function or evictions the link's function cache already counts as delivered);
     such a SUBMIT is written and cancelled right after instead."""
 
-    __slots__ = ("attempt", "cancel_after", "data", "droppable", "dropped")
+    __slots__ = ("attempt", "cancel_after", "data", "droppable", "dropped", "tail")
 
-    def __init__(self, data: bytes, attempt: int | None = None, droppable: bool = True) -> None:
+    def __init__(
+        self,
+        data: bytes,
+        attempt: int | None = None,
+        droppable: bool = True,
+        tail: bytes | None = None,
+    ) -> None:
         self.data = data
+        self.tail = tail  # written right after data: a blob's bytes, never copied into a frame
         self.attempt = attempt
         self.droppable = droppable
         self.dropped = False
@@ -273,6 +281,10 @@ class AgentLink:
         self._queued_submits: dict[int, _Outbound] = {}
         self._writer_done = False
         self._fns_sent = FnLRU()  # mirrors the agent's function cache (under _write_lock)
+        # mirrors the agent's blob cache (under _write_lock; see remote/_blobs.py)
+        self._blobs_sent = BlobLRU(spec.blob_cache_bytes)
+        self._zstd = False  # the agent takes zstd-compressed blobs (decided at HELLO)
+        self.bytes_sent = 0  # bytes written to the agent (the writer thread's counter)
         # --- health, written by the reader/writer threads, read by the pinger --------
         self._frames = _wire.FrameBuffer()
         self._pings: dict[int, tuple[threading.Event, list[float]]] = {}
@@ -386,9 +398,12 @@ class AgentLink:
         try:
             self._open(deadline)
             with contextlib.suppress(OSError):  # if it died already, _read_hello says why
-                self._write(_agent_blob(self.spec.name, self.spec.slots, self.silence_limit))
+                agent = _agent_blob(self.spec.name, self.spec.slots, self.silence_limit)
+                self.bytes_sent += len(agent)
+                self._write(agent)
             info = self._read_hello(deadline)
             check_hello(self.spec, info)
+            self._zstd = negotiate_compression(self.spec, info)
         except BaseException:
             self._transition(LinkState.DOWN)
             self._transition(LinkState.CLOSED)
@@ -526,6 +541,13 @@ class AgentLink:
             _, evicted = self._fns_sent.use(fn_id, len(fn_payload))
             if evicted:
                 frame = _wire.encode_evict(evicted) + frame
+            blobs = blobs_of(args_payload)
+            if blobs:  # the blobs the agent lacks go first (never dropped: the LRU counts
+                # them as delivered), then BLOB_USE with the SUBMIT (dropped together)
+                parts, use = blob_frames(attempt_id, blobs, self._blobs_sent, self._zstd)
+                for head, data in parts:
+                    self._outq.append(_Outbound(head, droppable=False, tail=data))
+                frame = use + frame
             with self._state_lock:
                 self._inflight.add(attempt_id)
             item = _Outbound(frame, attempt_id, droppable=not first and not evicted)
@@ -626,6 +648,11 @@ class AgentLink:
                 return
             try:
                 self._write(item.data)
+                size = len(item.data)
+                if item.tail is not None:
+                    self._write(item.tail)
+                    size += len(item.tail)
+                self.bytes_sent += size
             except Exception as exc:
                 if self._down_reason is None:
                     self._down_reason = f"write failed: {type(exc).__name__}: {exc}"
@@ -634,7 +661,7 @@ class AgentLink:
                 # the reader then sees the stream end and reports the link down
                 threading.Thread(target=self._shutdown_transport, daemon=True).start()
                 return
-            if len(item.data) >= _PROGRESS_FRAME:
+            if size >= _PROGRESS_FRAME:
                 self._progress()
             if item.cancel_after and item.attempt is not None:
                 self._send_urgent(_wire.encode_cancel(item.attempt))

@@ -31,7 +31,6 @@ from parallelize.ext import (
     BaseExecutor,
     ExecutorStats,
     callable_name,
-    dumps_args,
     dumps_function,
     failure_setting,
     split_bound_method,
@@ -40,6 +39,7 @@ from parallelize.ext import (
 from smart_future import register_status_provider
 
 from ._agent_client import LinkTiming
+from ._blobs import prepare_args, resolve_threshold, zstd_version
 from ._bundle import Bundle
 from ._heartbeat import format_summary
 from ._link import HostLink, HostSpec
@@ -163,6 +163,9 @@ class RemoteExecutor(BaseExecutor):
     each; the first copy to finish wins). A bundle whose attempts fail for infrastructure
     reasons *max_attempts* times is poisoned; when no host is reachable for
     *host_down_timeout* seconds pending calls fail with :class:`HostUnavailableError`.
+    Arguments pickled larger than *blob_threshold* bytes (default: ``[executor]
+    blob_threshold`` of the pool file, ``PARALLELIZE_BLOB_THRESHOLD``, 1 MiB; 0: off) and
+    :func:`parallelize.share` handles are sent once per host (see ``remote/_blobs.py``).
     """
 
     def __init__(
@@ -181,9 +184,15 @@ class RemoteExecutor(BaseExecutor):
         name: str = "remote",
         link_factory: LinkFactory | None = None,
         clock: Callable[[], float] = time.monotonic,
+        blob_threshold: int | None = None,
     ) -> None:
         config = _resolve_pool(pool)
         self.hosts = list(config.hosts)
+        self.blob_threshold = resolve_threshold(blob_threshold, config.blob_threshold)
+        # compress blobs (once, in the submitting thread) if some host may take them so
+        self._compress = zstd_version() is not None and any(
+            h.compression != "none" for h in self.hosts
+        )
         options = resolve_options(
             {
                 "backups": backups,
@@ -239,7 +248,9 @@ class RemoteExecutor(BaseExecutor):
             )
         target, call_args = split_bound_method(fn, args)
         fn_payload = dumps_function(target)
-        args_payload = dumps_args(target, call_args, kwargs)
+        args_payload = prepare_args(
+            target, call_args, kwargs, self.blob_threshold, compress=self._compress
+        )
         if len(fn_payload) + len(args_payload) > _MAX_FRAME:
             raise PicklingError(
                 f"cannot send call to {callable_name(fn)}: its pickled function and arguments "
@@ -276,7 +287,8 @@ class RemoteExecutor(BaseExecutor):
         ``hosts`` (name -> state, slots, in_flight, done, lost, p50, p95, reason,
         in_flight_bundles) and ``attempts``: one record per finished attempt
         (bundle, attempt, host, slot, start, end (seconds since the executor
-        started), outcome, is_backup, reason) for drawing a timeline.
+        started), outcome, is_backup, reason) for drawing a timeline; ``bytes_sent``:
+        host name -> bytes written to its current connection.
         """
         extra = self._scheduler.call(self._scheduler.snapshot)
         return self._stats.snapshot(self.name, **extra)

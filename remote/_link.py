@@ -41,6 +41,8 @@ class HostSpec:
     gateway: str | None = None  # "user@host:port" of a jump host
     strict_host_key_checking: bool = True
     is_local: bool = False  # embedded pool: a local agent over pipes, no SSH
+    blob_cache_bytes: int = 2 << 30  # bound of the agent's blob cache (remote/_blobs.py)
+    compression: str = "auto"  # of blobs sent to it: "auto", "zstd" or "none"
 
 
 class LinkEvents(Protocol):

@@ -37,6 +37,7 @@ from typing import Any
 
 from parallelize.ext import FAILURE_SETTINGS, validate_failure_setting
 
+from ._blobs import check_cache_bytes, check_compression, check_threshold
 from ._errors import PoolConfigError
 from ._link import HostSpec
 
@@ -66,6 +67,8 @@ _DEFAULT_KEYS = (
     "gateway",
     "strict_host_key_checking",
     "connect_timeout",
+    "blob_cache_bytes",
+    "compression",
 )
 _HOST_KEYS = (
     "host",
@@ -78,7 +81,10 @@ _HOST_KEYS = (
     "gateway",
     "strict_host_key_checking",
     "controller",
+    "blob_cache_bytes",
+    "compression",
 )
+_BLOB_EXECUTOR_KEYS = ("blob_threshold", "compression")  # [executor] keys of remote/_blobs.py
 
 
 @dataclass(frozen=True)
@@ -91,6 +97,7 @@ class PoolConfig:
     path: str | None = None  # the file it was read from; None for the embedded pool
     # the [executor] table: failure-handling settings (see parallelize._config)
     executor: Mapping[str, bool | int | float] = field(default_factory=dict)
+    blob_threshold: int | None = None  # [executor] blob_threshold (remote/_blobs.py)
 
 
 def default_pool_path() -> Path:
@@ -368,12 +375,27 @@ def parse_pool(data: Mapping[str, Any], path: str, *, ssh_config: Path | None = 
     """Validate parsed TOML *data* read from *path* (used in error messages)."""
     check = _Checker(path)
     check.keys(data, ("defaults", "hosts", "executor"), "top level")
-    executor = _executor_options(check, data.get("executor", {}))
+    executor_raw = data.get("executor", {})
+    blob_options: dict[str, Any] = {}
+    if isinstance(executor_raw, dict):
+        blob_options = {k: executor_raw[k] for k in _BLOB_EXECUTOR_KEYS if k in executor_raw}
+        executor_raw = {k: v for k, v in executor_raw.items() if k not in blob_options}
+    executor = _executor_options(check, executor_raw)
+    blob_threshold = None
+    if "blob_threshold" in blob_options:
+        blob_threshold = _blob_field(
+            check, check_threshold, blob_options["blob_threshold"], "executor", "blob_threshold"
+        )
     defaults_raw = data.get("defaults", {})
     if not isinstance(defaults_raw, dict):
         raise check.fail("defaults", None, "must be a table", "write it as [defaults]")
     check.keys(defaults_raw, _DEFAULT_KEYS, "defaults")
     defaults = _common_fields(check, defaults_raw, "defaults")
+    if "compression" in blob_options and "compression" not in defaults:
+        # [executor] compression: the default of every host
+        defaults["compression"] = _blob_field(
+            check, check_compression, blob_options["compression"], "executor", "compression"
+        )
     connect_timeout = 10.0
     if "connect_timeout" in defaults_raw:
         connect_timeout = check.positive(
@@ -409,7 +431,16 @@ def parse_pool(data: Mapping[str, Any], path: str, *, ssh_config: Path | None = 
         strict_host_key_checking=strict,
         path=path,
         executor=executor,
+        blob_threshold=blob_threshold,
     )
+
+
+def _blob_field(check: _Checker, validate: Any, value: Any, entry: str, name: str) -> Any:
+    try:
+        return validate(value, f"{entry}.{name}")
+    except ValueError as exc:
+        problem, _, fix = str(exc).split(": ", 1)[1].partition(". Fix: ")
+        raise check.fail(entry, name, problem, fix or "correct the value") from None
 
 
 def _executor_options(check: _Checker, table: object) -> dict[str, bool | int | float]:
@@ -444,6 +475,14 @@ def _common_fields(check: _Checker, table: Mapping[str, Any], entry: str) -> dic
         out["identity_file"] = check.identity(table["identity_file"], entry, "identity_file")
     if "gateway" in table:
         out["gateway"] = check.gateway(table["gateway"], entry, "gateway")
+    if "blob_cache_bytes" in table:
+        out["blob_cache_bytes"] = _blob_field(
+            check, check_cache_bytes, table["blob_cache_bytes"], entry, "blob_cache_bytes"
+        )
+    if "compression" in table:
+        out["compression"] = _blob_field(
+            check, check_compression, table["compression"], entry, "compression"
+        )
     if "strict_host_key_checking" in table:
         out["strict_host_key_checking"] = check.boolean(
             table["strict_host_key_checking"], entry, "strict_host_key_checking"

@@ -426,6 +426,10 @@ class Scheduler(Dispatcher):
         data = self.status().as_dict()
         data["attempts"] = self._attempt_log.records()
         data["attempts_total"] = self._attempt_log.total
+        # bytes written to each host's current connection (links that count them)
+        data["bytes_sent"] = {
+            h.name: int(getattr(h.link, "bytes_sent", 0)) for h in self._hosts if h.link
+        }
         return data
 
     # ------------------------------------------------------------------

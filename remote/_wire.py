@@ -10,7 +10,8 @@ Every message is one frame::
 fields packed with :mod:`struct` (big endian) followed by one variable-size
 blob, so encoding and decoding are a single ``pack``/``unpack`` plus slicing.
 
-Controller -> agent: SUBMIT, CANCEL, PING, SHUTDOWN, EVICT.
+Controller -> agent: SUBMIT, CANCEL, PING, SHUTDOWN, EVICT (and BLOB, BLOB_DROP, BLOB_USE:
+see the end of this module).
 Agent -> controller: HELLO, RESULT, LOST, PONG, OUTPUT, ERROR.
 Agent -> slot: SUBMIT, EVICT. Slot -> agent: RESULT, LOST (a slot's LOST
 carries attempt id 0: the agent knows which attempt the slot runs).
@@ -56,7 +57,13 @@ import struct
 from typing import Any
 
 __all__ = [
+    "BLOB",
+    "BLOB_DROP",
+    "BLOB_RAW",
+    "BLOB_USE",
+    "BLOB_ZSTD",
     "CANCEL",
+    "DIGEST_SIZE",
     "ERROR",
     "EVICT",
     "FN_CACHE_MAX_BYTES",
@@ -74,6 +81,9 @@ __all__ = [
     "SUBMIT",
     "FrameBuffer",
     "ProtocolError",
+    "decode_blob",
+    "decode_blob_drop",
+    "decode_blob_use",
     "decode_cancel",
     "decode_error",
     "decode_evict",
@@ -84,6 +94,9 @@ __all__ = [
     "decode_result",
     "decode_shutdown",
     "decode_submit",
+    "encode_blob_drop",
+    "encode_blob_head",
+    "encode_blob_use",
     "encode_cancel",
     "encode_error",
     "encode_evict",
@@ -332,7 +345,8 @@ class FrameBuffer:
             stop = pos + 4 + length
             if stop > end:
                 break
-            frames.append((kind, bytes(buf[pos + 5 : stop])))
+            with memoryview(buf) as view:  # one copy of a large body, not two
+                frames.append((kind, bytes(view[pos + 5 : stop])))
             pos = stop
         if pos:
             del buf[:pos]
@@ -341,3 +355,72 @@ class FrameBuffer:
     def pending(self) -> int:
         """Bytes received that do not yet form a complete frame."""
         return len(self._buf)
+
+
+# -- content-addressed objects ("blobs", see remote/_blobs.py) ------------------------------
+#
+# Controller -> agent, and agent -> slot:
+# - BLOB: digest (32 bytes, SHA-256 of the raw bytes), codec u8 (BLOB_RAW, or BLOB_ZSTD only
+#   when the agent's HELLO reported zstandard), raw length u64, then the data (raw or
+#   compressed). The receiver keeps it under its digest. Agents pass slots raw data only.
+# - BLOB_DROP: n x 32-byte digests the receiver must drop.
+# - BLOB_USE: attempt_id u64, then n x 32-byte digests the SUBMIT of that attempt (the next
+#   frame) refers to; the agent hands them to the slot that runs it.
+# Kind numbers start at 32, away from the core kinds above.
+BLOB = 32
+BLOB_DROP = 33
+BLOB_USE = 34
+BLOB_RAW = 0
+BLOB_ZSTD = 1
+DIGEST_SIZE = 32
+_NAMES.update({BLOB: "BLOB", BLOB_DROP: "BLOB_DROP", BLOB_USE: "BLOB_USE"})
+_BLOB = struct.Struct(">IB32sBQ")  # header, digest, codec, raw length
+_BLOB_BODY = struct.Struct(">32sBQ")
+
+
+def encode_blob_head(digest: bytes, codec: int, raw_len: int, data_len: int) -> bytes:
+    """The start of a BLOB frame; the *data_len* bytes of data follow it on the stream (kept
+    apart so that a large object is never copied into a frame)."""
+    if len(digest) != DIGEST_SIZE:
+        raise ProtocolError(f"a blob digest has {DIGEST_SIZE} bytes, not {len(digest)}")
+    return _BLOB.pack(_check_len(_BLOB.size - 4 + data_len), BLOB, digest, codec, raw_len)
+
+
+def decode_blob(body: bytes) -> tuple[bytes, int, int, memoryview]:
+    """-> (digest, codec, raw length, data)"""
+    if len(body) < _BLOB_BODY.size:
+        raise ProtocolError(f"malformed BLOB: {len(body)} bytes, shorter than its fixed part")
+    digest, codec, raw_len = _BLOB_BODY.unpack_from(body)
+    if codec not in (BLOB_RAW, BLOB_ZSTD):
+        raise ProtocolError(f"malformed BLOB: unknown codec {codec}")
+    data = memoryview(body)[_BLOB_BODY.size :]
+    if codec == BLOB_RAW and len(data) != raw_len:
+        raise ProtocolError(f"malformed BLOB: {len(data)} bytes of data, declared {raw_len}")
+    return digest, codec, raw_len, data
+
+
+def _digests(body: bytes | memoryview, what: str) -> list[bytes]:
+    if len(body) % DIGEST_SIZE:
+        raise ProtocolError(f"malformed {what}: digests take {len(body)} bytes")
+    return [bytes(body[i : i + DIGEST_SIZE]) for i in range(0, len(body), DIGEST_SIZE)]
+
+
+def encode_blob_drop(digests: list[bytes]) -> bytes:
+    body = b"".join(digests)
+    return HEADER.pack(_check_len(1 + len(body)), BLOB_DROP) + body
+
+
+def decode_blob_drop(body: bytes) -> list[bytes]:
+    return _digests(body, "BLOB_DROP")
+
+
+def encode_blob_use(attempt_id: int, digests: list[bytes]) -> bytes:
+    body = b"".join(digests)
+    return _ID.pack(_ID.size - 4 + len(body), BLOB_USE, attempt_id) + body
+
+
+def decode_blob_use(body: bytes) -> tuple[int, list[bytes]]:
+    if len(body) < _ID_BODY.size:
+        raise ProtocolError("malformed BLOB_USE: no attempt id")
+    (attempt_id,) = _ID_BODY.unpack_from(body)
+    return int(attempt_id), _digests(memoryview(body)[_ID_BODY.size :], "BLOB_USE")
