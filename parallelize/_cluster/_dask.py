@@ -21,18 +21,25 @@ Backups: a heartbeat thread (only while calls are live, and only with
 *backups*) asks the scheduler which calls are processing where, and starts at
 most one copy per heartbeat of a straggler on an idle worker (see
 ``_speculation``); the first copy to finish wins and the other is cancelled.
+A call submitted with ``backups=False`` never gets a copy.
+
+Timeouts (``submit_with``, see ``_engine_base``): the deadline counts from when
+the scheduler first lists the call as processing on a worker. Dask cannot stop a
+running task: at the deadline the call's future fails with
+:class:`TaskTimeoutError` and its Dask task is cancelled, but the worker thread
+runs the function on to its end (its result is dropped).
 
 Threads and locks: user threads submit; Dask's event loop watches attempts
 (handed over in batches); the completion thread finishes them; the fetcher
-thread gathers values; the heartbeat thread looks for stragglers. ``_lock``
-guards ``_calls``, every call's attempt list and the ``_ready`` and
-``_to_watch`` hand-offs, and is never held across a call into Dask.
+thread gathers values; the heartbeat thread looks for stragglers; the deadline
+thread (``_engine_base``) times calls out. ``_lock`` guards ``_calls``, every
+call's attempt list and the ``_ready`` and ``_to_watch`` hand-offs, and is never
+held across a call into Dask.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import inspect
 import itertools
 import logging
@@ -42,14 +49,14 @@ import time
 import traceback
 import uuid
 from collections.abc import Callable
-from concurrent.futures import CancelledError, Future, InvalidStateError
 from dataclasses import dataclass, field
 from typing import Any
 
-from .._errors import AttemptRecord, PoisonedCallError, TaskLostError, attach_remote_traceback
-from .._executor_base import BaseExecutor
+from .._call_options import CallOptions
+from .._errors import PoisonedCallError, TaskLostError, attach_remote_traceback
 from .._stats import ExecutorStats, Outcome
-from ._engine_future import UNFETCHED, EngineFuture, native_arguments
+from ._engine_base import EngineExecutor, poisoned_error, set_outcome
+from ._engine_future import UNFETCHED, EngineFuture
 from ._remote_side import lost_attempts, run_call
 from ._speculation import Running, choose_backup
 
@@ -80,9 +87,10 @@ class _Call:
     seen_running: float | None = None  # monotonic time the heartbeat first saw it processing
     workers: set[str] = field(default_factory=set)
     finished: bool = False
+    backups: bool = True  # False: submitted with backups=False
 
 
-class DaskExecutor(BaseExecutor):
+class DaskExecutor(EngineExecutor):
     """Runs calls on a Dask cluster; a :class:`concurrent.futures.Executor`.
 
     *client*: a ``distributed.Client`` to use (not closed by this executor); else
@@ -90,8 +98,6 @@ class DaskExecutor(BaseExecutor):
     worker processes is started (and closed on shutdown). *backups*: start
     speculative copies of straggling calls (at most *max_backups_per_call* each).
     """
-
-    passes_smart_futures = True  # the decorator hands SmartFuture arguments to submit()
 
     def __init__(
         self,
@@ -130,24 +136,23 @@ class DaskExecutor(BaseExecutor):
         self._prefix = f"parallelize-{self.name}-{uuid.uuid4().hex[:8]}"
         self._ids = itertools.count()
         self._calls: dict[int, _Call] = {}
-        self._lock = threading.Lock()
         self._ready: list[EngineFuture] = []  # finished calls whose value the fetcher brings
         self._ready_wake = threading.Event()
         # Run times of finished calls from the scheduler's task stream (heartbeat thread only).
         self._durations: list[float] = []
-        self._timed: set[str] = set()
+        self._durations_read: set[str] = set()
         self._stream_mark = time.time()
         self._lost: dict[int, list[tuple[str, float, float]]] = {}
         self._backups_started = 0
         self._backups_won = 0
         self._winners: set[str] = set()
+        self._timed_out_keys: set[str] = set()
         self._started_wall = time.time()
         # The scheduler records task start/stop per worker once its task stream is on.
         self.client.get_task_stream(start=self._started_wall)
         self._threads_total = 0  # worker threads in the cluster, refreshed every 5 s
         self._threads_checked = -1e9
         self._wake = threading.Event()
-        self._stop = threading.Event()
         self._to_watch: list[tuple[_Call, _Attempt]] = []
         self._watchers: set[asyncio.Future[None]] = set()  # touched on the event loop only
         self._completed: queue.SimpleQueue[tuple[_Call, _Attempt] | None] = queue.SimpleQueue()
@@ -168,16 +173,17 @@ class DaskExecutor(BaseExecutor):
 
     # -- submitting ------------------------------------------------------------
 
-    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:
-        self._check_open()
-        args, kwargs, foreign = native_arguments(self, args, kwargs)
-        if foreign:  # SmartFutures of other executors: wait for their values first
-            from .._submission import submit_call
-
-            return submit_call(self, fn, args, kwargs).future
+    def _start_call(
+        self,
+        fn: Callable[..., Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        options: CallOptions,
+    ) -> EngineFuture:
         call_id = next(self._ids)
         future = EngineFuture(self, call_id, None)
         call = _Call(call_id, future, fn, args, kwargs, time.monotonic())
+        call.backups = options.backups is not False
         with self._lock:
             self._calls[call_id] = call
         self._stats.task_submitted()
@@ -254,7 +260,9 @@ class DaskExecutor(BaseExecutor):
                 self._attempt_done(call, attempt, attempt.engine)
             except Exception:  # never lose the thread; the call's future says what failed
                 logger.exception("%s: finishing call %d failed", self.name, call.id)
-                _set(call.future, None, TaskLostError(f"call {call.id}: could not be finished"))
+                set_outcome(
+                    call.future, None, TaskLostError(f"call {call.id}: could not be finished")
+                )
 
     def _attempt_done(self, call: _Call, attempt: _Attempt, engine: Any) -> None:
         status = engine.status
@@ -290,16 +298,16 @@ class DaskExecutor(BaseExecutor):
         if status == "finished":
             self._stats.task_finished(Outcome.SUCCEEDED)
             if chained:  # its value is wanted on workers: leave it there until asked for
-                _set(call.future, UNFETCHED)
+                set_outcome(call.future, UNFETCHED)
         elif exc is not None and not lost:
             self._stats.task_finished(Outcome.FAILED)
-            _set(call.future, None, exc)
+            set_outcome(call.future, None, exc)
         elif exc is not None:
             self._stats.task_finished(Outcome.FAILED)
-            _set(call.future, None, self._poisoned(call, exc))
+            set_outcome(call.future, None, self._poisoned(call, exc))
         else:
             self._stats.task_finished(Outcome.CANCELLED)
-            _set(
+            set_outcome(
                 call.future,
                 None,
                 TaskLostError(
@@ -309,31 +317,17 @@ class DaskExecutor(BaseExecutor):
             )
 
     def _poisoned(self, call: _Call, exc: BaseException) -> PoisonedCallError:
-        keys = [a.key for a in call.attempts]
         records: list[tuple[str, float, float]] = []
         try:
-            for key in keys:
-                records.extend(self.client.run_on_scheduler(lost_attempts, key=key))
+            for attempt in call.attempts:
+                records.extend(self.client.run_on_scheduler(lost_attempts, key=attempt.key))
         except Exception:  # an old or unusual scheduler: fall back to what the error says
             records = []
         if not records:
-            last = getattr(getattr(exc, "last_worker", None), "address", "?")
-            records = [(str(last), 0.0, 0.0)]
+            records = [(str(getattr(getattr(exc, "last_worker", None), "address", "?")), 0, 0)]
         self._lost[call.id] = records
-        attempts = tuple(
-            AttemptRecord(
-                host=worker,
-                reason="the worker died while running the call",
-                duration=(end - start) if end > start else None,
-            )
-            for worker, start, end in sorted(records, key=lambda r: r[1])
-        )
-        where = "; ".join(f"attempt {i} {a}" for i, a in enumerate(attempts, 1))
-        return PoisonedCallError(
-            f"call {call.id} of {self.name!r} was given up by Dask after its worker died "
-            f"{len(attempts)} time(s) (the scheduler's allowed-failures; the call probably "
-            f"kills its worker process): {where}",
-            attempts,
+        return poisoned_error(
+            f"call {call.id} of {self.name!r}", records, "by Dask: the scheduler's allowed-failures"
         )
 
     # -- values ---------------------------------------------------------------------
@@ -355,11 +349,11 @@ class DaskExecutor(BaseExecutor):
             except Exception:  # e.g. a value lost with its worker: each result() fetches alone
                 logger.debug("%s: batched gather failed", self.name, exc_info=True)
                 for future in batch:
-                    _set(future, UNFETCHED)
+                    set_outcome(future, UNFETCHED)
                 continue
             for future, value in zip(batch, values, strict=True):
                 future.fetched = value
-                _set(future, value)
+                set_outcome(future, value)
 
     def _fetch(self, future: EngineFuture) -> Any:
         """The value of a finished call that was left in the cluster."""
@@ -398,11 +392,15 @@ class DaskExecutor(BaseExecutor):
         prefix = self._prefix + "-"
         for rec in records:
             key = str(rec.get("key", ""))
-            if not key.startswith(prefix) or key in self._timed or rec.get("status") != "OK":
+            if (
+                not key.startswith(prefix)
+                or key in self._durations_read
+                or rec.get("status") != "OK"
+            ):
                 continue
             compute = [s for s in rec.get("startstops", ()) if s.get("action") == "compute"]
             if compute:
-                self._timed.add(key)
+                self._durations_read.add(key)
                 self._durations.append(compute[-1]["stop"] - compute[0]["start"])
                 self._stream_mark = max(self._stream_mark, compute[-1]["stop"])
 
@@ -436,6 +434,8 @@ class DaskExecutor(BaseExecutor):
                 if call.seen_running is None:
                     call.seen_running = now
                 call.workers |= workers
+                if not call.backups:
+                    continue
                 running.append(
                     Running(
                         call.id, now - call.seen_running, frozenset(workers), len(call.attempts) - 1
@@ -469,84 +469,72 @@ class DaskExecutor(BaseExecutor):
         seconds since this executor started; lost attempts included),
         ``backups_started``, ``backups_won``.
         """
-        import dataclasses
-
-        import numpy as np
-
-        from ._speculation import percentile
-
         records = self.client.get_task_stream(start=self._started_wall)
         with self._lock:
-            winners = set(self._winners)
+            winners, timed_out = set(self._winners), set(self._timed_out_keys)
             lost = {k: list(v) for k, v in self._lost.items()}
             started, won = self._backups_started, self._backups_won
         prefix = self._prefix + "-"
         attempts: list[dict[str, Any]] = []
-        per_worker: dict[str, list[float]] = {}
-        failed: dict[str, int] = {}
-        durations = []
         for rec in records:
             key = str(rec.get("key", ""))
-            if not key.startswith(prefix):
-                continue
             compute = [s for s in rec.get("startstops", ()) if s.get("action") == "compute"]
-            if not compute:
+            if not key.startswith(prefix) or not compute:
                 continue
-            start, stop = compute[0]["start"], compute[-1]["stop"]
-            worker = str(rec.get("worker", "?"))
-            call = key[len(prefix) :].split("-")[0]
             ok = rec.get("status") == "OK"
             outcome = "won" if key in winners else ("cancelled" if ok else "failed")
             attempts.append(
                 {
-                    "slot": worker,
-                    "start": start - self._started_wall,
-                    "end": stop - self._started_wall,
-                    "outcome": outcome,
-                    "bundle": int(call),
+                    "slot": str(rec.get("worker", "?")),
+                    "start": compute[0]["start"] - self._started_wall,
+                    "end": compute[-1]["stop"] - self._started_wall,
+                    "outcome": "timed out" if key in timed_out else outcome,
+                    "bundle": int(key[len(prefix) :].split("-")[0]),
                     "is_backup": "-b" in key[len(prefix) :],
                 }
             )
-            if outcome == "won":
-                durations.append(stop - start)
-                per_worker.setdefault(worker, []).append(stop - start)
-            elif outcome == "failed":
-                failed[worker] = failed.get(worker, 0) + 1
         for call_id, rows in lost.items():
-            for worker, start, end in rows:
-                attempts.append(
-                    {
-                        "slot": worker,
-                        "start": start - self._started_wall,
-                        "end": end - self._started_wall,
-                        "outcome": "lost",
-                        "bundle": call_id,
-                        "is_backup": False,
-                    }
-                )
-        hosts = [
-            {
-                "host": w,
-                "done": len(d),
-                "failed": failed.get(w, 0),
-                "p50": percentile(d, 50),
-                "p95": percentile(d, 95),
-            }
-            for w, d in sorted(per_worker.items())
-        ]
-        hosts += [
-            {"host": w, "done": 0, "failed": n, "p50": None, "p95": None}
-            for w, n in sorted(failed.items())
-            if w not in per_worker
-        ]
-        snapshot = self._stats.snapshot(
-            self.name,
-            hosts=hosts,
-            attempts=sorted(attempts, key=lambda a: a["start"]),
-            backups_started=started,
-            backups_won=won,
-        )
-        return dataclasses.replace(snapshot, durations=np.asarray(durations, dtype=np.float64))
+            attempts.extend(
+                {
+                    "slot": worker,
+                    "start": start - self._started_wall,
+                    "end": end - self._started_wall,
+                    "outcome": "lost",
+                    "bundle": call_id,
+                    "is_backup": False,
+                }
+                for worker, start, end in rows
+            )
+        return self._snapshot(attempts, backups_started=started, backups_won=won)
+
+    # -- timeouts (the deadline thread, see _engine_base) ---------------------------
+
+    def _started(self, call_ids: list[int]) -> dict[int, tuple[float, str]]:
+        where = {str(k): w for w, keys in self.client.processing().items() for k in keys}
+        now = time.monotonic()
+        seen = {}
+        with self._lock:
+            for call_id in call_ids:
+                call = self._calls.get(call_id)
+                workers = [where[a.key] for a in call.attempts if a.key in where] if call else []
+                if workers:
+                    seen[call_id] = (
+                        now,
+                        f"Dask worker {workers[0]} (Dask cannot stop a running task: "
+                        "it was cancelled and the worker thread runs on)",
+                    )
+        return seen
+
+    def _expire(self, call_id: int) -> bool:
+        with self._lock:
+            call = self._calls.pop(call_id, None)
+            if call is None or call.finished:
+                return False
+            call.finished = True
+            engines = [a.engine for a in call.attempts]
+            self._timed_out_keys.update(a.key for a in call.attempts)
+        self.client.cancel(engines, reason="the call ran past its timeout")
+        return True
 
     # -- BaseExecutor hooks ---------------------------------------------------------
 
@@ -568,7 +556,7 @@ class DaskExecutor(BaseExecutor):
             self._cancel_queued()
         if wait:
             self._join()
-        self._stop.set()
+        self._stop_threads()
         self._wake.set()
         self._ready_wake.set()
         self._completed.put(None)
@@ -579,20 +567,15 @@ class DaskExecutor(BaseExecutor):
             self._heartbeat.join()
         if self._owns_client:
             if not wait:
-                with self._lock:
-                    live = [c.future for c in self._calls.values()]
-                for future in live:
+                for future in self._live_futures():
                     future.cancel()
             self.client.close()
             if self._cluster is not None:
                 self._cluster.close()
 
-    def _join(self) -> None:
+    def _live_futures(self) -> list[EngineFuture]:
         with self._lock:
-            live = [c.future for c in self._calls.values()] + list(self._ready)
-        for future in live:
-            with contextlib.suppress(CancelledError):
-                future.exception()  # waits; the outcome stays with the caller's future
+            return [c.future for c in self._calls.values()] + list(self._ready)
 
 
 def _dropped(*_: Any, **__: Any) -> None:  # what a finished call keeps instead of its function
@@ -601,15 +584,3 @@ def _dropped(*_: Any, **__: Any) -> None:  # what a finished call keeps instead 
 
 def _is_killed_worker(exc: BaseException | None) -> bool:
     return type(exc).__name__ == "KilledWorker"
-
-
-def _set(future: Future[Any], value: Any, exc: BaseException | None = None) -> None:
-    if future.done():
-        return
-    try:
-        if exc is None:
-            future.set_result(value)
-        else:
-            future.set_exception(exc)
-    except InvalidStateError:  # cancelled by the caller meanwhile
-        pass
