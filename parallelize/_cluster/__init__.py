@@ -2,9 +2,10 @@
 
 Imported only when one of those methods (or a ``distributed.Client``) is
 used: ``import parallelize`` never imports dask or ray. The engines live in
-``_dask`` and ``_ray`` on the shared base ``_engine_base`` (options, timeouts, records);
-``_speculation`` holds the backup policy and ``_remote_side`` the small
-functions that run inside the cluster.
+``_dask`` (with ``_dask_scheduler``) and ``_ray``, on the shared base
+``_engine_base`` (options, timeouts, records); ``_speculation`` holds the
+backup policy and ``_remote_side`` the small functions that run inside the
+cluster.
 """
 
 from __future__ import annotations

@@ -24,10 +24,14 @@ most one copy per heartbeat of a straggler on an idle worker (see
 A call submitted with ``backups=False`` never gets a copy.
 
 Timeouts (``submit_with``, see ``_engine_base``): the deadline counts from when
-the scheduler first lists the call as processing on a worker. Dask cannot stop a
+a worker is first seen running the call (the workers the scheduler lists it on
+are asked, while it waits to start). Dask cannot stop a
 running task: at the deadline the call's future fails with
 :class:`TaskTimeoutError` and its Dask task is cancelled, but the worker thread
 runs the function on to its end (its result is dropped).
+
+This module submits, completes and fetches; ``_dask_scheduler`` (its base class)
+reads the scheduler: backups, ``stats()`` and when timed calls start.
 
 Threads and locks: user threads submit; Dask's event loop watches attempts
 (handed over in batches); the completion thread finishes them; the fetcher
@@ -49,16 +53,15 @@ import time
 import traceback
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 from .._call_options import CallOptions
 from .._errors import PoisonedCallError, TaskLostError, attach_remote_traceback
-from .._stats import ExecutorStats, Outcome
-from ._engine_base import EngineExecutor, poisoned_error, set_outcome
+from .._stats import Outcome
+from ._dask_scheduler import Attempt, Call, DaskScheduler
+from ._engine_base import poisoned_error, set_outcome
 from ._engine_future import UNFETCHED, EngineFuture
 from ._remote_side import lost_attempts, run_call
-from ._speculation import Running, choose_backup
 
 __all__ = ["DaskExecutor"]
 
@@ -67,30 +70,7 @@ _executor_ids = itertools.count()
 _FETCH_BATCH = 1024  # values gathered at most per round trip
 
 
-@dataclass(eq=False)
-class _Attempt:
-    key: str
-    engine: Any  # distributed.Future
-    is_backup: bool
-    done: bool = False
-
-
-@dataclass(eq=False)
-class _Call:
-    id: int
-    future: EngineFuture
-    fn: Callable[..., Any]
-    args: tuple[Any, ...]
-    kwargs: dict[str, Any]
-    submitted: float
-    attempts: list[_Attempt] = field(default_factory=list)
-    seen_running: float | None = None  # monotonic time the heartbeat first saw it processing
-    workers: set[str] = field(default_factory=set)
-    finished: bool = False
-    backups: bool = True  # False: submitted with backups=False
-
-
-class DaskExecutor(EngineExecutor):
+class DaskExecutor(DaskScheduler):
     """Runs calls on a Dask cluster; a :class:`concurrent.futures.Executor`.
 
     *client*: a ``distributed.Client`` to use (not closed by this executor); else
@@ -135,7 +115,7 @@ class DaskExecutor(EngineExecutor):
         self._reserved = frozenset(inspect.signature(type(client).submit).parameters)
         self._prefix = f"parallelize-{self.name}-{uuid.uuid4().hex[:8]}"
         self._ids = itertools.count()
-        self._calls: dict[int, _Call] = {}
+        self._calls: dict[int, Call] = {}
         self._ready: list[EngineFuture] = []  # finished calls whose value the fetcher brings
         self._ready_wake = threading.Event()
         # Run times of finished calls from the scheduler's task stream (heartbeat thread only).
@@ -153,9 +133,9 @@ class DaskExecutor(EngineExecutor):
         self._threads_total = 0  # worker threads in the cluster, refreshed every 5 s
         self._threads_checked = -1e9
         self._wake = threading.Event()
-        self._to_watch: list[tuple[_Call, _Attempt]] = []
+        self._to_watch: list[tuple[Call, Attempt]] = []
         self._watchers: set[asyncio.Future[None]] = set()  # touched on the event loop only
-        self._completed: queue.SimpleQueue[tuple[_Call, _Attempt] | None] = queue.SimpleQueue()
+        self._completed: queue.SimpleQueue[tuple[Call, Attempt] | None] = queue.SimpleQueue()
         self._completer = threading.Thread(
             target=self._completion_loop, name=f"{self.name}-completion", daemon=True
         )
@@ -182,7 +162,7 @@ class DaskExecutor(EngineExecutor):
     ) -> EngineFuture:
         call_id = next(self._ids)
         future = EngineFuture(self, call_id, None)
-        call = _Call(call_id, future, fn, args, kwargs, time.monotonic())
+        call = Call(call_id, future, fn, args, kwargs, time.monotonic())
         call.backups = options.backups is not False
         with self._lock:
             self._calls[call_id] = call
@@ -191,7 +171,7 @@ class DaskExecutor(EngineExecutor):
         self._wake.set()
         return future
 
-    def _start_attempt(self, call: _Call, worker: str | None) -> None:
+    def _start_attempt(self, call: Call, worker: str | None) -> None:
         backup = worker is not None
         key = f"{self._prefix}-{call.id}"
         pin: dict[str, Any] = {}
@@ -208,7 +188,7 @@ class DaskExecutor(EngineExecutor):
             engine = self.client.submit(
                 call.fn, *call.args, key=key, pure=False, **pin, **call.kwargs
             )
-        attempt = _Attempt(key, engine, backup)
+        attempt = Attempt(key, engine, backup)
         with self._lock:
             call.attempts.append(attempt)
             if call.future.engine_future is None:
@@ -221,7 +201,7 @@ class DaskExecutor(EngineExecutor):
 
     # -- completion (the completion thread) ---------------------------------------
 
-    def _watch(self, call: _Call, attempt: _Attempt) -> None:
+    def _watch(self, call: Call, attempt: Attempt) -> None:
         """Have the completion thread run ``_attempt_done`` when *attempt* finishes.
 
         ``Future.add_done_callback`` wakes Dask's event loop once per future (a
@@ -242,7 +222,7 @@ class DaskExecutor(EngineExecutor):
             self._watchers.add(task)  # the loop keeps only weak references to tasks
             task.add_done_callback(self._watchers.discard)
 
-    async def _await_attempt(self, call: _Call, attempt: _Attempt) -> None:  # on the loop
+    async def _await_attempt(self, call: Call, attempt: Attempt) -> None:  # on the loop
         state = getattr(attempt.engine, "_state", None)
         if state is not None and hasattr(state, "wait"):
             await state.wait()
@@ -264,7 +244,7 @@ class DaskExecutor(EngineExecutor):
                     call.future, None, TaskLostError(f"call {call.id}: could not be finished")
                 )
 
-    def _attempt_done(self, call: _Call, attempt: _Attempt, engine: Any) -> None:
+    def _attempt_done(self, call: Call, attempt: Attempt, engine: Any) -> None:
         status = engine.status
         exc: BaseException | None = None
         if status == "error":
@@ -316,7 +296,7 @@ class DaskExecutor(EngineExecutor):
                 ),
             )
 
-    def _poisoned(self, call: _Call, exc: BaseException) -> PoisonedCallError:
+    def _poisoned(self, call: Call, exc: BaseException) -> PoisonedCallError:
         records: list[tuple[str, float, float]] = []
         try:
             for attempt in call.attempts:
@@ -368,173 +348,6 @@ class DaskExecutor(EngineExecutor):
             engines = [a.engine for a in call.attempts]
         self._stats.task_finished(Outcome.CANCELLED)
         self.client.cancel(engines, reason="cancelled by the caller")
-
-    # -- backups (heartbeat thread) -----------------------------------------------
-
-    def _heartbeat_loop(self) -> None:
-        while not self._stop.is_set():
-            with self._lock:
-                idle = not self._calls
-            if idle:
-                self._wake.wait()
-                self._wake.clear()
-                continue
-            if self._stop.wait(self._heartbeat_interval):
-                return
-            try:
-                self._consider_backup()
-            except Exception:  # the client is closing or the scheduler is away: try later
-                logger.debug("%s: heartbeat failed", self.name, exc_info=True)
-
-    def _read_durations(self) -> None:
-        """Add the run times of calls finished since the last look (scheduler records)."""
-        records = self.client.get_task_stream(start=self._stream_mark - 1.0)
-        prefix = self._prefix + "-"
-        for rec in records:
-            key = str(rec.get("key", ""))
-            if (
-                not key.startswith(prefix)
-                or key in self._durations_read
-                or rec.get("status") != "OK"
-            ):
-                continue
-            compute = [s for s in rec.get("startstops", ()) if s.get("action") == "compute"]
-            if compute:
-                self._durations_read.add(key)
-                self._durations.append(compute[-1]["stop"] - compute[0]["start"])
-                self._stream_mark = max(self._stream_mark, compute[-1]["stop"])
-
-    def _consider_backup(self) -> None:
-        now = time.monotonic()
-        if now - self._threads_checked > 5.0:
-            self._threads_total = sum(self.client.nthreads().values())
-            self._threads_checked = now
-        with self._lock:
-            live = len(self._calls)
-        if live > self._threads_total:
-            # More calls than worker threads: some are queued, so no backup is due, and
-            # asking the scheduler what runs where would only load it.
-            return
-        self._read_durations()
-        processing: dict[str, Any] = self.client.processing()
-        now = time.monotonic()
-        where: dict[str, str] = {}
-        for worker, keys in processing.items():
-            for key in keys:
-                where[str(key)] = worker
-        idle_workers = [w for w, keys in processing.items() if not keys]
-        running = []
-        pending = 0
-        with self._lock:
-            for call in self._calls.values():
-                workers = {where[a.key] for a in call.attempts if not a.done and a.key in where}
-                if not workers:
-                    pending += 1
-                    continue
-                if call.seen_running is None:
-                    call.seen_running = now
-                call.workers |= workers
-                if not call.backups:
-                    continue
-                running.append(
-                    Running(
-                        call.id, now - call.seen_running, frozenset(workers), len(call.attempts) - 1
-                    )
-                )
-        durations = self._durations
-        if not self.backups:
-            return
-        choice = choose_backup(
-            running,
-            durations,
-            idle_workers,
-            pending=pending,
-            max_backups=self.max_backups_per_call,
-        )
-        if choice is None:
-            return
-        call_id, worker = choice
-        with self._lock:
-            chosen = self._calls.get(call_id)
-        if chosen is not None and not chosen.finished:
-            self._start_attempt(chosen, worker)
-
-    # -- introspection ----------------------------------------------------------
-
-    def stats(self) -> ExecutorStats:
-        """Counters, with durations and per-worker rows from the scheduler's task stream.
-
-        ``extra``: ``hosts`` (one row per worker: done, failed, p50, p95 in seconds),
-        ``attempts`` (one record per attempt for :meth:`ExecutorStats.plot_timeline`,
-        seconds since this executor started; lost attempts included),
-        ``backups_started``, ``backups_won``.
-        """
-        records = self.client.get_task_stream(start=self._started_wall)
-        with self._lock:
-            winners, timed_out = set(self._winners), set(self._timed_out_keys)
-            lost = {k: list(v) for k, v in self._lost.items()}
-            started, won = self._backups_started, self._backups_won
-        prefix = self._prefix + "-"
-        attempts: list[dict[str, Any]] = []
-        for rec in records:
-            key = str(rec.get("key", ""))
-            compute = [s for s in rec.get("startstops", ()) if s.get("action") == "compute"]
-            if not key.startswith(prefix) or not compute:
-                continue
-            ok = rec.get("status") == "OK"
-            outcome = "won" if key in winners else ("cancelled" if ok else "failed")
-            attempts.append(
-                {
-                    "slot": str(rec.get("worker", "?")),
-                    "start": compute[0]["start"] - self._started_wall,
-                    "end": compute[-1]["stop"] - self._started_wall,
-                    "outcome": "timed out" if key in timed_out else outcome,
-                    "bundle": int(key[len(prefix) :].split("-")[0]),
-                    "is_backup": "-b" in key[len(prefix) :],
-                }
-            )
-        for call_id, rows in lost.items():
-            attempts.extend(
-                {
-                    "slot": worker,
-                    "start": start - self._started_wall,
-                    "end": end - self._started_wall,
-                    "outcome": "lost",
-                    "bundle": call_id,
-                    "is_backup": False,
-                }
-                for worker, start, end in rows
-            )
-        return self._snapshot(attempts, backups_started=started, backups_won=won)
-
-    # -- timeouts (the deadline thread, see _engine_base) ---------------------------
-
-    def _started(self, call_ids: list[int]) -> dict[int, tuple[float, str]]:
-        where = {str(k): w for w, keys in self.client.processing().items() for k in keys}
-        now = time.monotonic()
-        seen = {}
-        with self._lock:
-            for call_id in call_ids:
-                call = self._calls.get(call_id)
-                workers = [where[a.key] for a in call.attempts if a.key in where] if call else []
-                if workers:
-                    seen[call_id] = (
-                        now,
-                        f"Dask worker {workers[0]} (Dask cannot stop a running task: "
-                        "it was cancelled and the worker thread runs on)",
-                    )
-        return seen
-
-    def _expire(self, call_id: int) -> bool:
-        with self._lock:
-            call = self._calls.pop(call_id, None)
-            if call is None or call.finished:
-                return False
-            call.finished = True
-            engines = [a.engine for a in call.attempts]
-            self._timed_out_keys.update(a.key for a in call.attempts)
-        self.client.cancel(engines, reason="the call ran past its timeout")
-        return True
 
     # -- BaseExecutor hooks ---------------------------------------------------------
 

@@ -68,7 +68,8 @@ _ONE_NODE = "this node"  # the backup target name on a one-node cluster
 @dataclass(eq=False)
 class _Call:
     future: EngineFuture
-    remote: Any  # the Ray remote function (None: run_call_spread with fn first)
+    remote: tuple[Any, Any] | None  # the Ray remote function, plain and with our options
+    # (None: run_call_spread with fn first)
     fn: Callable[..., Any]
     args: tuple[Any, ...]
     kwargs: dict[str, Any]
@@ -111,12 +112,12 @@ class RayExecutor(EngineExecutor):
         self.backups = backups
         self.max_backups_per_call = max_backups_per_call
         self._heartbeat_interval = heartbeat_interval
-        self._remote = ray.remote(run_call_spread).options(
-            max_retries=max_retries, retry_exceptions=False
-        )
+        self._options: dict[str, Any] = {"max_retries": max_retries, "retry_exceptions": False}
+        self._spread = ray.remote(run_call_spread)
+        self._remote = self._spread.options(**self._options)
         # One Ray remote function per user function: Ray exports it once, and calls
-        # then ship only their arguments.
-        self._remotes: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
+        # then ship only their arguments. Values: (the remote function, with our options).
+        self._remotes: weakref.WeakKeyDictionary[Any, tuple[Any, Any]] = weakref.WeakKeyDictionary()
         self._ids = itertools.count()
         self._calls: dict[int, _Call] = {}
         self._epoch = time.monotonic()
@@ -145,7 +146,7 @@ class RayExecutor(EngineExecutor):
         if remote is None:
             ref = self._remote.remote(fn, *args, **kwargs)
         else:
-            ref = remote.remote(*args, **kwargs)
+            ref = remote[1].remote(*args, **kwargs)
         future = EngineFuture(self, next(self._ids), ref)
         call = _Call(future, remote, fn, args, kwargs, time.monotonic(), [ref], live=1)
         call.backups = options.backups is not False
@@ -161,15 +162,15 @@ class RayExecutor(EngineExecutor):
         # Ray completes this future (with the value or the error) from its own thread.
         ref.future().add_done_callback(lambda done: self._attempt_done(call, ref, node, done))
 
-    def _remote_for(self, fn: Callable[..., Any]) -> Any:
+    def _remote_for(self, fn: Callable[..., Any]) -> tuple[Any, Any] | None:
         if not isinstance(fn, types.FunctionType):
             return None
         remote = self._remotes.get(fn)
         if remote is None:
             import ray
 
-            remote = ray.remote(fn).options(max_retries=self.max_retries, retry_exceptions=False)
-            self._remotes[fn] = remote
+            plain = ray.remote(fn)
+            remote = self._remotes[fn] = (plain, plain.options(**self._options))
         return remote
 
     # -- completion (Ray's callback thread) ----------------------------------------------
@@ -347,13 +348,13 @@ class RayExecutor(EngineExecutor):
             if call is None or call.finished:
                 return
             fn, args, kwargs, remote = call.fn, call.args, call.kwargs, call.remote
-        strategy: dict[str, Any] = {}
+        options = dict(self._options)
         if node != _ONE_NODE:
-            strategy = {"scheduling_strategy": NodeAffinitySchedulingStrategy(node, soft=False)}
+            options["scheduling_strategy"] = NodeAffinitySchedulingStrategy(node, soft=False)
         if remote is None:
-            ref = self._remote.options(**strategy).remote(fn, *args, **kwargs)
+            ref = self._spread.options(**options).remote(fn, *args, **kwargs)
         else:
-            ref = remote.options(**strategy).remote(*args, **kwargs)
+            ref = remote[0].options(**options).remote(*args, **kwargs)
         with self._lock:
             late = self._calls.get(call_id) is not call  # finished meanwhile
             if not late:
