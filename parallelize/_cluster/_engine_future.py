@@ -71,6 +71,10 @@ def native_arguments(
 ) -> tuple[tuple[Any, ...], dict[str, Any], bool]:
     """Replace SmartFutures of *owner*'s calls by the engine's futures (the value stays in
     the cluster); the flag says whether other SmartFutures remain (to be waited for)."""
+    if not any(isinstance(a, SmartFuture) for a in args) and not any(
+        isinstance(v, SmartFuture) for v in kwargs.values()
+    ):
+        return args, kwargs, False  # the common case: nothing to convert, nothing copied
     foreign = False
 
     def convert(value: Any) -> Any:

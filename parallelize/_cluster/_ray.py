@@ -39,6 +39,7 @@ into Ray.
 
 from __future__ import annotations
 
+import collections
 import itertools
 import logging
 import threading
@@ -62,14 +63,14 @@ __all__ = ["RayExecutor"]
 
 logger = logging.getLogger("parallelize")
 _executor_ids = itertools.count()
+_RECENT = 4096  # run times kept for the backup rules
 _ONE_NODE = "this node"  # the backup target name on a one-node cluster
 
 
 @dataclass(eq=False)
 class _Call:
     future: EngineFuture
-    remote: tuple[Any, Any] | None  # the Ray remote function, plain and with our options
-    # (None: run_call_spread with fn first)
+    remote: Any  # the Ray remote function (None: run_call_spread with fn first)
     fn: Callable[..., Any]
     args: tuple[Any, ...]
     kwargs: dict[str, Any]
@@ -113,16 +114,21 @@ class RayExecutor(EngineExecutor):
         self.max_backups_per_call = max_backups_per_call
         self._heartbeat_interval = heartbeat_interval
         self._options: dict[str, Any] = {"max_retries": max_retries, "retry_exceptions": False}
-        self._spread = ray.remote(run_call_spread)
-        self._remote = self._spread.options(**self._options)
+        # Our options are the remote functions' defaults: ``.options()`` would wrap them
+        # and merge the options again on every call.
+        self._remote = ray.remote(**self._options)(run_call_spread)
         # One Ray remote function per user function: Ray exports it once, and calls
-        # then ship only their arguments. Values: (the remote function, with our options).
-        self._remotes: weakref.WeakKeyDictionary[Any, tuple[Any, Any]] = weakref.WeakKeyDictionary()
+        # then ship only their arguments.
+        self._remotes: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
         self._ids = itertools.count()
         self._calls: dict[int, _Call] = {}
         self._epoch = time.monotonic()
         self._attempts: list[dict[str, Any]] = []
-        self._durations: list[float] = []
+        # Run times of the latest finished calls, for the backup rules.
+        self._durations: collections.deque[float] = collections.deque(maxlen=_RECENT)
+        self._cpus = 0.0
+        self._nodes: list[str] = []
+        self._cluster_checked = -1e9
         self._backups_started = 0
         self._backups_won = 0
         self._wake = threading.Event()
@@ -146,7 +152,7 @@ class RayExecutor(EngineExecutor):
         if remote is None:
             ref = self._remote.remote(fn, *args, **kwargs)
         else:
-            ref = remote[1].remote(*args, **kwargs)
+            ref = remote.remote(*args, **kwargs)
         future = EngineFuture(self, next(self._ids), ref)
         call = _Call(future, remote, fn, args, kwargs, time.monotonic(), [ref], live=1)
         call.backups = options.backups is not False
@@ -154,7 +160,7 @@ class RayExecutor(EngineExecutor):
             self._calls[future.call_id] = call
         self._stats.task_submitted()
         self._watch(call, ref, None)
-        if self._heartbeat is not None and call.backups:
+        if self._heartbeat is not None and call.backups and not self._wake.is_set():
             self._wake.set()
         return future
 
@@ -162,15 +168,14 @@ class RayExecutor(EngineExecutor):
         # Ray completes this future (with the value or the error) from its own thread.
         ref.future().add_done_callback(lambda done: self._attempt_done(call, ref, node, done))
 
-    def _remote_for(self, fn: Callable[..., Any]) -> tuple[Any, Any] | None:
+    def _remote_for(self, fn: Callable[..., Any]) -> Any:
         if not isinstance(fn, types.FunctionType):
             return None
         remote = self._remotes.get(fn)
         if remote is None:
             import ray
 
-            plain = ray.remote(fn)
-            remote = self._remotes[fn] = (plain, plain.options(**self._options))
+            remote = self._remotes[fn] = ray.remote(**self._options)(fn)
         return remote
 
     # -- completion (Ray's callback thread) ----------------------------------------------
@@ -180,25 +185,25 @@ class RayExecutor(EngineExecutor):
         exc = CancelledError() if done.cancelled() else done.exception()
         lost = exc is not None and self._is_lost(exc)
         backup = ref is not call.refs[0]
-        with self._lock:
+        losers: list[Any] = []
+        with self._lock:  # one critical section per completion: it is on every call's path
             call.live -= 1
-            late = call.finished
-            carries_on = not late and lost and call.live > 0
-        if late or carries_on:  # another copy won, the caller gave up, or another carries on
-            self._record(call, end, call.ended if late else "lost", node, backup)
-            return
-        with self._lock:
-            if call.finished:
+            if call.finished:  # another copy won, or the caller gave up (cancel, timeout)
+                self._record(call, end, call.ended, node, backup)
+                return
+            if lost and call.live > 0:  # another copy carries on
+                self._record(call, end, "lost", node, backup)
                 return
             call.finished = True
             del self._calls[call.future.call_id]
-            losers = [r for r in call.refs if r is not ref]
-            call.ended = "cancelled"
+            if len(call.refs) > 1:
+                losers = [r for r in call.refs if r is not ref]
             chained = call.future.used_as_argument
             if exc is None and backup:
                 self._backups_won += 1
-        outcome = "won" if exc is None else ("lost" if lost else "failed")
-        self._record(call, end, outcome, node, backup)
+            self._record(
+                call, end, "won" if exc is None else ("lost" if lost else "failed"), node, backup
+            )
         call.fn, call.args, call.kwargs = _dropped, (), {}
         if losers and not chained:
             self._kill(losers)
@@ -236,22 +241,21 @@ class RayExecutor(EngineExecutor):
     def _record(
         self, call: _Call, end: float, outcome: str, node: str | None, backup: bool
     ) -> None:
-        # Ray keeps no per-task records a driver can read without its dashboard: the
-        # client-side span (submitted -> completed) is what we show, one row per node
-        # a copy was pinned to, else one row "ray".
-        with self._lock:
-            self._attempts.append(
-                {
-                    "slot": node or "ray",
-                    "start": call.submitted - self._epoch,
-                    "end": end - self._epoch,
-                    "outcome": outcome,
-                    "bundle": call.future.call_id,
-                    "is_backup": backup,
-                }
-            )
-            if outcome == "won":
-                self._durations.append(end - call.submitted)
+        """Record an attempt (``_lock`` held). Ray keeps no per-task records a driver can
+        read without its dashboard: the client-side span (submitted -> completed) is what
+        we show, one row per node a copy was pinned to, else one row "ray"."""
+        self._attempts.append(
+            {
+                "slot": node or "ray",
+                "start": call.submitted - self._epoch,
+                "end": end - self._epoch,
+                "outcome": outcome,
+                "bundle": call.future.call_id,
+                "is_backup": backup,
+            }
+        )
+        if outcome == "won":
+            self._durations.append(end - call.submitted)
 
     def _kill(self, refs: list[Any]) -> None:
         import ray
@@ -314,28 +318,30 @@ class RayExecutor(EngineExecutor):
     def _consider_backup(self) -> None:
         import ray
 
-        if (
-            ray.available_resources().get(  # type: ignore[no-untyped-call]
-                "CPU", 0.0
-            )
-            < 1.0
-        ):
-            return  # no free CPU for a copy
-        total = ray.cluster_resources().get("CPU", 0.0)  # type: ignore[no-untyped-call]
-        nodes = [n["NodeID"] for n in ray.nodes() if n.get("Alive")]  # type: ignore[no-untyped-call]
         now = time.monotonic()
+        if now - self._cluster_checked > 5.0:  # CPUs and nodes, refreshed every 5 s
+            self._cpus = ray.cluster_resources().get("CPU", 0.0)  # type: ignore[no-untyped-call]
+            alive = [n for n in ray.nodes() if n.get("Alive")]  # type: ignore[no-untyped-call]
+            self._nodes = [n["NodeID"] for n in alive]
+            self._cluster_checked = now
         with self._lock:
+            if len(self._calls) > self._cpus or len(self._durations) < 2:
+                # Calls wait for a CPU (no backup is due then), or no run time is known
+                # yet: asking Ray for its free CPUs would only load it.
+                return
             live = list(self._calls.values())
             durations = list(self._durations)
-        pending = max(0, int(len(live) - total))  # more calls than CPUs: some wait
+        free = ray.available_resources().get("CPU", 0.0)  # type: ignore[no-untyped-call]
+        if free < 1.0:
+            return
         running = [
             Running(c.future.call_id, now - c.submitted, frozenset(c.nodes), len(c.refs) - 1)
             for c in live
             if c.backups and not c.finished
         ]
-        targets = nodes if len(nodes) > 1 else [_ONE_NODE]
+        targets = self._nodes if len(self._nodes) > 1 else [_ONE_NODE]
         choice = choose_backup(
-            running, durations, targets, pending=pending, max_backups=self.max_backups_per_call
+            running, durations, targets, pending=0, max_backups=self.max_backups_per_call
         )
         if choice is not None:
             self._start_backup(*choice)
@@ -348,13 +354,13 @@ class RayExecutor(EngineExecutor):
             if call is None or call.finished:
                 return
             fn, args, kwargs, remote = call.fn, call.args, call.kwargs, call.remote
-        options = dict(self._options)
+        options: dict[str, Any] = {}
         if node != _ONE_NODE:
             options["scheduling_strategy"] = NodeAffinitySchedulingStrategy(node, soft=False)
         if remote is None:
-            ref = self._spread.options(**options).remote(fn, *args, **kwargs)
+            ref = self._remote.options(**options).remote(fn, *args, **kwargs)
         else:
-            ref = remote[0].options(**options).remote(*args, **kwargs)
+            ref = remote.options(**options).remote(*args, **kwargs)
         with self._lock:
             late = self._calls.get(call_id) is not call  # finished meanwhile
             if not late:
