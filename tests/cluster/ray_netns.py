@@ -153,7 +153,8 @@ class _InnerRun:
                 )
                 return
             args = [sys.executable, "-m", "pytest", *self.nodeids, "-p", "no:cacheprovider"]
-            args += ["-q", "-o", "addopts=", "--timeout", str(self.config.getini("timeout"))]
+            timeout = self.config.getoption("timeout", None) or self.config.getini("timeout")
+            args += ["-q", "-o", "addopts=", "--timeout", str(timeout)]
             if getattr(self.config.option, "benchmark_disable", False):
                 args.append("--benchmark-disable")
             env = {
