@@ -8,9 +8,9 @@ enforces ``timeout=`` with one deadline thread, builds ``stats()`` from attempt
 records and the poisoned-call error from lost attempts.
 
 Timeouts: a timed call's deadline counts from the moment the engine says it
-started (``_started``: Dask's scheduler lists it as processing on a worker,
-polled every ``_POLL`` seconds while a timed call waits to start; Ray counts
-from submit, see ``_ray``). At the deadline the call's future fails with
+started (``_started``: a Dask worker is seen running it, polled every
+``_POLL`` seconds while a timed call waits to start, so the deadline may come up
+to a poll late; Ray counts from submit, see ``_ray``). At the deadline the call's future fails with
 :class:`TaskTimeoutError` and ``_expire`` stops it on the engine.
 
 Threads and locks: ``_lock`` (created here, shared with the subclass) guards the
