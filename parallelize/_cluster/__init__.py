@@ -2,8 +2,10 @@
 
 Imported only when one of those methods (or a ``distributed.Client``) is
 used: ``import parallelize`` never imports dask or ray. The engines live in
-``_dask`` and ``_ray``; ``_speculation`` holds the backup policy and
-``_remote_side`` the small functions that run inside the cluster.
+``_dask`` (with ``_dask_scheduler``) and ``_ray``, on the shared base
+``_engine_base`` (options, timeouts, records); ``_speculation`` holds the
+backup policy and ``_remote_side`` the small functions that run inside the
+cluster.
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ def require(engine: str) -> None:
 def create_default(engine: str, address: str | None) -> Any:
     """The default executor of *engine*: on *address*, else on a local cluster started now.
 
-    ``backups`` (DASK) and ``max_attempts`` (RAY: ``max_retries`` = attempts - 1) come
+    ``backups`` and ``max_attempts`` (RAY: ``max_retries`` = attempts - 1) come
     from ``configure(...)`` or their environment variables, as for REMOTE.
     """
     from .._config import failure_setting
@@ -52,17 +54,16 @@ def create_default(engine: str, address: str | None) -> Any:
             engine.capitalize(),
             setting,
         )
+    backups = failure_setting("backups") is not False
     if engine == "dask":
         from ._dask import DaskExecutor
 
-        return DaskExecutor(
-            address=address, backups=failure_setting("backups") is not False, name="dask"
-        )
+        return DaskExecutor(address=address, backups=backups, name="dask")
     from ._ray import RayExecutor
 
     attempts = failure_setting("max_attempts")
     retries = int(attempts) - 1 if attempts is not None else 2
-    return RayExecutor(address=address, max_retries=retries, name="ray")
+    return RayExecutor(address=address, max_retries=retries, backups=backups, name="ray")
 
 
 def is_dask_client(obj: object) -> bool:

@@ -21,18 +21,29 @@ Backups: a heartbeat thread (only while calls are live, and only with
 *backups*) asks the scheduler which calls are processing where, and starts at
 most one copy per heartbeat of a straggler on an idle worker (see
 ``_speculation``); the first copy to finish wins and the other is cancelled.
+A call submitted with ``backups=False`` never gets a copy.
+
+Timeouts (``submit_with``, see ``_engine_base``): the deadline counts from when
+a worker is first seen running the call (the workers the scheduler lists it on
+are asked, while it waits to start). Dask cannot stop a
+running task: at the deadline the call's future fails with
+:class:`TaskTimeoutError` and its Dask task is cancelled, but the worker thread
+runs the function on to its end (its result is dropped).
+
+This module submits, completes and fetches; ``_dask_scheduler`` (its base class)
+reads the scheduler: backups, ``stats()`` and when timed calls start.
 
 Threads and locks: user threads submit; Dask's event loop watches attempts
 (handed over in batches); the completion thread finishes them; the fetcher
-thread gathers values; the heartbeat thread looks for stragglers. ``_lock``
-guards ``_calls``, every call's attempt list and the ``_ready`` and
-``_to_watch`` hand-offs, and is never held across a call into Dask.
+thread gathers values; the heartbeat thread looks for stragglers; the deadline
+thread (``_engine_base``) times calls out. ``_lock`` guards ``_calls``, every
+call's attempt list and the ``_ready`` and ``_to_watch`` hand-offs, and is never
+held across a call into Dask.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import inspect
 import itertools
 import logging
@@ -42,16 +53,15 @@ import time
 import traceback
 import uuid
 from collections.abc import Callable
-from concurrent.futures import CancelledError, Future, InvalidStateError
-from dataclasses import dataclass, field
 from typing import Any
 
-from .._errors import AttemptRecord, PoisonedCallError, TaskLostError, attach_remote_traceback
-from .._executor_base import BaseExecutor
-from .._stats import ExecutorStats, Outcome
-from ._engine_future import UNFETCHED, EngineFuture, native_arguments
+from .._call_options import CallOptions
+from .._errors import PoisonedCallError, TaskLostError, attach_remote_traceback
+from .._stats import Outcome
+from ._dask_scheduler import Attempt, Call, DaskScheduler
+from ._engine_base import poisoned_error, set_outcome
+from ._engine_future import UNFETCHED, EngineFuture
 from ._remote_side import lost_attempts, run_call
-from ._speculation import Running, choose_backup
 
 __all__ = ["DaskExecutor"]
 
@@ -60,29 +70,7 @@ _executor_ids = itertools.count()
 _FETCH_BATCH = 1024  # values gathered at most per round trip
 
 
-@dataclass(eq=False)
-class _Attempt:
-    key: str
-    engine: Any  # distributed.Future
-    is_backup: bool
-    done: bool = False
-
-
-@dataclass(eq=False)
-class _Call:
-    id: int
-    future: EngineFuture
-    fn: Callable[..., Any]
-    args: tuple[Any, ...]
-    kwargs: dict[str, Any]
-    submitted: float
-    attempts: list[_Attempt] = field(default_factory=list)
-    seen_running: float | None = None  # monotonic time the heartbeat first saw it processing
-    workers: set[str] = field(default_factory=set)
-    finished: bool = False
-
-
-class DaskExecutor(BaseExecutor):
+class DaskExecutor(DaskScheduler):
     """Runs calls on a Dask cluster; a :class:`concurrent.futures.Executor`.
 
     *client*: a ``distributed.Client`` to use (not closed by this executor); else
@@ -90,8 +78,6 @@ class DaskExecutor(BaseExecutor):
     worker processes is started (and closed on shutdown). *backups*: start
     speculative copies of straggling calls (at most *max_backups_per_call* each).
     """
-
-    passes_smart_futures = True  # the decorator hands SmartFuture arguments to submit()
 
     def __init__(
         self,
@@ -129,28 +115,27 @@ class DaskExecutor(BaseExecutor):
         self._reserved = frozenset(inspect.signature(type(client).submit).parameters)
         self._prefix = f"parallelize-{self.name}-{uuid.uuid4().hex[:8]}"
         self._ids = itertools.count()
-        self._calls: dict[int, _Call] = {}
-        self._lock = threading.Lock()
+        self._calls: dict[int, Call] = {}
         self._ready: list[EngineFuture] = []  # finished calls whose value the fetcher brings
         self._ready_wake = threading.Event()
         # Run times of finished calls from the scheduler's task stream (heartbeat thread only).
         self._durations: list[float] = []
-        self._timed: set[str] = set()
+        self._durations_read: set[str] = set()
         self._stream_mark = time.time()
         self._lost: dict[int, list[tuple[str, float, float]]] = {}
         self._backups_started = 0
         self._backups_won = 0
         self._winners: set[str] = set()
+        self._timed_out_keys: set[str] = set()
         self._started_wall = time.time()
         # The scheduler records task start/stop per worker once its task stream is on.
         self.client.get_task_stream(start=self._started_wall)
         self._threads_total = 0  # worker threads in the cluster, refreshed every 5 s
         self._threads_checked = -1e9
         self._wake = threading.Event()
-        self._stop = threading.Event()
-        self._to_watch: list[tuple[_Call, _Attempt]] = []
+        self._to_watch: list[tuple[Call, Attempt]] = []
         self._watchers: set[asyncio.Future[None]] = set()  # touched on the event loop only
-        self._completed: queue.SimpleQueue[tuple[_Call, _Attempt] | None] = queue.SimpleQueue()
+        self._completed: queue.SimpleQueue[tuple[Call, Attempt] | None] = queue.SimpleQueue()
         self._completer = threading.Thread(
             target=self._completion_loop, name=f"{self.name}-completion", daemon=True
         )
@@ -168,16 +153,17 @@ class DaskExecutor(BaseExecutor):
 
     # -- submitting ------------------------------------------------------------
 
-    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:
-        self._check_open()
-        args, kwargs, foreign = native_arguments(self, args, kwargs)
-        if foreign:  # SmartFutures of other executors: wait for their values first
-            from .._submission import submit_call
-
-            return submit_call(self, fn, args, kwargs).future
+    def _start_call(
+        self,
+        fn: Callable[..., Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        options: CallOptions,
+    ) -> EngineFuture:
         call_id = next(self._ids)
         future = EngineFuture(self, call_id, None)
-        call = _Call(call_id, future, fn, args, kwargs, time.monotonic())
+        call = Call(call_id, future, fn, args, kwargs, time.monotonic())
+        call.backups = options.backups is not False
         with self._lock:
             self._calls[call_id] = call
         self._stats.task_submitted()
@@ -185,7 +171,7 @@ class DaskExecutor(BaseExecutor):
         self._wake.set()
         return future
 
-    def _start_attempt(self, call: _Call, worker: str | None) -> None:
+    def _start_attempt(self, call: Call, worker: str | None) -> None:
         backup = worker is not None
         key = f"{self._prefix}-{call.id}"
         pin: dict[str, Any] = {}
@@ -202,7 +188,7 @@ class DaskExecutor(BaseExecutor):
             engine = self.client.submit(
                 call.fn, *call.args, key=key, pure=False, **pin, **call.kwargs
             )
-        attempt = _Attempt(key, engine, backup)
+        attempt = Attempt(key, engine, backup)
         with self._lock:
             call.attempts.append(attempt)
             if call.future.engine_future is None:
@@ -215,7 +201,7 @@ class DaskExecutor(BaseExecutor):
 
     # -- completion (the completion thread) ---------------------------------------
 
-    def _watch(self, call: _Call, attempt: _Attempt) -> None:
+    def _watch(self, call: Call, attempt: Attempt) -> None:
         """Have the completion thread run ``_attempt_done`` when *attempt* finishes.
 
         ``Future.add_done_callback`` wakes Dask's event loop once per future (a
@@ -236,7 +222,7 @@ class DaskExecutor(BaseExecutor):
             self._watchers.add(task)  # the loop keeps only weak references to tasks
             task.add_done_callback(self._watchers.discard)
 
-    async def _await_attempt(self, call: _Call, attempt: _Attempt) -> None:  # on the loop
+    async def _await_attempt(self, call: Call, attempt: Attempt) -> None:  # on the loop
         state = getattr(attempt.engine, "_state", None)
         if state is not None and hasattr(state, "wait"):
             await state.wait()
@@ -254,9 +240,11 @@ class DaskExecutor(BaseExecutor):
                 self._attempt_done(call, attempt, attempt.engine)
             except Exception:  # never lose the thread; the call's future says what failed
                 logger.exception("%s: finishing call %d failed", self.name, call.id)
-                _set(call.future, None, TaskLostError(f"call {call.id}: could not be finished"))
+                set_outcome(
+                    call.future, None, TaskLostError(f"call {call.id}: could not be finished")
+                )
 
-    def _attempt_done(self, call: _Call, attempt: _Attempt, engine: Any) -> None:
+    def _attempt_done(self, call: Call, attempt: Attempt, engine: Any) -> None:
         status = engine.status
         exc: BaseException | None = None
         if status == "error":
@@ -290,16 +278,16 @@ class DaskExecutor(BaseExecutor):
         if status == "finished":
             self._stats.task_finished(Outcome.SUCCEEDED)
             if chained:  # its value is wanted on workers: leave it there until asked for
-                _set(call.future, UNFETCHED)
+                set_outcome(call.future, UNFETCHED)
         elif exc is not None and not lost:
             self._stats.task_finished(Outcome.FAILED)
-            _set(call.future, None, exc)
+            set_outcome(call.future, None, exc)
         elif exc is not None:
             self._stats.task_finished(Outcome.FAILED)
-            _set(call.future, None, self._poisoned(call, exc))
+            set_outcome(call.future, None, self._poisoned(call, exc))
         else:
             self._stats.task_finished(Outcome.CANCELLED)
-            _set(
+            set_outcome(
                 call.future,
                 None,
                 TaskLostError(
@@ -308,32 +296,18 @@ class DaskExecutor(BaseExecutor):
                 ),
             )
 
-    def _poisoned(self, call: _Call, exc: BaseException) -> PoisonedCallError:
-        keys = [a.key for a in call.attempts]
+    def _poisoned(self, call: Call, exc: BaseException) -> PoisonedCallError:
         records: list[tuple[str, float, float]] = []
         try:
-            for key in keys:
-                records.extend(self.client.run_on_scheduler(lost_attempts, key=key))
+            for attempt in call.attempts:
+                records.extend(self.client.run_on_scheduler(lost_attempts, key=attempt.key))
         except Exception:  # an old or unusual scheduler: fall back to what the error says
             records = []
         if not records:
-            last = getattr(getattr(exc, "last_worker", None), "address", "?")
-            records = [(str(last), 0.0, 0.0)]
+            records = [(str(getattr(getattr(exc, "last_worker", None), "address", "?")), 0, 0)]
         self._lost[call.id] = records
-        attempts = tuple(
-            AttemptRecord(
-                host=worker,
-                reason="the worker died while running the call",
-                duration=(end - start) if end > start else None,
-            )
-            for worker, start, end in sorted(records, key=lambda r: r[1])
-        )
-        where = "; ".join(f"attempt {i} {a}" for i, a in enumerate(attempts, 1))
-        return PoisonedCallError(
-            f"call {call.id} of {self.name!r} was given up by Dask after its worker died "
-            f"{len(attempts)} time(s) (the scheduler's allowed-failures; the call probably "
-            f"kills its worker process): {where}",
-            attempts,
+        return poisoned_error(
+            f"call {call.id} of {self.name!r}", records, "by Dask: the scheduler's allowed-failures"
         )
 
     # -- values ---------------------------------------------------------------------
@@ -355,11 +329,11 @@ class DaskExecutor(BaseExecutor):
             except Exception:  # e.g. a value lost with its worker: each result() fetches alone
                 logger.debug("%s: batched gather failed", self.name, exc_info=True)
                 for future in batch:
-                    _set(future, UNFETCHED)
+                    set_outcome(future, UNFETCHED)
                 continue
             for future, value in zip(batch, values, strict=True):
                 future.fetched = value
-                _set(future, value)
+                set_outcome(future, value)
 
     def _fetch(self, future: EngineFuture) -> Any:
         """The value of a finished call that was left in the cluster."""
@@ -374,179 +348,6 @@ class DaskExecutor(BaseExecutor):
             engines = [a.engine for a in call.attempts]
         self._stats.task_finished(Outcome.CANCELLED)
         self.client.cancel(engines, reason="cancelled by the caller")
-
-    # -- backups (heartbeat thread) -----------------------------------------------
-
-    def _heartbeat_loop(self) -> None:
-        while not self._stop.is_set():
-            with self._lock:
-                idle = not self._calls
-            if idle:
-                self._wake.wait()
-                self._wake.clear()
-                continue
-            if self._stop.wait(self._heartbeat_interval):
-                return
-            try:
-                self._consider_backup()
-            except Exception:  # the client is closing or the scheduler is away: try later
-                logger.debug("%s: heartbeat failed", self.name, exc_info=True)
-
-    def _read_durations(self) -> None:
-        """Add the run times of calls finished since the last look (scheduler records)."""
-        records = self.client.get_task_stream(start=self._stream_mark - 1.0)
-        prefix = self._prefix + "-"
-        for rec in records:
-            key = str(rec.get("key", ""))
-            if not key.startswith(prefix) or key in self._timed or rec.get("status") != "OK":
-                continue
-            compute = [s for s in rec.get("startstops", ()) if s.get("action") == "compute"]
-            if compute:
-                self._timed.add(key)
-                self._durations.append(compute[-1]["stop"] - compute[0]["start"])
-                self._stream_mark = max(self._stream_mark, compute[-1]["stop"])
-
-    def _consider_backup(self) -> None:
-        now = time.monotonic()
-        if now - self._threads_checked > 5.0:
-            self._threads_total = sum(self.client.nthreads().values())
-            self._threads_checked = now
-        with self._lock:
-            live = len(self._calls)
-        if live > self._threads_total:
-            # More calls than worker threads: some are queued, so no backup is due, and
-            # asking the scheduler what runs where would only load it.
-            return
-        self._read_durations()
-        processing: dict[str, Any] = self.client.processing()
-        now = time.monotonic()
-        where: dict[str, str] = {}
-        for worker, keys in processing.items():
-            for key in keys:
-                where[str(key)] = worker
-        idle_workers = [w for w, keys in processing.items() if not keys]
-        running = []
-        pending = 0
-        with self._lock:
-            for call in self._calls.values():
-                workers = {where[a.key] for a in call.attempts if not a.done and a.key in where}
-                if not workers:
-                    pending += 1
-                    continue
-                if call.seen_running is None:
-                    call.seen_running = now
-                call.workers |= workers
-                running.append(
-                    Running(
-                        call.id, now - call.seen_running, frozenset(workers), len(call.attempts) - 1
-                    )
-                )
-        durations = self._durations
-        if not self.backups:
-            return
-        choice = choose_backup(
-            running,
-            durations,
-            idle_workers,
-            pending=pending,
-            max_backups=self.max_backups_per_call,
-        )
-        if choice is None:
-            return
-        call_id, worker = choice
-        with self._lock:
-            chosen = self._calls.get(call_id)
-        if chosen is not None and not chosen.finished:
-            self._start_attempt(chosen, worker)
-
-    # -- introspection ----------------------------------------------------------
-
-    def stats(self) -> ExecutorStats:
-        """Counters, with durations and per-worker rows from the scheduler's task stream.
-
-        ``extra``: ``hosts`` (one row per worker: done, failed, p50, p95 in seconds),
-        ``attempts`` (one record per attempt for :meth:`ExecutorStats.plot_timeline`,
-        seconds since this executor started; lost attempts included),
-        ``backups_started``, ``backups_won``.
-        """
-        import dataclasses
-
-        import numpy as np
-
-        from ._speculation import percentile
-
-        records = self.client.get_task_stream(start=self._started_wall)
-        with self._lock:
-            winners = set(self._winners)
-            lost = {k: list(v) for k, v in self._lost.items()}
-            started, won = self._backups_started, self._backups_won
-        prefix = self._prefix + "-"
-        attempts: list[dict[str, Any]] = []
-        per_worker: dict[str, list[float]] = {}
-        failed: dict[str, int] = {}
-        durations = []
-        for rec in records:
-            key = str(rec.get("key", ""))
-            if not key.startswith(prefix):
-                continue
-            compute = [s for s in rec.get("startstops", ()) if s.get("action") == "compute"]
-            if not compute:
-                continue
-            start, stop = compute[0]["start"], compute[-1]["stop"]
-            worker = str(rec.get("worker", "?"))
-            call = key[len(prefix) :].split("-")[0]
-            ok = rec.get("status") == "OK"
-            outcome = "won" if key in winners else ("cancelled" if ok else "failed")
-            attempts.append(
-                {
-                    "slot": worker,
-                    "start": start - self._started_wall,
-                    "end": stop - self._started_wall,
-                    "outcome": outcome,
-                    "bundle": int(call),
-                    "is_backup": "-b" in key[len(prefix) :],
-                }
-            )
-            if outcome == "won":
-                durations.append(stop - start)
-                per_worker.setdefault(worker, []).append(stop - start)
-            elif outcome == "failed":
-                failed[worker] = failed.get(worker, 0) + 1
-        for call_id, rows in lost.items():
-            for worker, start, end in rows:
-                attempts.append(
-                    {
-                        "slot": worker,
-                        "start": start - self._started_wall,
-                        "end": end - self._started_wall,
-                        "outcome": "lost",
-                        "bundle": call_id,
-                        "is_backup": False,
-                    }
-                )
-        hosts = [
-            {
-                "host": w,
-                "done": len(d),
-                "failed": failed.get(w, 0),
-                "p50": percentile(d, 50),
-                "p95": percentile(d, 95),
-            }
-            for w, d in sorted(per_worker.items())
-        ]
-        hosts += [
-            {"host": w, "done": 0, "failed": n, "p50": None, "p95": None}
-            for w, n in sorted(failed.items())
-            if w not in per_worker
-        ]
-        snapshot = self._stats.snapshot(
-            self.name,
-            hosts=hosts,
-            attempts=sorted(attempts, key=lambda a: a["start"]),
-            backups_started=started,
-            backups_won=won,
-        )
-        return dataclasses.replace(snapshot, durations=np.asarray(durations, dtype=np.float64))
 
     # -- BaseExecutor hooks ---------------------------------------------------------
 
@@ -568,7 +369,7 @@ class DaskExecutor(BaseExecutor):
             self._cancel_queued()
         if wait:
             self._join()
-        self._stop.set()
+        self._stop_threads()
         self._wake.set()
         self._ready_wake.set()
         self._completed.put(None)
@@ -579,20 +380,15 @@ class DaskExecutor(BaseExecutor):
             self._heartbeat.join()
         if self._owns_client:
             if not wait:
-                with self._lock:
-                    live = [c.future for c in self._calls.values()]
-                for future in live:
+                for future in self._live_futures():
                     future.cancel()
             self.client.close()
             if self._cluster is not None:
                 self._cluster.close()
 
-    def _join(self) -> None:
+    def _live_futures(self) -> list[EngineFuture]:
         with self._lock:
-            live = [c.future for c in self._calls.values()] + list(self._ready)
-        for future in live:
-            with contextlib.suppress(CancelledError):
-                future.exception()  # waits; the outcome stays with the caller's future
+            return [c.future for c in self._calls.values()] + list(self._ready)
 
 
 def _dropped(*_: Any, **__: Any) -> None:  # what a finished call keeps instead of its function
@@ -601,15 +397,3 @@ def _dropped(*_: Any, **__: Any) -> None:  # what a finished call keeps instead 
 
 def _is_killed_worker(exc: BaseException | None) -> bool:
     return type(exc).__name__ == "KilledWorker"
-
-
-def _set(future: Future[Any], value: Any, exc: BaseException | None = None) -> None:
-    if future.done():
-        return
-    try:
-        if exc is None:
-            future.set_result(value)
-        else:
-            future.set_exception(exc)
-    except InvalidStateError:  # cancelled by the caller meanwhile
-        pass

@@ -9,10 +9,9 @@ Its value may stay in the cluster until asked for: the owner then fetches it
 
 from __future__ import annotations
 
-from concurrent.futures import Future
 from typing import Any, Protocol
 
-from smart_future import SmartFuture
+from smart_future import SmartFuture, StoppableFuture
 
 __all__ = ["UNFETCHED", "EngineFuture", "Owner", "native_arguments"]
 
@@ -33,8 +32,13 @@ class Owner(Protocol):
     def _fetch(self, future: EngineFuture) -> Any: ...
 
 
-class EngineFuture(Future[Any]):
-    """A call's future on a cluster engine; ``engine_future`` is the engine's own future."""
+class EngineFuture(StoppableFuture[Any]):
+    """A call's future on a cluster engine; ``engine_future`` is the engine's own future.
+
+    It stays PENDING until the engine reports the outcome (the engines do not say when a
+    call starts without a round trip), so ``cancel()`` reaches the engine even for a call
+    that runs: Ray then kills the worker running it, Dask forgets the task (its worker
+    thread runs on)."""
 
     def __init__(self, owner: Owner, call_id: int, engine_future: Any) -> None:
         super().__init__()
@@ -67,6 +71,10 @@ def native_arguments(
 ) -> tuple[tuple[Any, ...], dict[str, Any], bool]:
     """Replace SmartFutures of *owner*'s calls by the engine's futures (the value stays in
     the cluster); the flag says whether other SmartFutures remain (to be waited for)."""
+    if not any(isinstance(a, SmartFuture) for a in args) and not any(
+        isinstance(v, SmartFuture) for v in kwargs.values()
+    ):
+        return args, kwargs, False  # the common case: nothing to convert, nothing copied
     foreign = False
 
     def convert(value: Any) -> Any:

@@ -5,23 +5,41 @@ per function; Ray has no reserved keywords in ``.remote()``, so every user
 keyword reaches it). Other callables (bound methods, callable objects) run
 through ``run_call_spread(fn, *args, **kwargs)``, the function positional-only.
 The SmartFuture's inner future is completed from the ObjectRef's own
-completion callback. A SmartFuture of this
-executor passed to another call is handed to Ray as its ObjectRef (top-level
-arguments are resolved by Ray on the worker: the value stays in the cluster).
+completion callback. A SmartFuture of this executor passed to another call is
+handed to Ray as its ObjectRef (top-level arguments are resolved by Ray on the
+worker: the value stays in the cluster).
 
 Failures: a worker that dies under a call is retried by Ray (``max_retries``);
 when Ray gives up (``WorkerCrashedError``, ``NodeDiedError``...) the call fails
 with :class:`PoisonedCallError`. Application exceptions are not retried
 (``retry_exceptions=False``) and arrive as their own type with the worker's
-traceback attached. No speculative backups on Ray (see the README).
+traceback attached.
 
-Threads and locks: user threads submit; Ray's callback thread completes calls.
-``_lock`` guards ``_calls`` only and is never held across a call into Ray.
+Cancelling (``SmartFuture.cancel()``) and timeouts stop a running call with
+``ray.cancel(force=True)``, which kills the worker process running it (Ray starts
+another). Ray does not tell a driver when a task starts (without its dashboard's
+state API), so a call's ``timeout`` counts from submit: time spent waiting for a
+free CPU counts too.
+
+Backups (with *backups*; not for calls submitted with ``backups=False``): a
+heartbeat thread, only while calls are live, looks for a straggler once no call
+waits for a CPU and one is free (the rules of ``_speculation``; a call's running
+time is counted from submit, run times are the client-side spans of finished
+calls) and starts one copy of it per heartbeat: pinned to another alive node
+with free CPU (``NodeAffinitySchedulingStrategy(soft=False)``) on a multi-node
+cluster, a plain second copy on one node. The original's node is not known to
+the driver, so on several nodes the copy may land on it. The first copy to
+finish wins; the others are cancelled with ``force=True``.
+
+Threads and locks: user threads submit; Ray's callback thread completes calls;
+the heartbeat and deadline threads (``_engine_base``) start copies and time calls
+out. ``_lock`` guards ``_calls`` and the records and is never held across a call
+into Ray.
 """
 
 from __future__ import annotations
 
-import contextlib
+import collections
 import itertools
 import logging
 import threading
@@ -29,34 +47,61 @@ import time
 import types
 import weakref
 from collections.abc import Callable
-from concurrent.futures import CancelledError, Future, InvalidStateError
+from concurrent.futures import CancelledError, Future
+from dataclasses import dataclass, field
 from typing import Any
 
-from .._errors import AttemptRecord, PoisonedCallError, TaskLostError, attach_remote_traceback
-from .._executor_base import BaseExecutor
+from .._call_options import CallOptions
+from .._errors import TaskLostError, attach_remote_traceback
 from .._stats import ExecutorStats, Outcome
-from ._engine_future import EngineFuture, native_arguments
+from ._engine_base import EngineExecutor, poisoned_error, set_outcome
+from ._engine_future import EngineFuture
 from ._remote_side import run_call_spread
+from ._speculation import Running, choose_backup
 
 __all__ = ["RayExecutor"]
 
 logger = logging.getLogger("parallelize")
 _executor_ids = itertools.count()
+_RECENT = 4096  # run times kept for the backup rules
+_ONE_NODE = "this node"  # the backup target name on a one-node cluster
 
 
-class RayExecutor(BaseExecutor):
+@dataclass(eq=False)
+class _Call:
+    future: EngineFuture
+    remote: Any  # the Ray remote function (None: run_call_spread with fn first)
+    fn: Callable[..., Any]
+    args: tuple[Any, ...]
+    kwargs: dict[str, Any]
+    submitted: float
+    refs: list[Any] = field(default_factory=list)  # attempts: the original, then copies
+    nodes: set[str] = field(default_factory=set)  # where its copies were pinned
+    live: int = 0  # attempts not finished
+    backups: bool = True
+    finished: bool = False
+    ended: str = "cancelled"  # how attempts still running when it finished are recorded
+
+
+class RayExecutor(EngineExecutor):
     """Runs calls as Ray tasks; a :class:`concurrent.futures.Executor`.
 
     Uses the Ray runtime already initialised in this process if there is one;
     else ``ray.init(address=address)`` (None: a local Ray started in this
     process), shut down again with the executor. *max_retries*: how many times
-    Ray re-runs a call whose worker died.
+    Ray re-runs a call whose worker died. *backups*: start speculative copies of
+    straggling calls (at most *max_backups_per_call* each).
     """
 
-    passes_smart_futures = True
-
     def __init__(
-        self, *, address: str | None = None, max_retries: int = 2, name: str | None = None
+        self,
+        *,
+        address: str | None = None,
+        max_retries: int = 2,
+        backups: bool = True,
+        max_backups_per_call: int = 1,
+        heartbeat_interval: float = 0.25,
+        name: str | None = None,
     ) -> None:
         import ray
 
@@ -65,39 +110,63 @@ class RayExecutor(BaseExecutor):
         if self._owns_runtime:
             ray.init(address=address, logging_level=logging.WARNING, log_to_driver=False)
         self.max_retries = max_retries
-        self._remote = ray.remote(run_call_spread).options(
-            max_retries=max_retries, retry_exceptions=False
-        )
+        self.backups = backups
+        self.max_backups_per_call = max_backups_per_call
+        self._heartbeat_interval = heartbeat_interval
+        self._options: dict[str, Any] = {"max_retries": max_retries, "retry_exceptions": False}
+        # Our options are the remote functions' defaults: ``.options()`` would wrap them
+        # and merge the options again on every call.
+        self._remote = ray.remote(**self._options)(run_call_spread)
         # One Ray remote function per user function: Ray exports it once, and calls
         # then ship only their arguments.
         self._remotes: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
         self._ids = itertools.count()
-        self._calls: dict[int, EngineFuture] = {}
-        self._lock = threading.Lock()
-        self._started = time.monotonic()
+        self._calls: dict[int, _Call] = {}
+        self._epoch = time.monotonic()
         self._attempts: list[dict[str, Any]] = []
-        self._durations: list[float] = []
+        # Run times of the latest finished calls, for the backup rules.
+        self._durations: collections.deque[float] = collections.deque(maxlen=_RECENT)
+        self._cpus = 0.0
+        self._nodes: list[str] = []
+        self._cluster_checked = -1e9
+        self._backups_started = 0
+        self._backups_won = 0
+        self._wake = threading.Event()
+        self._heartbeat: threading.Thread | None = None
+        if backups:
+            self._heartbeat = threading.Thread(
+                target=self._heartbeat_loop, name=f"{self.name}-heartbeat", daemon=True
+            )
+            self._heartbeat.start()
 
-    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:
-        self._check_open()
-        args, kwargs, foreign = native_arguments(self, args, kwargs)
-        if foreign:
-            from .._submission import submit_call
+    # -- submitting -------------------------------------------------------------------
 
-            return submit_call(self, fn, args, kwargs).future
+    def _start_call(
+        self,
+        fn: Callable[..., Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        options: CallOptions,
+    ) -> EngineFuture:
         remote = self._remote_for(fn)
         if remote is None:
             ref = self._remote.remote(fn, *args, **kwargs)
         else:
             ref = remote.remote(*args, **kwargs)
         future = EngineFuture(self, next(self._ids), ref)
-        submitted = time.monotonic()
+        call = _Call(future, remote, fn, args, kwargs, time.monotonic(), [ref], live=1)
+        call.backups = options.backups is not False
         with self._lock:
-            self._calls[future.call_id] = future
+            self._calls[future.call_id] = call
         self._stats.task_submitted()
-        # Ray completes this future (with the value or the error) from its own thread.
-        ref.future().add_done_callback(lambda done: self._finish(future, done, submitted))
+        self._watch(call, ref, None)
+        if self._heartbeat is not None and call.backups and not self._wake.is_set():
+            self._wake.set()
         return future
+
+    def _watch(self, call: _Call, ref: Any, node: str | None) -> None:
+        # Ray completes this future (with the value or the error) from its own thread.
+        ref.future().add_done_callback(lambda done: self._attempt_done(call, ref, node, done))
 
     def _remote_for(self, fn: Callable[..., Any]) -> Any:
         if not isinstance(fn, types.FunctionType):
@@ -106,94 +175,221 @@ class RayExecutor(BaseExecutor):
         if remote is None:
             import ray
 
-            remote = ray.remote(fn).options(max_retries=self.max_retries, retry_exceptions=False)
-            self._remotes[fn] = remote
+            remote = self._remotes[fn] = ray.remote(**self._options)(fn)
         return remote
 
-    def _finish(self, future: EngineFuture, done: Future[Any], submitted: float) -> None:
-        with self._lock:
-            if self._calls.pop(future.call_id, None) is None:
-                return  # cancelled by the caller
-        end = time.monotonic()
-        try:
-            value = done.result()
-        except BaseException as exc:
-            outcome, error = self._classify(future, exc)
-            self._record(future, submitted, end, "failed" if outcome else "lost")
-            self._stats.task_finished(Outcome.FAILED)
-            _set(future, None, error)
-            return
-        self._record(future, submitted, end, "won")
-        self._stats.task_finished(Outcome.SUCCEEDED)
-        _set(future, value)
+    # -- completion (Ray's callback thread) ----------------------------------------------
 
-    def _classify(self, future: EngineFuture, exc: BaseException) -> tuple[bool, BaseException]:
-        """(is an application error, the exception the caller sees)."""
+    def _attempt_done(self, call: _Call, ref: Any, node: str | None, done: Future[Any]) -> None:
+        end = time.monotonic()
+        exc = CancelledError() if done.cancelled() else done.exception()
+        lost = exc is not None and self._is_lost(exc)
+        backup = ref is not call.refs[0]
+        losers: list[Any] = []
+        with self._lock:  # one critical section per completion: it is on every call's path
+            call.live -= 1
+            if call.finished:  # another copy won, or the caller gave up (cancel, timeout)
+                self._record(call, end, call.ended, node, backup)
+                return
+            if lost and call.live > 0:  # another copy carries on
+                self._record(call, end, "lost", node, backup)
+                return
+            call.finished = True
+            del self._calls[call.future.call_id]
+            if len(call.refs) > 1:
+                losers = [r for r in call.refs if r is not ref]
+            chained = call.future.used_as_argument
+            if exc is None and backup:
+                self._backups_won += 1
+            self._record(
+                call, end, "won" if exc is None else ("lost" if lost else "failed"), node, backup
+            )
+        call.fn, call.args, call.kwargs = _dropped, (), {}
+        if losers and not chained:
+            self._kill(losers)
+        if exc is None:
+            self._stats.task_finished(Outcome.SUCCEEDED)
+            call.future.fetched = value = done.result()
+            set_outcome(call.future, value)
+            return
+        self._stats.task_finished(Outcome.FAILED)
+        set_outcome(call.future, None, self._error(call.future, exc))
+
+    def _is_lost(self, exc: BaseException) -> bool:
+        import ray.exceptions as rex
+
+        return isinstance(exc, (rex.WorkerCrashedError, rex.NodeDiedError, rex.ObjectLostError))
+
+    def _error(self, future: EngineFuture, exc: BaseException) -> BaseException:
+        """The exception the caller sees for the attempt's error *exc*."""
         import ray.exceptions as rex
 
         if isinstance(exc, rex.RayTaskError):
             cause = exc.cause if isinstance(exc.cause, BaseException) else exc
-            return True, attach_remote_traceback(cause, str(exc))
+            return attach_remote_traceback(cause, str(exc))
         if isinstance(exc, (rex.TaskCancelledError, CancelledError)):
-            return False, TaskLostError(f"call {future.call_id} was cancelled on the Ray cluster")
-        if isinstance(exc, (rex.WorkerCrashedError, rex.NodeDiedError, rex.ObjectLostError)):
-            attempts = tuple(
-                AttemptRecord(host="ray", reason=f"{type(exc).__name__}: the worker died")
-                for _ in range(self.max_retries + 1)
+            return TaskLostError(f"call {future.call_id} was cancelled on the Ray cluster")
+        if self._is_lost(exc):
+            records = [("ray", 0.0, 0.0)] * (self.max_retries + 1)
+            return poisoned_error(
+                f"call {future.call_id} of {self.name!r}",
+                records,
+                f"by Ray, max_retries={self.max_retries}; last: {type(exc).__name__}",
             )
-            return False, PoisonedCallError(
-                f"call {future.call_id} of {self.name!r} was given up by Ray after "
-                f"{len(attempts)} attempts (max_retries={self.max_retries}) each lost with "
-                f"its worker (the call probably kills its worker process): {exc}",
-                attempts,
-            )
-        return False, exc
+        return exc
 
-    def _record(self, future: EngineFuture, submitted: float, end: float, outcome: str) -> None:
-        # Ray keeps no per-task records without its dashboard: the client-side span
-        # (submitted -> completed) is what we can show, on one row per executor.
-        with self._lock:
-            self._attempts.append(
-                {
-                    "slot": "ray",
-                    "start": submitted - self._started,
-                    "end": end - self._started,
-                    "outcome": outcome,
-                    "bundle": future.call_id,
-                    "is_backup": False,
-                }
-            )
-            if outcome == "won":
-                self._durations.append(end - submitted)
+    def _record(
+        self, call: _Call, end: float, outcome: str, node: str | None, backup: bool
+    ) -> None:
+        """Record an attempt (``_lock`` held). Ray keeps no per-task records a driver can
+        read without its dashboard: the client-side span (submitted -> completed) is what
+        we show, one row per node a copy was pinned to, else one row "ray"."""
+        self._attempts.append(
+            {
+                "slot": node or "ray",
+                "start": call.submitted - self._epoch,
+                "end": end - self._epoch,
+                "outcome": outcome,
+                "bundle": call.future.call_id,
+                "is_backup": backup,
+            }
+        )
+        if outcome == "won":
+            self._durations.append(end - call.submitted)
+
+    def _kill(self, refs: list[Any]) -> None:
+        import ray
+
+        for ref in refs:
+            try:
+                ray.cancel(ref, force=True)  # kills the worker process if it runs
+            except Exception:  # already finished, or its worker is gone
+                logger.debug("%s: ray.cancel failed", self.name, exc_info=True)
 
     def _fetch(self, future: EngineFuture) -> Any:  # values arrive with completion
         return future.fetched
 
     def _cancel_call(self, future: EngineFuture) -> None:
+        refs = self._claim(future.call_id, "cancelled")
+        if refs is None:
+            return
+        self._stats.task_finished(Outcome.CANCELLED)
+        self._kill(refs)
+
+    def _claim(self, call_id: int, ended: str) -> list[Any] | None:
+        """Mark a live call finished (cancelled or timed out); its attempts, or None."""
+        with self._lock:
+            call = self._calls.pop(call_id, None)
+            if call is None or call.finished:
+                return None
+            call.finished = True
+            call.ended = ended
+            return list(call.refs)
+
+    # -- timeouts (the deadline thread, see _engine_base) --------------------------------
+
+    def _started_at_submit(self) -> tuple[float, str] | None:
+        return time.monotonic(), "a Ray worker, killed (the timeout counts from submit on Ray)"
+
+    def _expire(self, call_id: int) -> bool:
+        refs = self._claim(call_id, "timed out")
+        if refs is None:
+            return False
+        self._kill(refs)
+        return True
+
+    # -- backups (heartbeat thread) -----------------------------------------------------
+
+    def _heartbeat_loop(self) -> None:
+        while not self._stop.is_set():
+            with self._lock:
+                idle = not any(c.backups for c in self._calls.values())
+            if idle:
+                self._wake.wait()
+                self._wake.clear()
+                continue
+            if self._stop.wait(self._heartbeat_interval):
+                return
+            try:
+                self._consider_backup()
+            except Exception:  # the runtime is closing: try later
+                logger.debug("%s: heartbeat failed", self.name, exc_info=True)
+
+    def _consider_backup(self) -> None:
         import ray
 
+        now = time.monotonic()
+        if now - self._cluster_checked > 5.0:  # CPUs and nodes, refreshed every 5 s
+            self._cpus = ray.cluster_resources().get("CPU", 0.0)  # type: ignore[no-untyped-call]
+            alive = [n for n in ray.nodes() if n.get("Alive")]  # type: ignore[no-untyped-call]
+            self._nodes = [n["NodeID"] for n in alive]
+            self._cluster_checked = now
         with self._lock:
-            if self._calls.pop(future.call_id, None) is None:
+            if len(self._calls) > self._cpus or len(self._durations) < 2:
+                # Calls wait for a CPU (no backup is due then), or no run time is known
+                # yet: asking Ray for its free CPUs would only load it.
                 return
-        self._stats.task_finished(Outcome.CANCELLED)
-        ray.cancel(future.engine_future, force=False)
+            live = list(self._calls.values())
+            durations = list(self._durations)
+        free = ray.available_resources().get("CPU", 0.0)  # type: ignore[no-untyped-call]
+        if free < 1.0:
+            return
+        running = [
+            Running(c.future.call_id, now - c.submitted, frozenset(c.nodes), len(c.refs) - 1)
+            for c in live
+            if c.backups and not c.finished
+        ]
+        targets = self._nodes if len(self._nodes) > 1 else [_ONE_NODE]
+        choice = choose_backup(
+            running, durations, targets, pending=0, max_backups=self.max_backups_per_call
+        )
+        if choice is not None:
+            self._start_backup(*choice)
+
+    def _start_backup(self, call_id: int, node: str) -> None:
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+        with self._lock:
+            call = self._calls.get(call_id)
+            if call is None or call.finished:
+                return
+            fn, args, kwargs, remote = call.fn, call.args, call.kwargs, call.remote
+        options: dict[str, Any] = {}
+        if node != _ONE_NODE:
+            options["scheduling_strategy"] = NodeAffinitySchedulingStrategy(node, soft=False)
+        if remote is None:
+            ref = self._remote.options(**options).remote(fn, *args, **kwargs)
+        else:
+            ref = remote.options(**options).remote(*args, **kwargs)
+        with self._lock:
+            late = self._calls.get(call_id) is not call  # finished meanwhile
+            if not late:
+                call.refs.append(ref)
+                call.nodes.add(node)
+                call.live += 1
+                self._backups_started += 1
+        if late:
+            self._kill([ref])
+            return
+        logger.info("%s: backup of call %d on %s", self.name, call_id, node)
+        self._watch(call, ref, None if node == _ONE_NODE else node)
+
+    # -- introspection and lifecycle ------------------------------------------------------
 
     def stats(self) -> ExecutorStats:
-        """Counters and client-side durations; ``extra["attempts"]`` feeds the timeline."""
-        import dataclasses
-
-        import numpy as np
-
+        """Counters and client-side durations (submit to completion); ``extra``:
+        ``attempts`` (for the timeline), ``hosts``, ``backups_started``, ``backups_won``."""
         with self._lock:
             attempts = list(self._attempts)
-            durations = np.asarray(self._durations, dtype=np.float64)
-        snapshot = self._stats.snapshot(self.name, attempts=attempts)
-        return dataclasses.replace(snapshot, durations=durations)
+            started, won = self._backups_started, self._backups_won
+        return self._snapshot(attempts, backups_started=started, backups_won=won)
 
     def _cancel_queued(self) -> int:
+        return sum(1 for f in self._live_futures() if f.cancel())
+
+    def _live_futures(self) -> list[EngineFuture]:
         with self._lock:
-            live = list(self._calls.values())
-        return sum(1 for f in live if f.cancel())
+            return [c.future for c in self._calls.values()]
 
     def _shutdown_impl(self, *, wait: bool, cancel_futures: bool) -> None:
         import ray
@@ -202,24 +398,11 @@ class RayExecutor(BaseExecutor):
             self._cancel_queued()
         if wait:
             self._join()
+        self._stop_threads()
+        self._wake.set()
         if self._owns_runtime:
             ray.shutdown()
 
-    def _join(self) -> None:
-        with self._lock:
-            live = list(self._calls.values())
-        for future in live:
-            with contextlib.suppress(CancelledError):
-                future.exception()
 
-
-def _set(future: Future[Any], value: Any, exc: BaseException | None = None) -> None:
-    if future.done():
-        return
-    try:
-        if exc is None:
-            future.set_result(value)
-        else:
-            future.set_exception(exc)
-    except InvalidStateError:
-        pass
+def _dropped(*_: Any, **__: Any) -> None:  # what a finished call keeps instead of its function
+    return None

@@ -40,3 +40,9 @@ def lost_attempts(dask_scheduler: Any, key: str) -> list[tuple[str, float, float
         begun = [s for s in starts if s <= end]
         attempts.append((worker, begun[-1] if begun else end, end))
     return attempts
+
+
+def executing_keys(dask_worker: Any) -> list[str]:
+    """On a Dask worker: the keys of the tasks its threads are running now (not those
+    assigned to it and waiting for a thread, which the scheduler lists as processing too)."""
+    return [str(ts.key) for ts in dask_worker.state.executing]

@@ -1,10 +1,13 @@
-"""Real Dask and Ray clusters on loopback, one of each per test session (see ``engines.py``).
+"""Real Dask and Ray clusters, one of each per test session (see ``engines.py``).
 
 ``dask_cluster``: ``dask scheduler`` + two one-thread ``dask worker`` processes named w0
-and w1 (scheduler ``allowed-failures`` 2, so a call that kills its worker is given up
-after 3 attempts). ``ray_cluster``: ``ray start --head`` with 2 CPUs, and this process
-connected to it once (``ray.init``), so every Ray test reuses one runtime. Both are torn
-down at the end of the session and must leave no process running.
+and w1 on loopback (scheduler ``allowed-failures`` 2, so a call that kills its worker is
+given up after 3 attempts). ``ray_cluster``: ``ray start --head`` with 2 CPUs, and this
+process connected to it once (``ray.init``), so every Ray test reuses one runtime. Both
+are torn down at the end of the session and must leave no process running.
+
+Ray tests (marked ``ray``) run in a loopback-only network namespace: see ``ray_netns.py``
+(the hooks below hand them to it). Outside the namespace ``ray_cluster`` starts nothing.
 
 ``dask`` / ``ray`` fixtures point the default executor of the method at the cluster.
 Without the extras installed the tests are skipped, except with CI=true where they fail.
@@ -19,9 +22,23 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from engines import DaskCluster, RayCluster, ray_tests_allowed
+import ray_netns
+from engines import DaskCluster, RayCluster
 
 import parallelize
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    ray_netns.configure(config)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    ray_netns.collection_modifyitems(config, items)
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_pyfunc_call(pyfuncitem: pytest.Function) -> bool | None:
+    return ray_netns.pyfunc_call(pyfuncitem)
 
 
 def _require(module: str, extra: str) -> None:
@@ -44,10 +61,10 @@ def dask_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DaskClust
 
 
 @pytest.fixture(scope="session")
-def ray_cluster() -> Iterator[RayCluster]:
-    reason = ray_tests_allowed()
-    if reason is not None:
-        pytest.skip(reason)
+def ray_cluster() -> Iterator[RayCluster | None]:
+    if ray_netns.inside() is None:
+        yield None  # the test runs in the namespace's own session (ray_netns.pyfunc_call)
+        return
     _require("ray", "ray")
     os.environ["RAY_AUTH_MODE"] = "disabled"  # as the cluster (see engines._env)
     import ray
@@ -77,6 +94,6 @@ def dask(dask_cluster: DaskCluster) -> Iterator[DaskCluster]:
 
 
 @pytest.fixture
-def ray_runtime(ray_cluster: RayCluster) -> RayCluster:
+def ray_runtime(ray_cluster: RayCluster | None) -> RayCluster | None:
     """The default RAY executor uses the session's Ray runtime."""
     return ray_cluster

@@ -3,7 +3,8 @@
 :class:`DaskCluster` runs ``dask scheduler`` and N ``dask worker`` processes as
 subprocesses (real TCP on 127.0.0.1, explicit free ports, no dashboard);
 :class:`RayCluster` runs ``ray start --head`` bound to 127.0.0.1 with usage
-stats and the dashboard off. Both stop everything they started on ``stop()``
+stats and the dashboard off (the Ray tests run it inside a loopback-only network
+namespace: see ``ray_netns.py``). Both stop everything they started on ``stop()``
 and can tell whether any of their processes is still alive.
 """
 
@@ -21,24 +22,6 @@ from pathlib import Path
 
 BIN = Path(sys.executable).parent
 LOOPBACK = "127.0.0.1"
-
-RAY_OPT_IN = "PARALLELIZE_RAY_TESTS"
-
-
-def ray_tests_allowed() -> str | None:
-    """None when the Ray tests may run here, else why not (for a skip).
-
-    Ray's own processes (gcs_server, raylet, workers) connect to each other through the
-    machine's primary address even when every address given to them is 127.0.0.1: Ray
-    replaces 127.0.0.1 by the node's reachable address. The test suite sends traffic to
-    loopback and to its own network namespaces only, so Ray runs only on request."""
-    if os.environ.get(RAY_OPT_IN) == "1":
-        return None
-    return (
-        "Ray's processes talk over the machine's non-loopback address even when bound to "
-        f"127.0.0.1; set {RAY_OPT_IN}=1 to run the Ray tests where that is acceptable"
-    )
-
 
 TIMEOUT = 60.0  # generous guard for waits on a cluster
 

@@ -1,4 +1,7 @@
-"""Method.RAY on a real Ray cluster (``ray start --head`` on loopback, one runtime per session)."""
+"""Method.RAY on a real Ray cluster (``ray start --head`` on loopback, one runtime per session).
+
+Every test here runs inside a loopback-only network namespace (marker ``ray``, see
+``ray_netns.py``)."""
 
 from __future__ import annotations
 
@@ -14,6 +17,8 @@ import parallelize
 from parallelize import Method, PoisonedCallError, wait_all, wait_any
 from parallelize._cluster._engine_future import EngineFuture
 
+pytestmark = pytest.mark.ray
+
 
 def _executor() -> Any:
     return parallelize.default_executor(Method.RAY)
@@ -23,6 +28,31 @@ def _block_until(path: str) -> None:
     deadline = time.monotonic() + 60
     while not os.path.exists(path) and time.monotonic() < deadline:
         time.sleep(0.02)
+
+
+def test_ray_runs_in_a_loopback_only_namespace(ray_runtime: RayCluster) -> None:
+    """Nothing Ray does can leave the namespace: its only interface is lo, it has no route,
+    and every Ray node and every TCP connection is on 127.0.0.1."""
+    import subprocess
+
+    import ray
+    import ray_netns
+
+    assert ray_netns.inside() is not None
+    links = subprocess.run(["ip", "-o", "link", "show"], capture_output=True, text=True).stdout
+    assert [line.split(":")[1].strip() for line in links.splitlines()] == ["lo"]
+    routes = subprocess.run(["ip", "route", "show"], capture_output=True, text=True).stdout
+    assert routes.strip() == ""
+    assert {node["NodeManagerAddress"] for node in ray.nodes()} == {"127.0.0.1"}
+
+    @parallelize.parallelize(method=Method.RAY)
+    def ping() -> int:
+        return 1
+
+    assert ping().result(TIMEOUT) == 1
+    sockets = subprocess.run(["ss", "-Htn"], capture_output=True, text=True).stdout.split("\n")
+    peers = [line.split()[4] for line in sockets if line.strip()]
+    assert peers and all(p.startswith(("127.", "[::1]", "[::ffff:127.")) for p in peers), peers
 
 
 def test_every_keyword_reaches_the_function(ray_runtime: RayCluster) -> None:

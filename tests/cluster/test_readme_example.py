@@ -47,6 +47,7 @@ def test_readme_example_on_dask(dask_cluster: DaskCluster, tmp_path: Path) -> No
     assert re.fullmatch(r"60 days, best day \d+ \(peak \d\.\d{3}\)\n", out)
 
 
+@pytest.mark.ray
 def test_readme_example_on_ray(ray_cluster: RayCluster, tmp_path: Path) -> None:
     script = _example()
     assert "Method.DASK" in script
