@@ -9,6 +9,7 @@ build on it; ``_scheduler.Scheduler`` adds the thread, the loop, status and tear
 
 from __future__ import annotations
 
+import heapq
 import logging
 import pickle
 import queue
@@ -16,9 +17,10 @@ import threading
 import time
 from collections import OrderedDict, deque
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future, InvalidStateError
 from typing import Any
 
-from parallelize import AttemptRecord, ParallelizeError, PoisonedCallError
+from parallelize import AttemptRecord, ParallelizeError, PoisonedCallError, TaskTimeoutError
 from parallelize.ext import Outcome, TaskStats, attach_remote_traceback
 
 from ._attempt_log import AttemptLog, FloatRing, RateWindow
@@ -85,6 +87,7 @@ class SchedulerCore:
         max_attempts: int = 3,
         host_down_timeout: float = 60.0,
         timeline_limit: int = 10_000,
+        timeout_grace: float = 10.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if not specs:
@@ -111,6 +114,9 @@ class SchedulerCore:
         )
         self._max_attempts = max_attempts
         self._host_down_timeout = host_down_timeout
+        # The agent enforces a call's timeout; the controller gives up on its own this much
+        # later (a stalled link may never deliver the agent's TIMED_OUT): the stall allowance.
+        self._timeout_grace = timeout_grace
 
         self._q: queue.SimpleQueue[tuple[Any, ...]] = queue.SimpleQueue()
         # --- state below is owned by the scheduler thread -----------------
@@ -122,6 +128,7 @@ class SchedulerCore:
         self._rescue: deque[Bundle] = deque()  # running only on SUSPECT hosts: back up first
         self._running: dict[int, Bundle] = {}  # bundle id -> RUNNING bundle
         self._attempts: dict[int, tuple[Attempt, Bundle, Host]] = {}
+        self._deadlines: list[tuple[float, int]] = []  # heap: (fallback deadline, attempt id)
         self._next_attempt_id = 1
         self._fn_ids: OrderedDict[bytes, int] = OrderedDict()
         self._next_fn_id = 1
@@ -159,6 +166,20 @@ class SchedulerCore:
         return self._attempts[attempt.id][2]
 
     def _start_attempt(self, bundle: Bundle, host: Host, now: float, *, is_backup: bool) -> None:
+        future = bundle.future
+        if (
+            not is_backup
+            and not future.running()
+            and (future.cancelled() or not future.set_running_or_notify_cancel())
+        ):
+            # cancelled while queued (its cancel message may still be on its way): drop it
+            if not bundle.state.terminal:
+                self._finish(bundle, BundleState.CANCELLED, now)
+            return
+        limit = bundle.timeout
+        if limit is not None and is_backup:  # the call's clock runs from its oldest copy
+            oldest = min((a.start for a in bundle.running_attempts), default=now)
+            limit = max(limit - (now - oldest), 0.001)
         attempt_id = self._next_attempt_id
         self._next_attempt_id += 1
         attempt = bundle.start_attempt(
@@ -182,7 +203,13 @@ class SchedulerCore:
         if link is None or bundle.fn_id is None:  # an invariant of UP hosts and bundles
             raise RuntimeError(f"attempt {attempt_id} started on {host!r} with no link")
         try:
-            link.submit(attempt_id, bundle.fn_id, bundle.fn_payload, bundle.args_payload)
+            if limit is None:
+                link.submit(attempt_id, bundle.fn_id, bundle.fn_payload, bundle.args_payload)
+            else:
+                heapq.heappush(self._deadlines, (now + limit + self._timeout_grace, attempt_id))
+                link.submit(
+                    attempt_id, bundle.fn_id, bundle.fn_payload, bundle.args_payload, timeout=limit
+                )
         except Exception as exc:
             self._host_down(host, f"could not send an attempt: {type(exc).__name__}: {exc}", now)
 
@@ -225,7 +252,8 @@ class SchedulerCore:
             return  # a loser or a cancelled attempt that finished anyway
         attempt, bundle, _ = entry
         now = self._clock()
-        won = bundle.future.set_running_or_notify_cancel()
+        future = bundle.future
+        won = future.running() or (not future.cancelled() and future.set_running_or_notify_cancel())
         self._end_attempt(
             attempt,
             host,
@@ -261,7 +289,7 @@ class SchedulerCore:
             exc_value, tb_text = value
             if not isinstance(exc_value, BaseException):
                 raise TypeError(f"not an exception: {exc_value!r}")
-            attach_remote_traceback(exc_value, str(tb_text))
+            attach_remote_traceback(exc_value, str(tb_text), host=host.name)
         except (TypeError, ValueError) as bad:
             exc_value = ParallelizeError(
                 f"{bundle.fn_name} failed on host {host.name} with an unreadable error: {bad}"
@@ -286,6 +314,66 @@ class SchedulerCore:
             reason,
         )
         self._attempt_failed(bundle, now)
+
+    def _on_timeout(self, host: Host, attempt_id: int, ran: float) -> None:
+        """The agent killed an attempt that ran past its time limit."""
+        entry = self._attempts.get(attempt_id)
+        if entry is None:
+            return
+        attempt, bundle, _ = entry
+        now = self._clock()
+        self._end_attempt(
+            attempt, host, AttemptState.TIMED_OUT, now, f"timed out after {ran:.3g} s"
+        )
+        self._timed_out(bundle, host, now)
+
+    def _check_deadlines(self, now: float) -> None:
+        """Fail calls whose agent never reported their timeout (a stalled link): the
+        controller's fallback, ``timeout_grace`` after the agent should have."""
+        heap = self._deadlines
+        if len(heap) > 2 * len(self._attempts) + 64:  # mostly calls that finished in time
+            heap[:] = [item for item in heap if item[1] in self._attempts]
+            heapq.heapify(heap)
+        while heap and heap[0][0] <= now:
+            _, attempt_id = heapq.heappop(heap)
+            entry = self._attempts.get(attempt_id)
+            if entry is None:
+                continue  # finished in time, or already ended
+            attempt, bundle, host = entry
+            self._end_attempt(
+                attempt,
+                host,
+                AttemptState.TIMED_OUT,
+                now,
+                f"timed out: no word from the host {self._timeout_grace:g} s past the timeout",
+            )
+            if host.link is not None and host.state.connected:
+                try:
+                    host.link.cancel(attempt_id)
+                except Exception as exc:
+                    logger.debug(
+                        "cancel of attempt %d on %s failed: %s", attempt_id, host.name, exc
+                    )
+            self._timed_out(bundle, host, now)
+
+    def _next_deadline(self) -> float | None:
+        return self._deadlines[0][0] if self._deadlines else None
+
+    def _timed_out(self, bundle: Bundle, host: Host, now: float) -> None:
+        """A run of *bundle* went past its timeout: the call fails (no retry), copies die."""
+        if bundle.state is not BundleState.RUNNING or bundle.timeout is None:
+            return
+        self._cancel_attempts(bundle, now, "the call timed out")
+        logger.info(
+            "%s: bundle %d (%s) timed out on host %s (timeout=%gs)",
+            self.name,
+            bundle.id,
+            bundle.fn_name,
+            host.name,
+            bundle.timeout,
+        )
+        error = TaskTimeoutError(bundle.fn_name, bundle.timeout, where=f"host {host.name}")
+        self._finish(bundle, BundleState.FAILED, now, exc=error)
 
     def _attempt_failed(self, bundle: Bundle, now: float) -> None:
         """An attempt of *bundle* was lost: poison it, re-queue it, or let a copy carry on."""
@@ -343,13 +431,14 @@ class SchedulerCore:
             future.cancel()
             self._stats.task_finished(Outcome.CANCELLED, None)
         elif state is BundleState.SUCCEEDED:
-            future.set_result(value)
-            self._stats.task_finished(Outcome.SUCCEEDED, duration)
+            if _settle(future, value=value):
+                self._stats.task_finished(Outcome.SUCCEEDED, duration)
+            else:
+                self._stats.task_finished(Outcome.CANCELLED, None)
         else:
             if exc is None:  # a bug: a failed bundle always has its error
                 raise RuntimeError(f"bundle {bundle.id} failed without an exception")
-            if future.running() or future.set_running_or_notify_cancel():
-                future.set_exception(exc)
+            if _settle(future, exc=exc):
                 self._stats.task_finished(Outcome.FAILED, duration)
             else:
                 self._stats.task_finished(Outcome.CANCELLED, None)
@@ -362,6 +451,25 @@ class SchedulerCore:
         self._n_pending = 0
         for bundle in pending:
             self._finish(bundle, BundleState.FAILED, now, exc=copy_error(error))
+
+
+def _settle(future: Future[Any], *, value: Any = None, exc: BaseException | None = None) -> bool:
+    """Complete *future* with *value* or *exc*; False if the user cancelled it first.
+
+    A RUNNING future can be stopped (``StoppableFuture.stop``) from the user's thread at
+    any moment, so setting its outcome may find it cancelled: that is not an error."""
+    if future.cancelled():
+        return False
+    if not future.running() and not future.set_running_or_notify_cancel():
+        return False  # cancelled a moment ago (a PENDING future is cancelled, not stopped)
+    try:
+        if exc is not None:
+            future.set_exception(exc)
+        else:
+            future.set_result(value)
+    except InvalidStateError:  # stopped a moment ago; its done-callback tells us
+        return False
+    return True
 
 
 def copy_error(error: HostUnavailableError) -> HostUnavailableError:

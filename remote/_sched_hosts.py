@@ -43,6 +43,9 @@ class HostEvents:
     def on_attempt_lost(self, link: HostLink, attempt_id: int, reason: str) -> None:
         self._post(("lost", self._host, self._gen, attempt_id, reason))
 
+    def on_attempt_timeout(self, link: HostLink, attempt_id: int, ran: float) -> None:
+        self._post(("timeout", self._host, self._gen, attempt_id, ran))
+
     def on_link_down(self, link: HostLink, reason: str) -> None:
         self._post(("down", self._host, self._gen, reason))
 
