@@ -1,13 +1,14 @@
 """The REMOTE scheduler: one thread that owns every bundle and every host.
 
 The scheduler is split by concern along one chain of classes: ``_sched_core``
-(state, bundles and attempts), ``_sched_hosts`` (connections and host health),
-``_sched_dispatch`` (dispatch, rescues, speculation) and this module (the thread,
-the loop, status and teardown). What can be pure lives elsewhere: the host state
-machine and speed estimates (``_hosts``), the host indexes (``_host_table``), the
-speculation policy (``_speculation``), selection (``_policies``), status and
-percentiles (``_heartbeat``), the bounded attempt record (``_attempt_log``), the
-bundle and attempt state machines (``_bundle``).
+(state, bundles and attempts), ``_sched_timeouts`` (per-call timeouts),
+``_sched_hosts`` (connections and host health), ``_sched_dispatch`` (dispatch,
+rescues, speculation) and this module (the thread, the loop, status and teardown).
+What can be pure lives elsewhere: the host state machine and speed estimates
+(``_hosts``), the host indexes (``_host_table``), the speculation policy
+(``_speculation``), selection (``_policies``), status and percentiles
+(``_heartbeat``), the bounded attempt record (``_attempt_log``), the bundle and
+attempt state machines (``_bundle``).
 
 Concurrency design
 ------------------
