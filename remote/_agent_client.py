@@ -83,9 +83,12 @@ def bootstrap_code() -> str:
 _sources: list[tuple[str, str]] = []
 
 
-def _agent_blob(name: str, slots: int, silence_limit: float = 0.0) -> bytes:
+def _agent_blob(
+    name: str, slots: int, silence_limit: float = 0.0, max_tasks: int = 0, max_memory: int = 0
+) -> bytes:
     """The length-prefixed JSON the bootstrap reads: the agent's modules and its argv
-    (display name, slots, controller-silence limit in seconds, 0 = none)."""
+    (display name, slots, controller-silence limit in seconds, attempts and resident bytes
+    per slot process before it is recycled; 0 = none)."""
     import json
 
     if not _sources:
@@ -96,7 +99,7 @@ def _agent_blob(name: str, slots: int, silence_limit: float = 0.0) -> bytes:
                 ("parallelize_agent", (here / "worker.py").read_text()),
             ]
         )
-    argv = [name, str(slots), repr(float(silence_limit))]
+    argv = [name, str(slots), repr(float(silence_limit)), str(max_tasks), str(max_memory)]
     data = json.dumps({"modules": _sources, "argv": argv}).encode()
     return len(data).to_bytes(4, "big") + data
 
@@ -111,6 +114,14 @@ def check_hello(spec: HostSpec, info: dict[str, Any]) -> None:
             f"Fix: install cloudpickle there (`{spec.python} -m pip install cloudpickle`) or "
             f"point `python = ...` for this host in the pool file at an interpreter that has it.",
             kind=HostErrorKind.VERSION,
+            host=spec.name,
+        )
+    if info.get("protocol") != _wire.PROTOCOL:
+        raise HostUnavailableError(
+            f"{where}: its worker agent speaks protocol {info.get('protocol', 1)}, this "
+            f"controller protocol {_wire.PROTOCOL}. Fix: let the link start the agent (it "
+            "ships its own source), not an agent started by hand from another version.",
+            kind=HostErrorKind.AGENT_START,
             host=spec.name,
         )
     remote = str(info.get("python", "?"))
@@ -398,7 +409,13 @@ class AgentLink:
         try:
             self._open(deadline)
             with contextlib.suppress(OSError):  # if it died already, _read_hello says why
-                agent = _agent_blob(self.spec.name, self.spec.slots, self.silence_limit)
+                agent = _agent_blob(
+                    self.spec.name,
+                    self.spec.slots,
+                    self.silence_limit,
+                    self.spec.max_tasks_per_worker or 0,
+                    self.spec.max_worker_memory or 0,
+                )
                 self.bytes_sent += len(agent)
                 self._write(agent)
             info = self._read_hello(deadline)
@@ -523,7 +540,14 @@ class AgentLink:
             host=self.spec.name,
         )
 
-    def submit(self, attempt_id: int, fn_id: int, fn_payload: bytes, args_payload: bytes) -> None:
+    def submit(
+        self,
+        attempt_id: int,
+        fn_id: int,
+        fn_payload: bytes,
+        args_payload: bytes,
+        timeout: float | None = None,
+    ) -> None:
         with self._write_lock:
             if not self.alive:
                 raise HostUnavailableError(
@@ -539,6 +563,8 @@ class AgentLink:
             # Only once the frame exists (encoding may fail): the agent mirrors this LRU, so
             # the evicted ids must reach it right before this SUBMIT, in this order.
             _, evicted = self._fns_sent.use(fn_id, len(fn_payload))
+            if timeout is not None:  # travels in the same write: never apart from its SUBMIT
+                frame = _wire.encode_time_limit(attempt_id, timeout) + frame
             if evicted:
                 frame = _wire.encode_evict(evicted) + frame
             blobs = blobs_of(args_payload)
@@ -721,6 +747,11 @@ class AgentLink:
             self._stdout(b"", final=True)
             if self._take(attempt_id):
                 self._deliver(events.on_attempt_lost, self, attempt_id, why)
+        elif kind == _wire.TIMED_OUT:
+            attempt_id, ran = _wire.decode_timed_out(body)
+            self._stdout(b"", final=True)
+            if self._take(attempt_id):
+                self._deliver(events.on_attempt_timeout, self, attempt_id, ran)
         elif kind == _wire.PONG:
             now = time.perf_counter()
             token = _wire.decode_ping(body)

@@ -13,7 +13,7 @@ State machines (every other transition raises :class:`IllegalTransitionError`)::
              PENDING -> FAILED             no host reachable for host_down_timeout
              RUNNING -> PENDING            every running attempt was lost: re-queued
              RUNNING -> SUCCEEDED          an attempt returned a value
-             RUNNING -> FAILED             an attempt raised (user exception)
+             RUNNING -> FAILED             an attempt raised (user exception) or timed out
              RUNNING -> POISONED           max_attempts infrastructure failures
              RUNNING -> CANCELLED          the user cancelled it (attempts killed)
              SUCCEEDED, FAILED, POISONED, CANCELLED are terminal.
@@ -21,6 +21,8 @@ State machines (every other transition raises :class:`IllegalTransitionError`)::
     Attempt: RUNNING -> WON                its result decided the bundle
              RUNNING -> LOST               infrastructure failure (process died, host down)
              RUNNING -> CANCELLED          a loser of a race, or cancelled by the user
+             RUNNING -> TIMED_OUT          ran past the call's timeout (the agent killed it,
+                                           or the controller's fallback deadline passed)
 
 Only the scheduler thread touches these objects (see ``_scheduler``), so they
 carry no locks.
@@ -55,6 +57,7 @@ class AttemptState(enum.Enum):
     WON = "won"
     LOST = "lost"
     CANCELLED = "cancelled"
+    TIMED_OUT = "timed_out"
 
     @property
     def terminal(self) -> bool:
@@ -81,8 +84,11 @@ _BUNDLE_TRANSITIONS: dict[BundleState, frozenset[BundleState]] = {
 }
 
 _ATTEMPT_TRANSITIONS: dict[AttemptState, frozenset[AttemptState]] = {
-    AttemptState.RUNNING: frozenset({AttemptState.WON, AttemptState.LOST, AttemptState.CANCELLED}),
+    AttemptState.RUNNING: frozenset(
+        {AttemptState.WON, AttemptState.LOST, AttemptState.CANCELLED, AttemptState.TIMED_OUT}
+    ),
     AttemptState.WON: frozenset(),
+    AttemptState.TIMED_OUT: frozenset(),
     AttemptState.LOST: frozenset(),
     AttemptState.CANCELLED: frozenset(),
 }
@@ -149,8 +155,10 @@ class Bundle:
     """One call: the payloads, the caller's future, its attempts and its state."""
 
     __slots__ = (
+        "allow_backups",
         "args_payload",
         "attempts",
+        "avoid_hosts",
         "finished_at",
         "fn_id",
         "fn_name",
@@ -160,6 +168,7 @@ class Bundle:
         "started_at",
         "state",
         "submitted_at",
+        "timeout",
     )
 
     def __init__(
@@ -170,6 +179,10 @@ class Bundle:
         args_payload: bytes,
         future: Future[Any],
         submitted_at: float,
+        *,
+        timeout: float | None = None,
+        allow_backups: bool = True,
+        avoid_hosts: frozenset[str] = frozenset(),
     ) -> None:
         self.id = bundle_id
         self.fn_name = fn_name
@@ -182,6 +195,11 @@ class Bundle:
         self.submitted_at = submitted_at
         self.started_at: float | None = None
         self.finished_at: float | None = None
+        # per-call options (CallOptions): seconds each run may take; False: never start
+        # backups of it; hosts to avoid when another has a free slot (earlier failures)
+        self.timeout = timeout
+        self.allow_backups = allow_backups
+        self.avoid_hosts = avoid_hosts
 
     def transition(self, state: BundleState, now: float) -> None:
         if not bundle_transition_allowed(self.state, state):

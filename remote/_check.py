@@ -66,6 +66,9 @@ class _NoEvents:
     def on_attempt_lost(self, link: HostLink, attempt_id: int, reason: str) -> None:
         pass
 
+    def on_attempt_timeout(self, link: HostLink, attempt_id: int, ran: float) -> None:
+        pass
+
     def on_link_down(self, link: HostLink, reason: str) -> None:
         pass
 

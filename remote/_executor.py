@@ -7,11 +7,19 @@ wraps it in a :class:`~remote._bundle.Bundle` and posts it to the
 and host (see that module for the threading model, retries, backups and
 cancellation).
 
-Returned futures stay PENDING in concurrent.futures terms until their result
-arrives (they are never marked running), so ``future.cancel()`` works on a
-bundle that is already running on a host: a done-callback tells the scheduler,
-which kills the bundle's processes on their hosts. ``executor.cancel(future)``
-is the same thing spelled as a method.
+Returned futures are StoppableFuture objects (smart_future): PENDING while
+queued, RUNNING from when the first attempt is sent to a slot. ``future.cancel()``
+keeps the standard meaning (it refuses a running call); ``SmartFuture.cancel()``
+and :meth:`RemoteExecutor.cancel` also stop a running one. Either way a
+done-callback tells the scheduler, which kills the bundle's processes on their
+hosts.
+
+:meth:`RemoteExecutor.submit_with` takes per-call options
+(:class:`~parallelize.ext.CallOptions`): ``timeout`` (enforced on the host: the
+process is killed and the future fails with :class:`~parallelize.TaskTimeoutError`),
+``backups`` (False: never a backup copy of this call; None or True: the executor's
+setting) and ``avoid_hosts`` (hosts to keep the call off when another has a free
+slot; set by the decorator's retries).
 """
 
 from __future__ import annotations
@@ -28,7 +36,9 @@ from typing import TYPE_CHECKING, Any
 
 from parallelize import PicklingError
 from parallelize.ext import (
+    DEFAULT_OPTIONS,
     BaseExecutor,
+    CallOptions,
     ExecutorStats,
     callable_name,
     dumps_function,
@@ -36,7 +46,7 @@ from parallelize.ext import (
     split_bound_method,
     validate_failure_setting,
 )
-from smart_future import register_status_provider
+from smart_future import StoppableFuture, register_status_provider
 
 from ._agent_client import LinkTiming
 from ._blobs import prepare_args, resolve_threshold, zstd_version
@@ -166,7 +176,12 @@ class RemoteExecutor(BaseExecutor):
     Arguments pickled larger than *blob_threshold* bytes (default: ``[executor]
     blob_threshold`` of the pool file, ``PARALLELIZE_BLOB_THRESHOLD``, 1 MiB; 0: off) and
     :func:`parallelize.share` handles are sent once per host (see ``remote/_blobs.py``).
+    *max_tasks_per_worker* and *max_worker_memory* (bytes, or a size such as ``"2GiB"``)
+    recycle a slot's process after that many calls or once its resident memory is over
+    the limit, on hosts whose pool entry does not set its own (see the pool file).
     """
+
+    supports_timeout = True
 
     def __init__(
         self,
@@ -181,12 +196,16 @@ class RemoteExecutor(BaseExecutor):
         stall_timeout: float | None = None,
         host_down_timeout: float | None = None,
         timeline_limit: int = 10_000,
+        max_tasks_per_worker: int | None = None,
+        max_worker_memory: int | str | None = None,
         name: str = "remote",
         link_factory: LinkFactory | None = None,
         clock: Callable[[], float] = time.monotonic,
         blob_threshold: int | None = None,
     ) -> None:
-        config = _resolve_pool(pool)
+        from ._pool_config import with_recycling
+
+        config = with_recycling(_resolve_pool(pool), max_tasks_per_worker, max_worker_memory)
         self.hosts = list(config.hosts)
         self.blob_threshold = resolve_threshold(blob_threshold, config.blob_threshold)
         # compress blobs (once, in the submitting thread) if some host may take them so
@@ -226,6 +245,7 @@ class RemoteExecutor(BaseExecutor):
             max_attempts=int(options["max_attempts"]),
             host_down_timeout=float(options["host_down_timeout"]),
             timeline_limit=timeline_limit,
+            timeout_grace=float(options["stall_timeout"]),
             clock=clock,
         )
         self._unregister_status = register_status_provider(_StatusLine(self._scheduler))
@@ -233,6 +253,25 @@ class RemoteExecutor(BaseExecutor):
     # -- submitting -----------------------------------------------------
 
     def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:
+        return self._submit(DEFAULT_OPTIONS, fn, args, kwargs)
+
+    def submit_with(
+        self, options: CallOptions, fn: Callable[..., Any], /, *args: Any, **kwargs: Any
+    ) -> Future[Any]:
+        """Submit one call with per-call *options*: ``timeout`` (seconds from when a slot
+        starts it; the process is killed and the future fails with ``TaskTimeoutError``;
+        not retried), ``backups`` (False: no backup copies of this call; None or True:
+        the executor's setting) and ``avoid_hosts`` (preferred against when another host
+        has a free slot). Retry options are the decorator's and are ignored here."""
+        return self._submit(options.for_executor(), fn, args, kwargs)
+
+    def _submit(
+        self,
+        options: CallOptions,
+        fn: Callable[..., Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+    ) -> Future[Any]:
         self._check_open()
         if os.getpid() != self._pid:
             raise RuntimeError(
@@ -258,9 +297,17 @@ class RemoteExecutor(BaseExecutor):
                 f"frame carries ({_MAX_FRAME:,}). Fix: pass a path or a smaller object and "
                 "load the data on the host."
             )
-        future: Future[Any] = Future()
+        future: Future[Any] = StoppableFuture()
         bundle = Bundle(
-            next(_bundle_ids), callable_name(fn), fn_payload, args_payload, future, time.monotonic()
+            next(_bundle_ids),
+            callable_name(fn),
+            fn_payload,
+            args_payload,
+            future,
+            time.monotonic(),
+            timeout=options.timeout,
+            allow_backups=options.backups is not False,
+            avoid_hosts=options.avoid_hosts,
         )
         scheduler = self._scheduler
 
@@ -275,6 +322,8 @@ class RemoteExecutor(BaseExecutor):
 
     def cancel(self, future: Future[Any]) -> bool:
         """Cancel a call of this executor, killing its processes if it is running."""
+        if isinstance(future, StoppableFuture):
+            return future.stop()
         return future.cancel()
 
     # -- introspection ----------------------------------------------------

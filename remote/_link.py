@@ -43,6 +43,9 @@ class HostSpec:
     is_local: bool = False  # embedded pool: a local agent over pipes, no SSH
     blob_cache_bytes: int = 2 << 30  # bound of the agent's blob cache (remote/_blobs.py)
     compression: str = "auto"  # of blobs sent to it: "auto", "zstd" or "none"
+    # Recycling of slot processes (None: never): attempts per process, resident bytes.
+    max_tasks_per_worker: int | None = None
+    max_worker_memory: int | None = None
 
 
 class LinkEvents(Protocol):
@@ -56,6 +59,10 @@ class LinkEvents(Protocol):
     def on_attempt_lost(self, link: HostLink, attempt_id: int, reason: str) -> None:
         """An attempt failed for infrastructure reasons (its process died with an exit code or
         signal, its result could not be read); the link itself is still usable."""
+
+    def on_attempt_timeout(self, link: HostLink, attempt_id: int, ran: float) -> None:
+        """An attempt ran past the time limit it was submitted with and the agent killed
+        it, after *ran* seconds; its slot was replaced. Not an infrastructure failure."""
 
     def on_link_down(self, link: HostLink, reason: str) -> None:
         """The connection is gone; every attempt in flight on it is lost."""
@@ -74,10 +81,18 @@ class HostLink(Protocol):
         Blocks up to the connect timeout; raises HostUnavailableError naming the host
         and the problem (unreachable, authentication, version mismatch, ...)."""
 
-    def submit(self, attempt_id: int, fn_id: int, fn_payload: bytes, args_payload: bytes) -> None:
+    def submit(
+        self,
+        attempt_id: int,
+        fn_id: int,
+        fn_payload: bytes,
+        args_payload: bytes,
+        timeout: float | None = None,
+    ) -> None:
         """Start an attempt in its own process on the host. ``fn_payload`` (the pickled
         function, identified by ``fn_id``) is always given; the link sends it to the agent
-        only the first time, the agent caches it by ``fn_id``."""
+        only the first time, the agent caches it by ``fn_id``. With *timeout* (seconds),
+        the agent kills the attempt once it has run that long (``on_attempt_timeout``)."""
 
     def cancel(self, attempt_id: int) -> None:
         """Kill the attempt's process on the host; no event follows for that attempt."""

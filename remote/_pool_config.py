@@ -18,6 +18,11 @@ is the controller itself; it gets half its slots (at least one) so the controlle
 CPU for itself. Other loopback addresses (127.0.0.2, ...) are treated as remote hosts
 (the test suite runs one sshd per such address). ``controller = true/false`` overrides the
 detection for a host.
+
+Recycling of slot processes: ``max_tasks_per_worker`` (an integer >= 1) and
+``max_worker_memory`` (bytes, or a size such as ``"2GiB"`` or ``"500MB"``) in a host's
+table, in ``[defaults]``, or in ``[executor]`` (a default for every host; a host's own
+table, then ``[defaults]``, win).
 """
 
 from __future__ import annotations
@@ -48,6 +53,8 @@ __all__ = [
     "embedded_pool",
     "is_controller_host",
     "load_pool",
+    "parse_size",
+    "with_recycling",
 ]
 
 ENV_VAR = "PARALLELIZE_POOL_FILE"
@@ -56,6 +63,20 @@ _HOST_RE = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9._-]{0,251}[A-Za-z0-9])?$")
 _USER_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9._-]{0,31}$")
 _PYTHON_RE = re.compile(r"^(?:~/)?[A-Za-z0-9_./+-]+$")
 _NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.@:+-]{0,63}$")
+_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([A-Za-z]*)\s*$")
+_SIZE_UNITS = {
+    "": 1,
+    "b": 1,
+    "kb": 10**3,
+    "mb": 10**6,
+    "gb": 10**9,
+    "tb": 10**12,
+    "kib": 2**10,
+    "mib": 2**20,
+    "gib": 2**30,
+    "tib": 2**40,
+}
+_RECYCLE_KEYS = ("max_tasks_per_worker", "max_worker_memory")
 
 _DEFAULT_KEYS = (
     "user",
@@ -69,6 +90,7 @@ _DEFAULT_KEYS = (
     "connect_timeout",
     "blob_cache_bytes",
     "compression",
+    *_RECYCLE_KEYS,
 )
 _HOST_KEYS = (
     "host",
@@ -83,6 +105,7 @@ _HOST_KEYS = (
     "controller",
     "blob_cache_bytes",
     "compression",
+    *_RECYCLE_KEYS,
 )
 _BLOB_EXECUTOR_KEYS = ("blob_threshold", "compression")  # [executor] keys of remote/_blobs.py
 
@@ -98,6 +121,66 @@ class PoolConfig:
     # the [executor] table: failure-handling settings (see parallelize._config)
     executor: Mapping[str, bool | int | float] = field(default_factory=dict)
     blob_threshold: int | None = None  # [executor] blob_threshold (remote/_blobs.py)
+
+
+def parse_size(value: object) -> int:
+    """Bytes from an integer or a size string ("2GiB", "500MB", "1.5 GB", "4096");
+    ValueError (naming the accepted forms) otherwise."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        if value < 1:
+            raise ValueError(f"a memory size must be at least 1 byte, got {value}")
+        return value
+    if isinstance(value, str) and (match := _SIZE_RE.match(value)):
+        number, unit = match.groups()
+        factor = _SIZE_UNITS.get(unit.lower())
+        if factor is not None:
+            size = int(float(number) * factor)
+            if size >= 1:
+                return size
+    raise ValueError(
+        f"{value!r} is not a memory size: give a number of bytes or a string such as "
+        '"2GiB", "500MB" or "512MiB" (units B, kB, MB, GB, TB, KiB, MiB, GiB, TiB)'
+    )
+
+
+def with_recycling(
+    config: PoolConfig, max_tasks_per_worker: object = None, max_worker_memory: object = None
+) -> PoolConfig:
+    """*config* with these recycling limits on every host that does not set its own
+    (``RemoteExecutor(max_tasks_per_worker=..., max_worker_memory=...)``)."""
+    if max_tasks_per_worker is None and max_worker_memory is None:
+        return config
+    tasks: int | None = None
+    memory: int | None = None
+    if max_tasks_per_worker is not None:
+        if (
+            isinstance(max_tasks_per_worker, bool)
+            or not isinstance(max_tasks_per_worker, int)
+            or max_tasks_per_worker < 1
+        ):
+            raise ValueError(
+                f"max_tasks_per_worker must be an integer >= 1 (or None for no limit), got "
+                f"{max_tasks_per_worker!r}"
+            )
+        tasks = max_tasks_per_worker
+    if max_worker_memory is not None:
+        try:
+            memory = parse_size(max_worker_memory)
+        except ValueError as exc:
+            raise ValueError(f"max_worker_memory: {exc}") from None
+    hosts = tuple(
+        replace(
+            spec,
+            max_tasks_per_worker=(
+                spec.max_tasks_per_worker if spec.max_tasks_per_worker is not None else tasks
+            ),
+            max_worker_memory=(
+                spec.max_worker_memory if spec.max_worker_memory is not None else memory
+            ),
+        )
+        for spec in config.hosts
+    )
+    return replace(config, hosts=hosts)
 
 
 def default_pool_path() -> Path:
@@ -210,6 +293,18 @@ class _Checker:
                 entry, field, f"must be a finite number > 0, got {value}", "use a positive value"
             )
         return float(value)
+
+    def size(self, value: Any, entry: str, field: str) -> int:
+        try:
+            return parse_size(value)
+        except ValueError:
+            raise self.fail(
+                entry,
+                field,
+                f"{value!r} is not a memory size",
+                f'write a number of bytes or a size string, e.g. {field} = "2GiB" or "500MB" '
+                "(units B, kB, MB, GB, TB, KiB, MiB, GiB, TiB)",
+            ) from None
 
     def boolean(self, value: Any, entry: str, field: str) -> bool:
         if not isinstance(value, bool):
@@ -376,11 +471,19 @@ def parse_pool(data: Mapping[str, Any], path: str, *, ssh_config: Path | None = 
     check = _Checker(path)
     check.keys(data, ("defaults", "hosts", "executor"), "top level")
     executor_raw = data.get("executor", {})
-    blob_options: dict[str, Any] = {}
-    if isinstance(executor_raw, dict):
-        blob_options = {k: executor_raw[k] for k in _BLOB_EXECUTOR_KEYS if k in executor_raw}
-        executor_raw = {k: v for k, v in executor_raw.items() if k not in blob_options}
-    executor = _executor_options(check, executor_raw)
+    if not isinstance(executor_raw, dict):
+        raise check.fail("executor", None, "must be a table", "write it as [executor]")
+    check.keys(executor_raw, (*FAILURE_SETTINGS, *_RECYCLE_KEYS, *_BLOB_EXECUTOR_KEYS), "executor")
+    recycle = _recycle_fields(check, executor_raw, "executor")
+    blob_options = {k: executor_raw[k] for k in _BLOB_EXECUTOR_KEYS if k in executor_raw}
+    executor = _executor_options(
+        check,
+        {
+            k: v
+            for k, v in executor_raw.items()
+            if k not in _RECYCLE_KEYS and k not in _BLOB_EXECUTOR_KEYS
+        },
+    )
     blob_threshold = None
     if "blob_threshold" in blob_options:
         blob_threshold = _blob_field(
@@ -390,7 +493,7 @@ def parse_pool(data: Mapping[str, Any], path: str, *, ssh_config: Path | None = 
     if not isinstance(defaults_raw, dict):
         raise check.fail("defaults", None, "must be a table", "write it as [defaults]")
     check.keys(defaults_raw, _DEFAULT_KEYS, "defaults")
-    defaults = _common_fields(check, defaults_raw, "defaults")
+    defaults = {**recycle, **_common_fields(check, defaults_raw, "defaults")}
     if "compression" in blob_options and "compression" not in defaults:
         # [executor] compression: the default of every host
         defaults["compression"] = _blob_field(
@@ -486,6 +589,21 @@ def _common_fields(check: _Checker, table: Mapping[str, Any], entry: str) -> dic
     if "strict_host_key_checking" in table:
         out["strict_host_key_checking"] = check.boolean(
             table["strict_host_key_checking"], entry, "strict_host_key_checking"
+        )
+    out.update(_recycle_fields(check, table, entry))
+    return out
+
+
+def _recycle_fields(check: _Checker, table: Mapping[str, Any], entry: str) -> dict[str, Any]:
+    """``max_tasks_per_worker`` and ``max_worker_memory``: when a slot process is replaced."""
+    out: dict[str, Any] = {}
+    if "max_tasks_per_worker" in table:
+        out["max_tasks_per_worker"] = check.integer(
+            table["max_tasks_per_worker"], entry, "max_tasks_per_worker", 1, None
+        )
+    if "max_worker_memory" in table:
+        out["max_worker_memory"] = check.size(
+            table["max_worker_memory"], entry, "max_worker_memory"
         )
     return out
 

@@ -9,6 +9,7 @@ build on it; ``_scheduler.Scheduler`` adds the thread, the loop, status and tear
 
 from __future__ import annotations
 
+import heapq
 import logging
 import pickle
 import queue
@@ -16,6 +17,7 @@ import threading
 import time
 from collections import OrderedDict, deque
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future, InvalidStateError
 from typing import Any
 
 from parallelize import AttemptRecord, ParallelizeError, PoisonedCallError
@@ -85,6 +87,7 @@ class SchedulerCore:
         max_attempts: int = 3,
         host_down_timeout: float = 60.0,
         timeline_limit: int = 10_000,
+        timeout_grace: float = 10.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if not specs:
@@ -111,6 +114,9 @@ class SchedulerCore:
         )
         self._max_attempts = max_attempts
         self._host_down_timeout = host_down_timeout
+        # The agent enforces a call's timeout; the controller gives up on its own this much
+        # later (a stalled link may never deliver the agent's TIMED_OUT): the stall allowance.
+        self._timeout_grace = timeout_grace
 
         self._q: queue.SimpleQueue[tuple[Any, ...]] = queue.SimpleQueue()
         # --- state below is owned by the scheduler thread -----------------
@@ -122,6 +128,7 @@ class SchedulerCore:
         self._rescue: deque[Bundle] = deque()  # running only on SUSPECT hosts: back up first
         self._running: dict[int, Bundle] = {}  # bundle id -> RUNNING bundle
         self._attempts: dict[int, tuple[Attempt, Bundle, Host]] = {}
+        self._deadlines: list[tuple[float, int]] = []  # heap: (fallback deadline, attempt id)
         self._next_attempt_id = 1
         self._fn_ids: OrderedDict[bytes, int] = OrderedDict()
         self._next_fn_id = 1
@@ -159,6 +166,20 @@ class SchedulerCore:
         return self._attempts[attempt.id][2]
 
     def _start_attempt(self, bundle: Bundle, host: Host, now: float, *, is_backup: bool) -> None:
+        future = bundle.future
+        if (
+            not is_backup
+            and not future.running()
+            and (future.cancelled() or not future.set_running_or_notify_cancel())
+        ):
+            # cancelled while queued (its cancel message may still be on its way): drop it
+            if not bundle.state.terminal:
+                self._finish(bundle, BundleState.CANCELLED, now)
+            return
+        limit = bundle.timeout
+        if limit is not None and is_backup:  # the call's clock runs from its oldest copy
+            oldest = min((a.start for a in bundle.running_attempts), default=now)
+            limit = max(limit - (now - oldest), 0.001)
         attempt_id = self._next_attempt_id
         self._next_attempt_id += 1
         attempt = bundle.start_attempt(
@@ -182,7 +203,13 @@ class SchedulerCore:
         if link is None or bundle.fn_id is None:  # an invariant of UP hosts and bundles
             raise RuntimeError(f"attempt {attempt_id} started on {host!r} with no link")
         try:
-            link.submit(attempt_id, bundle.fn_id, bundle.fn_payload, bundle.args_payload)
+            if limit is None:
+                link.submit(attempt_id, bundle.fn_id, bundle.fn_payload, bundle.args_payload)
+            else:
+                heapq.heappush(self._deadlines, (now + limit + self._timeout_grace, attempt_id))
+                link.submit(
+                    attempt_id, bundle.fn_id, bundle.fn_payload, bundle.args_payload, timeout=limit
+                )
         except Exception as exc:
             self._host_down(host, f"could not send an attempt: {type(exc).__name__}: {exc}", now)
 
@@ -225,7 +252,8 @@ class SchedulerCore:
             return  # a loser or a cancelled attempt that finished anyway
         attempt, bundle, _ = entry
         now = self._clock()
-        won = bundle.future.set_running_or_notify_cancel()
+        future = bundle.future
+        won = future.running() or (not future.cancelled() and future.set_running_or_notify_cancel())
         self._end_attempt(
             attempt,
             host,
@@ -261,7 +289,7 @@ class SchedulerCore:
             exc_value, tb_text = value
             if not isinstance(exc_value, BaseException):
                 raise TypeError(f"not an exception: {exc_value!r}")
-            attach_remote_traceback(exc_value, str(tb_text))
+            attach_remote_traceback(exc_value, str(tb_text), host=host.name)
         except (TypeError, ValueError) as bad:
             exc_value = ParallelizeError(
                 f"{bundle.fn_name} failed on host {host.name} with an unreadable error: {bad}"
@@ -343,13 +371,14 @@ class SchedulerCore:
             future.cancel()
             self._stats.task_finished(Outcome.CANCELLED, None)
         elif state is BundleState.SUCCEEDED:
-            future.set_result(value)
-            self._stats.task_finished(Outcome.SUCCEEDED, duration)
+            if _settle(future, value=value):
+                self._stats.task_finished(Outcome.SUCCEEDED, duration)
+            else:
+                self._stats.task_finished(Outcome.CANCELLED, None)
         else:
             if exc is None:  # a bug: a failed bundle always has its error
                 raise RuntimeError(f"bundle {bundle.id} failed without an exception")
-            if future.running() or future.set_running_or_notify_cancel():
-                future.set_exception(exc)
+            if _settle(future, exc=exc):
                 self._stats.task_finished(Outcome.FAILED, duration)
             else:
                 self._stats.task_finished(Outcome.CANCELLED, None)
@@ -362,6 +391,25 @@ class SchedulerCore:
         self._n_pending = 0
         for bundle in pending:
             self._finish(bundle, BundleState.FAILED, now, exc=copy_error(error))
+
+
+def _settle(future: Future[Any], *, value: Any = None, exc: BaseException | None = None) -> bool:
+    """Complete *future* with *value* or *exc*; False if the user cancelled it first.
+
+    A RUNNING future can be stopped (``StoppableFuture.stop``) from the user's thread at
+    any moment, so setting its outcome may find it cancelled: that is not an error."""
+    if future.cancelled():
+        return False
+    if not future.running() and not future.set_running_or_notify_cancel():
+        return False  # cancelled a moment ago (a PENDING future is cancelled, not stopped)
+    try:
+        if exc is not None:
+            future.set_exception(exc)
+        else:
+            future.set_result(value)
+    except InvalidStateError:  # stopped a moment ago; its done-callback tells us
+        return False
+    return True
 
 
 def copy_error(error: HostUnavailableError) -> HostUnavailableError:

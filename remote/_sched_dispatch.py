@@ -48,6 +48,8 @@ class Dispatcher(HostHealth):
         A retry whose only candidates are hosts that already ran it is deferred while
         some other host that has not run it is up (busy) and other pending bundles can
         use the free slot; a second pass gives deferred retries the slots still free.
+        A call's ``avoid_hosts`` (hosts where earlier submissions of it failed) are only
+        a preference: another free host is chosen when there is one, never waited for.
         """
         if self._rescue:
             self._serve_rescue(now)
@@ -76,7 +78,8 @@ class Dispatcher(HostHealth):
             ):
                 deferred.append(pending.popleft())
                 continue
-            host = self._policy.select(candidates, tried)
+            avoid = tried | bundle.avoid_hosts if bundle.avoid_hosts else tried
+            host = self._policy.select(candidates, avoid)
             if host is None:
                 return
             pending.popleft()
@@ -116,6 +119,7 @@ class Dispatcher(HostHealth):
             if (
                 bundle.state is not BundleState.RUNNING
                 or not running
+                or not bundle.allow_backups
                 or any(self._host_of(a).state is HostState.UP for a in running)
             ):
                 rescue.popleft()
@@ -124,7 +128,7 @@ class Dispatcher(HostHealth):
             options = [h for h in self._table.free if h.name not in busy]
             if not options:
                 return
-            host = self._policy.select(options, bundle.tried_hosts)
+            host = self._policy.select(options, bundle.tried_hosts | bundle.avoid_hosts)
             if host is None:
                 return
             rescue.popleft()
@@ -134,16 +138,23 @@ class Dispatcher(HostHealth):
         """Cancel every bundle that has not started (run on the scheduler thread).
 
         Bundles that a free slot can take right now are started first, as a worker of
-        a standard pool would already have picked them up."""
+        a standard pool would already have picked them up. A call queued again after its
+        attempt was lost has started (its future is running): it stays queued."""
         self._dispatch(self._clock())
         count = 0
         now = self._clock()
+        kept = []
         for bundle in self._pending:
-            if bundle.state is BundleState.PENDING and bundle.future.cancel():
+            if bundle.state is not BundleState.PENDING:
+                continue
+            if bundle.future.cancel():
                 self._n_pending -= 1
                 self._finish(bundle, BundleState.CANCELLED, now)
                 count += 1
+            else:
+                kept.append(bundle)
         self._pending.clear()
+        self._pending.extend(kept)
         return count
 
     def _speculate(self, now: float) -> None:
@@ -179,7 +190,11 @@ class Dispatcher(HostHealth):
 
         def consider(bundle: Bundle) -> None:
             running = bundle.running_attempts
-            if not running or bundle.backups >= cfg.max_backups_per_bundle:
+            if (
+                not running
+                or not bundle.allow_backups
+                or bundle.backups >= cfg.max_backups_per_bundle
+            ):
                 return
             left = min(
                 remaining_time(

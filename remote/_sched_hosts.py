@@ -15,7 +15,8 @@ from ._bundle import AttemptState
 from ._errors import HostErrorKind, HostUnavailableError
 from ._hosts import Host, HostState
 from ._link import HostLink
-from ._sched_core import SchedulerCore, close_quietly, logger, warn_visibly
+from ._sched_core import close_quietly, logger, warn_visibly
+from ._sched_timeouts import TimeoutWatch
 
 __all__ = ["HostEvents", "HostHealth", "describe"]
 
@@ -43,6 +44,9 @@ class HostEvents:
     def on_attempt_lost(self, link: HostLink, attempt_id: int, reason: str) -> None:
         self._post(("lost", self._host, self._gen, attempt_id, reason))
 
+    def on_attempt_timeout(self, link: HostLink, attempt_id: int, ran: float) -> None:
+        self._post(("timeout", self._host, self._gen, attempt_id, ran))
+
     def on_link_down(self, link: HostLink, reason: str) -> None:
         self._post(("down", self._host, self._gen, reason))
 
@@ -50,7 +54,7 @@ class HostEvents:
         self._post(("health", self._host, self._gen, suspect, silent))
 
 
-class HostHealth(SchedulerCore):
+class HostHealth(TimeoutWatch):
     """Connections and host states (scheduler thread only)."""
 
     def _connect(self, host: Host) -> None:

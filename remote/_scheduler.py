@@ -1,13 +1,14 @@
 """The REMOTE scheduler: one thread that owns every bundle and every host.
 
 The scheduler is split by concern along one chain of classes: ``_sched_core``
-(state, bundles and attempts), ``_sched_hosts`` (connections and host health),
-``_sched_dispatch`` (dispatch, rescues, speculation) and this module (the thread,
-the loop, status and teardown). What can be pure lives elsewhere: the host state
-machine and speed estimates (``_hosts``), the host indexes (``_host_table``), the
-speculation policy (``_speculation``), selection (``_policies``), status and
-percentiles (``_heartbeat``), the bounded attempt record (``_attempt_log``), the
-bundle and attempt state machines (``_bundle``).
+(state, bundles and attempts), ``_sched_timeouts`` (per-call timeouts),
+``_sched_hosts`` (connections and host health), ``_sched_dispatch`` (dispatch,
+rescues, speculation) and this module (the thread, the loop, status and teardown).
+What can be pure lives elsewhere: the host state machine and speed estimates
+(``_hosts``), the host indexes (``_host_table``), the speculation policy
+(``_speculation``), selection (``_policies``), status and percentiles
+(``_heartbeat``), the bounded attempt record (``_attempt_log``), the bundle and
+attempt state machines (``_bundle``).
 
 Concurrency design
 ------------------
@@ -50,14 +51,21 @@ warned about once where a user sees it, and is retried only on a long backoff;
 when every host is BROKEN, pending calls fail at once with that error. When no
 host is UP for ``host_down_timeout`` seconds, pending calls fail.
 
-Futures are never marked running: they stay PENDING (in concurrent.futures
-terms) until the result arrives, so ``Future.cancel()`` always works on an
-unfinished bundle. A done-callback notices the cancellation and posts
-``cancel``; the scheduler then kills every attempt of the bundle on its host.
-Completion calls ``set_running_or_notify_cancel()`` first, so a result racing a
-cancellation is dropped cleanly. Done-callbacks of futures therefore run on the
-scheduler thread: they must be quick and must not block on other futures of
-the same executor.
+Futures are StoppableFuture objects (smart_future), marked running when the
+first attempt of their bundle is sent to a slot (a call cancelled while queued is
+dropped then). ``Future.cancel()`` works until then, as in concurrent.futures;
+``SmartFuture.cancel()`` (``stop()``) also cancels a running one. Either way a
+done-callback notices the cancellation and posts ``cancel``; the scheduler then
+kills every attempt of the bundle on its host. A result racing a cancellation is
+dropped cleanly (``_settle``). Done-callbacks of futures run on the scheduler
+thread: they must be quick and must not block on other futures of the same
+executor.
+
+Per-call timeouts (``CallOptions.timeout``) are enforced by the agent, which kills
+the attempt's process and reports TIMED_OUT; the bundle then fails with
+:class:`~parallelize.TaskTimeoutError` and is not retried (its backups are killed).
+In case the link stalls, the scheduler gives up on its own ``timeout_grace``
+seconds (the stall allowance) after the agent should have reported.
 
 At interpreter exit the scheduler finishes what was submitted over connections
 that are still open (its exit hook runs before ordinary ``atexit`` handlers,
@@ -252,6 +260,7 @@ class Scheduler(Dispatcher):
                 return
             now = self._clock()
             self._timers(now)
+            self._check_deadlines(now)
             self._dispatch(now)
             self._speculate(now)
             self._idle_memory(now)
@@ -304,6 +313,9 @@ class Scheduler(Dispatcher):
             wake = min(wake, self._no_host_since + self._host_down_timeout)
         if self._next_speculation is not None:
             wake = min(wake, self._next_speculation)
+        deadline = self._next_deadline()
+        if deadline is not None:
+            wake = min(wake, deadline)
         return wake
 
     def _handle(self, msg: tuple[Any, ...]) -> None:
@@ -316,6 +328,9 @@ class Scheduler(Dispatcher):
         elif kind == "lost":
             _, host, gen, attempt_id, reason = msg
             self._on_lost(host, attempt_id, reason)
+        elif kind == "timeout":
+            _, host, gen, attempt_id, ran = msg
+            self._on_timeout(host, attempt_id, ran)
         elif kind == "down":
             _, host, gen, reason = msg
             if gen == host.gen and host.state.connected:

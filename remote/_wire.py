@@ -10,9 +10,9 @@ Every message is one frame::
 fields packed with :mod:`struct` (big endian) followed by one variable-size
 blob, so encoding and decoding are a single ``pack``/``unpack`` plus slicing.
 
-Controller -> agent: SUBMIT, CANCEL, PING, SHUTDOWN, EVICT (and BLOB, BLOB_DROP, BLOB_USE:
-see the end of this module).
-Agent -> controller: HELLO, RESULT, LOST, PONG, OUTPUT, ERROR.
+Controller -> agent: SUBMIT, CANCEL, PING, SHUTDOWN, EVICT, TIME_LIMIT (and BLOB,
+BLOB_DROP, BLOB_USE: see the end of this module).
+Agent -> controller: HELLO, RESULT, LOST, PONG, OUTPUT, ERROR, TIMED_OUT.
 Agent -> slot: SUBMIT, EVICT. Slot -> agent: RESULT, LOST (a slot's LOST
 carries attempt id 0: the agent knows which attempt the slot runs).
 
@@ -24,7 +24,7 @@ fixed-size frames with trailing bytes, a SUBMIT whose function length does
 not fit, an unknown type are :class:`ProtocolError`):
 
 - HELLO: JSON object (python, executable, pid, hostname, platform,
-  cloudpickle, error, tmpdir).
+  cloudpickle, error, tmpdir, protocol = :data:`PROTOCOL`).
 - SUBMIT: attempt_id u64, fn_id u64, has_fn bool, fn_len u32, then fn_len
   bytes of pickled function (0 unless has_fn), then the pickled arguments.
 - CANCEL, PING, PONG: one u64 (attempt id / token). SHUTDOWN: empty.
@@ -34,6 +34,13 @@ not fit, an unknown type are :class:`ProtocolError`):
 - OUTPUT: stream u8 (:data:`STDOUT`), then bytes a task wrote to that stream.
 - ERROR: a UTF-8 message naming a frame the agent rejected; the agent then
   exits with a non-zero status.
+- TIME_LIMIT: attempt_id u64, seconds f64: sent right before that attempt's
+  SUBMIT (in the same write) when the call has a ``timeout``. The agent starts
+  the clock when a slot starts the attempt; on expiry it kills the slot's
+  process group, replaces the slot and answers TIMED_OUT instead of a RESULT.
+- TIMED_OUT: attempt_id u64, seconds the attempt ran f64 (no RESULT or LOST
+  follows for it). Numbered apart from the others (20, 21) so that frame kinds
+  added elsewhere do not collide.
 
 Function caches (lockstep): the controller's link keeps an LRU of the
 functions it has sent (:mod:`remote._fn_lru`, bounded by
@@ -75,10 +82,13 @@ __all__ = [
     "OUTPUT",
     "PING",
     "PONG",
+    "PROTOCOL",
     "RESULT",
     "SHUTDOWN",
     "STDOUT",
     "SUBMIT",
+    "TIMED_OUT",
+    "TIME_LIMIT",
     "FrameBuffer",
     "ProtocolError",
     "decode_blob",
@@ -94,6 +104,8 @@ __all__ = [
     "decode_result",
     "decode_shutdown",
     "decode_submit",
+    "decode_time_limit",
+    "decode_timed_out",
     "encode_blob_drop",
     "encode_blob_head",
     "encode_blob_use",
@@ -108,6 +120,8 @@ __all__ = [
     "encode_result",
     "encode_shutdown",
     "encode_submit",
+    "encode_time_limit",
+    "encode_timed_out",
     "message_name",
 ]
 
@@ -122,6 +136,8 @@ SHUTDOWN = 8
 EVICT = 9
 OUTPUT = 10
 ERROR = 11
+TIME_LIMIT = 20  # per-call timeouts: see the module docstring
+TIMED_OUT = 21
 
 _NAMES = {
     HELLO: "HELLO",
@@ -135,11 +151,17 @@ _NAMES = {
     EVICT: "EVICT",
     OUTPUT: "OUTPUT",
     ERROR: "ERROR",
+    TIME_LIMIT: "TIME_LIMIT",
+    TIMED_OUT: "TIMED_OUT",
 }
 
 # Written by the agent right before its HELLO: whatever precedes it was printed by the
 # remote login shell. NUL bytes keep it from appearing in ordinary text.
 MAGIC = b"\x00\x00parallelize-agent\x00v1\x00"
+
+# Reported in HELLO; the controller refuses an agent that speaks another version (one run
+# by hand from an older checkout: links always ship the controller's own agent source).
+PROTOCOL = 2
 
 STDOUT = 1  # OUTPUT stream id: what tasks wrote to their standard output
 
@@ -154,6 +176,7 @@ _SUBMIT = struct.Struct(">IBQQ?I")  # header, attempt_id, fn_id, has_fn, fn leng
 _RESULT = struct.Struct(">IBQ?d")  # header, attempt_id, ok, duration
 _ID = struct.Struct(">IBQ")  # header, attempt_id / token
 _OUTPUT = struct.Struct(">IBB")  # header, stream
+_ID_SECONDS = struct.Struct(">IBQd")  # header, attempt_id, seconds
 
 
 class ProtocolError(Exception):
@@ -218,6 +241,14 @@ def encode_evict(fn_ids: list[int]) -> bytes:
 
 def encode_output(stream: int, data: bytes) -> bytes:
     return _OUTPUT.pack(_check_len(_OUTPUT.size - 4 + len(data)), OUTPUT, stream) + data
+
+
+def encode_time_limit(attempt_id: int, seconds: float) -> bytes:
+    return _ID_SECONDS.pack(_ID_SECONDS.size - 4, TIME_LIMIT, attempt_id, seconds)
+
+
+def encode_timed_out(attempt_id: int, ran: float) -> bytes:
+    return _ID_SECONDS.pack(_ID_SECONDS.size - 4, TIMED_OUT, attempt_id, ran)
 
 
 def encode_error(message: str) -> bytes:
@@ -309,6 +340,27 @@ def decode_output(body: bytes) -> tuple[int, bytes]:
     if not body:
         raise ProtocolError("malformed OUTPUT: no stream id")
     return body[0], body[1:]
+
+
+def decode_time_limit(body: bytes) -> tuple[int, float]:
+    """-> (attempt_id, seconds > 0)"""
+    attempt_id, seconds = _decode_id_seconds(body, "TIME_LIMIT")
+    if not seconds > 0 or seconds == float("inf"):
+        raise ProtocolError(f"malformed TIME_LIMIT of attempt {attempt_id}: {seconds!r} seconds")
+    return attempt_id, seconds
+
+
+def decode_timed_out(body: bytes) -> tuple[int, float]:
+    """-> (attempt_id, seconds the attempt ran)"""
+    return _decode_id_seconds(body, "TIMED_OUT")
+
+
+def _decode_id_seconds(body: bytes, what: str) -> tuple[int, float]:
+    size = _ID_SECONDS.size - 5
+    if len(body) != size:
+        raise ProtocolError(f"malformed {what}: {len(body)} bytes (expected exactly {size})")
+    attempt_id, seconds = struct.unpack(">Qd", body)
+    return int(attempt_id), float(seconds)
 
 
 def decode_error(body: bytes) -> str:

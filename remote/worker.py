@@ -2,9 +2,9 @@
 
 Started by a link (``remote/_ssh_link.py`` over SSH, ``remote/_local_link.py``
 over pipes) and spoken to on stdin/stdout with the framed protocol of
-``remote/_wire.py``. It can also be run by hand as ``python -m remote.worker
-NAME SLOTS [SILENCE_LIMIT]``, but links do not need the project installed on
-the host: they send the source of this module and of ``_wire`` over the
+``remote/_wire.py``. It can also be run by hand as ``python -m remote.worker NAME
+SLOTS [SILENCE_LIMIT [MAX_TASKS [MAX_MEMORY]]]``, but links do not need the project
+installed on the host: they send the source of this module and of ``_wire`` over the
 connection and start it with a short ``python -c`` bootstrap, so any POSIX
 host with Python and cloudpickle works. Hence this module imports only the
 standard library and cloudpickle.
@@ -29,6 +29,15 @@ Design:
   or ``"killed by signal SIGKILL"`` and is replaced. CANCEL kills the
   attempt's process group with SIGKILL and replaces the slot; no event
   follows for a cancelled attempt.
+- Per-call timeouts: a TIME_LIMIT frame before a SUBMIT gives that attempt a
+  limit; the clock starts when a slot starts the attempt (not while it waits
+  in the agent's queue). On expiry the agent kills the slot's process group
+  (SIGKILL), replaces the slot and sends TIMED_OUT; no RESULT or LOST follows.
+- Recycling: with MAX_TASKS (attempts per slot process, 0 = no limit) or
+  MAX_MEMORY (bytes of resident memory, read from ``/proc/PID/statm`` after
+  each attempt; 0 = no limit), a slot over its limit is retired after sending
+  its result (it exits when its task pipe closes) and a fresh one is forked:
+  nothing queued is lost and nothing is reported.
 - Functions are cached by ``fn_id`` in the agent (bytes) and in each slot
   (unpickled); a slot receives the bytes with the first task that uses them.
   The caches are bounded in lockstep with the controller's LRU: the agent
@@ -243,6 +252,7 @@ class _Slot:
         "attempt",
         "blob_drop",
         "blobs",
+        "deadline",
         "evict",
         "fns",
         "frames",
@@ -253,6 +263,7 @@ class _Slot:
         "result_fd",
         "state",
         "task_fd",
+        "tasks",
     )
 
     def __init__(self, pid: int, task_fd: int, result_fd: int, out_fd: int) -> None:
@@ -270,6 +281,8 @@ class _Slot:
         self.lost_reason: str | None = None  # why the agent killed it, if it did
         self.blobs: set[bytes] = set()  # digests of the blobs the slot holds
         self.blob_drop: list[bytes] = []  # to drop, sent before its next SUBMIT
+        self.deadline: tuple[float, float] | None = None  # (started, expires) of a timed task
+        self.tasks = 0  # attempts it has finished (for max_tasks recycling)
 
     def move(self, new: SlotState) -> None:
         if new not in _SLOT_MOVES[self.state]:  # a bug in the agent, never silenced
@@ -282,10 +295,21 @@ class _Slot:
 
 
 class Agent:
-    def __init__(self, name: str, slots: int, silence_limit: float = 0.0) -> None:
+    def __init__(
+        self,
+        name: str,
+        slots: int,
+        silence_limit: float = 0.0,
+        max_tasks: int = 0,
+        max_memory: int = 0,
+    ) -> None:
         self.name = name
         self.target_slots = max(1, slots)
         self.silence_limit = max(0.0, silence_limit)
+        self.max_tasks = max(0, max_tasks)  # attempts per slot process (0: no limit)
+        self.max_memory = max(0, max_memory)  # resident bytes per slot process (0: no limit)
+        # Time limits from TIME_LIMIT frames: attempt id -> seconds, until the attempt ends.
+        self.limits: dict[int, float] = {}
         self.hostname = socket.gethostname()
         # The protocol gets private copies of fds 0 and 1; fd 0 becomes /dev/null and fd 1
         # goes to stderr, so stray prints here cannot corrupt the stream. Each slot gets fd 1
@@ -342,6 +366,7 @@ class Agent:
             "error": None,
             "tmpdir": None,
             "zstd": _zstd_version(),
+            "protocol": _wire.PROTOCOL,
         }
         try:
             import cloudpickle
@@ -412,6 +437,9 @@ class Agent:
         while True:
             left = self._check_silence()
             timeout = 5.0 if left is None else min(5.0, left + 0.01)
+            expires = self._next_expiry()
+            if expires is not None:
+                timeout = max(0.0, min(timeout, expires - time.monotonic()))
             for key, _ in self.selector.select(timeout=timeout):
                 if key.fd == self.in_fd:
                     self._read_controller()
@@ -427,6 +455,8 @@ class Agent:
                     elif (slot := self.by_out_fd.get(key.fd)) is not None:
                         self._pump_stdout(slot, reads=1)
             self._reap(block=False)
+            if expires is not None:
+                self._expire()
 
     # -- controller side -----------------------------------------------------------------
 
@@ -480,6 +510,9 @@ class Agent:
             self._send(_wire.encode_pong(_wire.decode_ping(body)))
         elif kind == _wire.EVICT:
             self._evict(_wire.decode_evict(body))
+        elif kind == _wire.TIME_LIMIT:
+            attempt_id, seconds = _wire.decode_time_limit(body)
+            self.limits[attempt_id] = seconds
         elif kind == _wire.SHUTDOWN:
             _wire.decode_shutdown(body)
             self.shutdown()
@@ -543,6 +576,11 @@ class Agent:
     def _start(self, slot: _Slot, attempt_id: int, fn_id: int, fn: bytes, args: bytes) -> None:
         slot.attempt = attempt_id
         slot.move(SlotState.RUNNING)
+        limit = self.limits.get(attempt_id)
+        slot.deadline = None
+        if limit is not None:
+            now = time.monotonic()
+            slot.deadline = (now, now + limit)
         self.running[attempt_id] = slot
         frame = _wire.encode_submit(attempt_id, fn_id, None if fn_id in slot.fns else fn, args)
         if slot.evict:
@@ -558,6 +596,7 @@ class Agent:
 
     def _cancel(self, attempt_id: int) -> None:
         self.attempt_blobs.pop(attempt_id, None)
+        self.limits.pop(attempt_id, None)
         if self.queue.pop(attempt_id, None) is not None:
             return
         slot = self.running.pop(attempt_id, None)
@@ -567,6 +606,41 @@ class Agent:
         with contextlib.suppress(OSError):
             os.killpg(slot.pid, signal.SIGKILL)
         self._replenish()
+
+    def _next_expiry(self) -> float | None:
+        if not self.limits:
+            return None
+        ends = [s.deadline[1] for s in self.running.values() if s.deadline is not None]
+        return min(ends) if ends else None
+
+    def _expire(self) -> None:
+        """Kill the attempts past their time limit and say so (TIMED_OUT); replace their slots."""
+        now = time.monotonic()
+        expired = [
+            (attempt_id, slot)
+            for attempt_id, slot in self.running.items()
+            if slot.deadline is not None and slot.deadline[1] <= now
+        ]
+        for attempt_id, slot in expired:
+            self._drain(slot)  # a result that made it in time still counts
+            if self.running.get(attempt_id) is not slot:
+                continue
+            del self.running[attempt_id]
+            self.limits.pop(attempt_id, None)
+            started = slot.deadline[0] if slot.deadline is not None else now
+            slot.move(SlotState.KILLED)
+            with contextlib.suppress(OSError):
+                os.killpg(slot.pid, signal.SIGKILL)
+            self._pump_stdout(slot, reads=16, final=True)  # what it printed, before the verdict
+            self._send(_wire.encode_timed_out(attempt_id, now - started))
+        if expired:
+            self._replenish()
+
+    def _worn_out(self, slot: _Slot) -> bool:
+        """Whether a slot that just finished an attempt is due for recycling."""
+        if self.max_tasks and slot.tasks >= self.max_tasks:
+            return True
+        return bool(self.max_memory) and _resident_bytes(slot.pid) > self.max_memory
 
     def _pump_stdout(self, slot: _Slot, *, reads: int, final: bool = False) -> None:
         """Forward the complete lines a slot's task printed as OUTPUT frames; with *final*
@@ -769,11 +843,17 @@ class Agent:
         if slot.state is not SlotState.RUNNING or attempt_id is None:
             return  # killed (cancelled): its result is not wanted
         self.running.pop(attempt_id, None)
+        self.limits.pop(attempt_id, None)
+        slot.deadline = None
+        slot.tasks += 1
         self._pump_stdout(slot, reads=16, final=True)  # the task's output before its result
         self._send(_wire.HEADER.pack(len(body) + 1, kind))
         self._send(body)  # apart: a large result is not copied once more
         if len(self.idle) >= self.target_slots or slot.pid not in self.children:
             self._retire(slot)
+        elif self._worn_out(slot):
+            self._retire(slot)  # it exits once its task pipe closes; a fresh one takes over
+            self._replenish()
         else:
             slot.move(SlotState.IDLE)
             self.idle.append(slot)
@@ -792,6 +872,7 @@ class Agent:
             self.idle.remove(slot)
         if attempt_id is not None and wanted:
             self.running.pop(attempt_id, None)
+            self.limits.pop(attempt_id, None)
             self._send(_wire.encode_lost(attempt_id, reason))
 
     def _retire(self, slot: _Slot) -> None:
@@ -839,12 +920,23 @@ class Agent:
             slot.move(SlotState.GONE)
         if attempt_id is not None and wanted:
             self.running.pop(attempt_id, None)
+            self.limits.pop(attempt_id, None)
             self._pump_stdout(slot, reads=16, final=True)  # its last words, before the loss
             self._send(_wire.encode_lost(attempt_id, slot.lost_reason or _describe_status(status)))
         self._close_stdout(slot)
         if not self.closing:
             self._replenish()
         return True
+
+
+def _resident_bytes(pid: int) -> int:
+    """Resident memory of a process (Linux ``/proc/PID/statm``); 0 where unknown."""
+    try:
+        with open(f"/proc/{pid}/statm", "rb") as handle:
+            pages = int(handle.read().split()[1])
+        return pages * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return 0
 
 
 # -- inside a slot process ----------------------------------------------------------------
@@ -1091,13 +1183,16 @@ def _dump_error(
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Run the agent: ``argv = [display_name, slots, silence_limit]`` (the limit in seconds,
+    """Run the agent: ``argv = [display_name, slots, silence_limit, max_tasks, max_memory]``
+    (the limit in seconds, attempts per slot process, resident bytes per slot process;
     0 or absent: none)."""
     args = sys.argv[1:] if argv is None else argv
     name = args[0] if args else socket.gethostname()
     slots = int(args[1]) if len(args) > 1 else (os.cpu_count() or 1)
     silence_limit = float(args[2]) if len(args) > 2 else 0.0
-    agent = Agent(name, slots, silence_limit)
+    max_tasks = int(args[3]) if len(args) > 3 else 0
+    max_memory = int(args[4]) if len(args) > 4 else 0
+    agent = Agent(name, slots, silence_limit, max_tasks, max_memory)
     agent.start()
     try:
         agent.run()

@@ -6,9 +6,9 @@ their code are our own. Each runs on ThreadExecutor, ProcessExecutor and
 RemoteExecutor (the embedded pool of local agents, with no user pool file).
 
 Where a behaviour differs on purpose the README says so, and the check is
-skipped with that reason: REMOTE futures stay cancellable while their bundle
-runs (``cancel()`` kills the remote process), so they never report
-``running()``.
+skipped with that reason. (REMOTE futures report ``running()`` from when a slot
+starts the call; the raw ``cancel()`` then refuses, as the standard says, and
+``SmartFuture.cancel()`` stops it.)
 
 Tasks that must stay busy wait for a *gate file* the test creates (polled, with
 a generous timeout), so that the same task works in threads, processes and
@@ -448,9 +448,8 @@ def test_future_states(method: str, executor: BaseExecutor, gate: Gate) -> None:
     running = occupy_all(executor, gate)
     queued = executor.submit(abs, -3)
     assert not queued.done() and not queued.running()
-    if method != "remote":  # README: REMOTE calls stay cancellable while they run
-        wait_until(lambda: all(f.running() for f in running), "running() to be true")
-        assert not running[0].cancel() and not running[0].cancelled()
+    wait_until(lambda: all(f.running() for f in running), "running() to be true")
+    assert not running[0].cancel() and not running[0].cancelled()
     assert queued.cancel() and queued.cancelled() and queued.done()
     with pytest.raises(cf.CancelledError):
         queued.result(0)

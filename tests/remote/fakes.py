@@ -34,6 +34,7 @@ class FakeLink:
         self.pool = pool
         self.events: LinkEvents | None = None
         self.submitted: dict[int, tuple[int, bytes, bytes]] = {}
+        self.timeouts: dict[int, float] = {}  # attempt id -> the time limit it was sent with
         self.cancelled: list[int] = []
         self.closed = False
 
@@ -58,9 +59,18 @@ class FakeLink:
             raise HostUnavailableError(f"host {self.spec.name}: {error}")
         self.events = events
 
-    def submit(self, attempt_id: int, fn_id: int, fn_payload: bytes, args_payload: bytes) -> None:
+    def submit(
+        self,
+        attempt_id: int,
+        fn_id: int,
+        fn_payload: bytes,
+        args_payload: bytes,
+        timeout: float | None = None,
+    ) -> None:
         with self.pool.cond:
             self.submitted[attempt_id] = (fn_id, fn_payload, args_payload)
+            if timeout is not None:
+                self.timeouts[attempt_id] = timeout
             self.pool.attempts.append((self.spec.name, attempt_id))
             self.pool.cond.notify_all()
         if self.pool.auto:
@@ -103,6 +113,11 @@ class FakeLink:
         assert self.events is not None
         tb = f"Traceback (on host {self.spec.name}):\n  raise {exc!r}\n"
         self.events.on_result(self, attempt_id, False, cloudpickle.dumps((exc, tb)), 0.001)
+
+    def time_out(self, attempt_id: int, ran: float) -> None:
+        """Report the attempt killed for running past its time limit (as the agent does)."""
+        assert self.events is not None
+        self.events.on_attempt_timeout(self, attempt_id, ran)
 
     def lose(self, attempt_id: int, reason: str) -> None:
         assert self.events is not None

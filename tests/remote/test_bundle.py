@@ -23,7 +23,12 @@ ALLOWED_BUNDLE = {
     (B.RUNNING, B.POISONED),
     (B.RUNNING, B.CANCELLED),
 }
-ALLOWED_ATTEMPT = {(A.RUNNING, A.WON), (A.RUNNING, A.LOST), (A.RUNNING, A.CANCELLED)}
+ALLOWED_ATTEMPT = {
+    (A.RUNNING, A.WON),
+    (A.RUNNING, A.LOST),
+    (A.RUNNING, A.CANCELLED),
+    (A.RUNNING, A.TIMED_OUT),
+}
 
 
 def make_bundle() -> Bundle:
@@ -66,7 +71,7 @@ def test_illegal_transition_survives_python_O() -> None:
 
 def test_terminal_states() -> None:
     assert {s for s in B if s.terminal} == {B.SUCCEEDED, B.FAILED, B.POISONED, B.CANCELLED}
-    assert {s for s in A if s.terminal} == {A.WON, A.LOST, A.CANCELLED}
+    assert {s for s in A if s.terminal} == {A.WON, A.LOST, A.CANCELLED, A.TIMED_OUT}
 
 
 def test_start_attempt_moves_pending_to_running() -> None:
