@@ -110,7 +110,16 @@ class DaskCluster:
         self.log_dir = log_dir
         self.port = free_port()
         self.address = f"tcp://{LOOPBACK}:{self.port}"
-        self._env = _env({"DASK_DISTRIBUTED__SCHEDULER__ALLOWED_FAILURES": str(allowed_failures)})
+        self._env = _env(
+            {
+                "DASK_DISTRIBUTED__SCHEDULER__ALLOWED_FAILURES": str(allowed_failures),
+                # One task per worker thread at a time: Dask counts a worker's death against
+                # every task it was processing, so with the default (1.1, i.e. two tasks on a
+                # one-thread worker) an innocent call queued beside a killer can be poisoned
+                # with it when the machine is slow.
+                "DASK_DISTRIBUTED__SCHEDULER__WORKER_SATURATION": "1.0",
+            }
+        )
         self._procs: list[subprocess.Popen[bytes]] = []
         self._all_pids: set[int] = set()
         self.worker_names = list(worker_names or [f"w{i}" for i in range(n_workers)])
