@@ -51,19 +51,31 @@ class TaskTimeoutError(ParallelizeError, TimeoutError):
 
     ``function`` names the call, ``timeout`` is the limit in seconds and ``where``
     says where it ran (``"thread"``, ``"process worker 12345"``, ``"host web1"``).
-    PROCESS and REMOTE killed the process that ran it; a THREAD call runs on.
+    PROCESS and REMOTE killed the process that ran it (``stopped``); a THREAD call runs
+    on (``stopped`` is False).
     """
 
-    def __init__(self, function: str, timeout: float, where: str) -> None:
+    def __init__(self, function: str, timeout: float, where: str, *, stopped: bool = True) -> None:
+        outcome = (
+            " and was stopped"
+            if stopped
+            else "; a thread cannot be stopped, so the call runs on in the background "
+            "(its result is dropped, and interpreter exit does not wait for it)"
+        )
         super().__init__(
-            f"{function} ran longer than its timeout of {timeout:g} s on {where} and was stopped"
+            f"{function} ran longer than its timeout of {timeout:g} s on {where}{outcome}"
         )
         self.function = function
         self.timeout = timeout
         self.where = where
+        self.stopped = stopped
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return (type(self), (self.function, self.timeout, self.where))
+        return (_rebuild_timeout, (self.function, self.timeout, self.where, self.stopped))
+
+
+def _rebuild_timeout(function: str, timeout: float, where: str, stopped: bool) -> TaskTimeoutError:
+    return TaskTimeoutError(function, timeout, where, stopped=stopped)
 
 
 class TaskLostError(ParallelizeError, RuntimeError):

@@ -104,7 +104,24 @@ def _stop_workers_at_exit() -> None:
         work_queue.put(_STOP)
     if wait:
         for thread, _ in items:
-            thread.join()
+            # A thread still running a call that timed out is not waited for: its caller
+            # already has the TaskTimeoutError, and the call may never end (a daemon thread).
+            _join_unless_overrunning(thread)
+
+
+def _join_unless_overrunning(thread: threading.Thread) -> None:
+    """Join *thread*, but give up once it runs a call past its timeout.
+
+    Polls, because the call may pass its deadline while we wait (a join cannot be woken
+    by anything but the thread's end); only shutdown and interpreter exit get here.
+    """
+    while thread.is_alive() and thread not in _overrunning:
+        thread.join(0.05)
+
+
+# Threads running a call past its timeout (see _Timed); only the thread itself and the
+# timer thread touch an entry, and set operations are atomic under the GIL.
+_overrunning: weakref.WeakSet[threading.Thread] = weakref.WeakSet()
 
 
 at_threads_exit(_stop_workers_at_exit)
@@ -226,7 +243,7 @@ class ThreadExecutor(BaseExecutor):
         current = threading.current_thread()
         for thread in list(self._threads):
             if thread is not current:
-                thread.join()
+                _join_unless_overrunning(thread)
 
     def _after_fork_in_child(self) -> None:
         """Make this executor inert in a forked child: its threads do not exist there."""
@@ -255,21 +272,26 @@ class _TimedFuture(Future[T]):
 class _Timed:
     """Runs *fn* on the worker thread with a timer armed from the moment it starts."""
 
-    __slots__ = ("fn", "future", "timeout")
+    __slots__ = ("fn", "future", "thread", "timeout")
 
     def __init__(self, fn: Callable[..., Any], timeout: float, future: Future[Any]) -> None:
         self.fn = fn
         self.timeout = timeout
         self.future = future
+        self.thread: threading.Thread | None = None
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        self.thread = threading.current_thread()
         handle = call_later(self.timeout, self._expire)
         try:
             return self.fn(*args, **kwargs)
         finally:
             handle.cancel()
+            _overrunning.discard(self.thread)
 
     def _expire(self) -> None:
         if not self.future.done():
-            error = TaskTimeoutError(callable_name(self.fn), self.timeout, "thread")
+            error = TaskTimeoutError(callable_name(self.fn), self.timeout, "thread", stopped=False)
             self.future.set_exception(error)
+            if self.thread is not None:
+                _overrunning.add(self.thread)

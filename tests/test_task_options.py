@@ -505,3 +505,45 @@ def test_chained_call_is_stopped_through_its_smart_future() -> None:
     assert len(attempts) == 1 and chained.running()
     assert not chained.future.cancel()  # raw future: standard semantics
     assert chained.cancel() and attempts[0].cancelled()
+
+
+_OVERRUN_SCRIPT = """
+import threading, time
+from parallelize import parallelize, TaskTimeoutError
+
+release = threading.Event()
+
+@parallelize(timeout=0.3)
+def stuck():
+    release.wait(120)  # never released: only the timeout ends the wait for it
+
+@parallelize
+def short():
+    time.sleep(0.5)
+    return "done"
+
+try:
+    stuck().result()
+except TaskTimeoutError as error:
+    assert not error.stopped and "runs on" in str(error), error
+late = stuck()   # still running when the script ends; times out during exit
+kept = short()   # an ordinary call: exit waits for it
+print("submitted", flush=True)
+"""
+
+
+def test_exit_does_not_wait_for_thread_calls_past_their_timeout(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+    import time
+
+    script = tmp_path / "overrun.py"
+    script.write_text(_OVERRUN_SCRIPT)
+    started = time.monotonic()
+    done = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, timeout=100
+    )
+    assert done.returncode == 0, done.stderr
+    assert "submitted" in done.stdout
+    # Both stuck calls wait up to 120 s: exit returning well before shows it did not join them.
+    assert time.monotonic() - started < 60
