@@ -28,8 +28,6 @@ from smart_future import StoppableFuture
 EVENT_TIMEOUT = 30.0  # generous deadlock guard for waits
 
 
-
-
 def count_run(counter: str) -> int:
     """Append one line to *counter* (a file) and return how many runs it now records."""
     with open(counter, "a") as file:
