@@ -337,7 +337,7 @@ def test_memory_sizes(text: str | int, size: int) -> None:
 
 @pytest.mark.parametrize("bad", ["lots", "2 GiBs", "-5MB", "0", 0, True, 1.5, ""])
 def test_bad_memory_sizes_are_refused(bad: object) -> None:
-    with pytest.raises(ValueError, match="max_worker_memory must be .*'2GiB'"):
+    with pytest.raises(ValueError, match=r"max_worker_memory must be .*'2GiB'"):
         ProcessExecutor(1, max_worker_memory=bad)  # type: ignore[arg-type]
 
 
@@ -381,9 +381,9 @@ def test_environment_sets_the_default_process_executor_limits(
     shutdown_default_executors()
     parallelize.configure()
     monkeypatch.setenv("PARALLELIZE_MAX_WORKER_MEMORY", "plenty")
-    with pytest.raises(ValueError, match="PARALLELIZE_MAX_WORKER_MEMORY.*unset it"):
+    with pytest.raises(ValueError, match=r"PARALLELIZE_MAX_WORKER_MEMORY.*unset it"):
         default_executor("process")
     monkeypatch.setenv("PARALLELIZE_MAX_WORKER_MEMORY", "")
     monkeypatch.setenv("PARALLELIZE_MAX_TASKS_PER_WORKER", "none")
-    with pytest.raises(ValueError, match="PARALLELIZE_MAX_TASKS_PER_WORKER.*unset it"):
+    with pytest.raises(ValueError, match=r"PARALLELIZE_MAX_TASKS_PER_WORKER.*unset it"):
         default_executor("process")
