@@ -19,26 +19,23 @@ from __future__ import annotations
 
 import contextlib
 import os
-import pickle
 import selectors
 import threading
 import time
 from typing import Any
 
-from .._errors import WorkerDiedError, attach_remote_traceback
+from .._errors import WorkerDiedError
 from .._pickling import callable_name
 from .._stats import Outcome
-from . import _shm
-from ._dispatch import Failed, Pool, unpicklable_result_error
+from ._dispatch import Pool
 from ._handles import SERVING, State, Task, Worker, complete_future, death_message
+from ._lifecycle import Failed
+from ._outcomes import Completion, complete
 from ._protocol import (
     FLAG_RETIRING,
     FRAME_HEAD,
-    KIND_ERROR,
-    KIND_OK,
     KIND_OK_SHM,
     KIND_READY,
-    KIND_UNPICKLABLE_RESULT,
     RESULT_HEAD,
 )
 
@@ -54,8 +51,6 @@ _RESULT_HEAD_SIZE = RESULT_HEAD.size
 
 # Selector data: what a ready fd is.
 _WAKE, _RESULTS, _TASKS, _SENTINEL = range(4)
-
-Completion = tuple[Task, int, float, bytes, Any]
 
 
 class ResultLoop:
@@ -280,7 +275,7 @@ class ResultLoop:
                 )
             if chunk:
                 spawn = pool.fill()
-        self._complete(worker, completions)
+        complete(self.pool.stats, completions)
         if spawn:
             pool.start_workers(spawn)
         if chunk:
@@ -403,70 +398,3 @@ class ResultLoop:
         error = RuntimeError(f"ProcessExecutor {pool.name!r} failed internally: {exc!r}")
         for task in tasks:
             complete_future(task.future, None, error)
-
-    # -- completing futures (no lock held) -------------------------------------------
-
-    def _complete(self, worker: Worker, completions: list[Completion]) -> None:
-        # Stats are recorded before the future completes, so that a caller woken by
-        # the result sees them.
-        stats = self.pool.stats
-        for task, kind, duration, payload, segment in completions:
-            task.release()  # the worker is done with the arguments
-            if task.discard:  # cancelled or timed out: counted already, never reported
-                if isinstance(segment, int):
-                    os.close(segment)
-                continue
-            value: Any = None
-            error: BaseException | None = None
-            if kind in (KIND_OK, KIND_OK_SHM):
-                try:
-                    if kind == KIND_OK:
-                        value = pickle.loads(payload)
-                    else:
-                        value = self._load_shared(payload, segment)
-                except BaseException as exc:
-                    error = RuntimeError(
-                        f"the result of {callable_name(task.fn)} could not be unpickled in "
-                        f"the parent process ({type(exc).__name__}: {exc})"
-                    )
-                    error.__cause__ = exc
-            elif kind == KIND_ERROR:
-                error = self._remote_exception(task, payload)
-            elif kind == KIND_UNPICKLABLE_RESULT:
-                type_name, detail = pickle.loads(payload)
-                error = unpicklable_result_error(task, type_name, detail)
-            else:  # pragma: no cover - protocol bug
-                error = RuntimeError(f"unknown result kind {kind}")
-            stats.task_finished(Outcome.SUCCEEDED if error is None else Outcome.FAILED, duration)
-            complete_future(task.future, value, error)
-            del value, error
-
-    @staticmethod
-    def _load_shared(payload: bytes, segment: int | OSError) -> Any:
-        if isinstance(segment, OSError):
-            raise segment
-        try:
-            layout, start = _shm.decode_layout(payload)
-            return _shm.loads_with_segment(
-                memoryview(payload)[start:], segment, layout, writable=True
-            )
-        finally:
-            os.close(segment)  # the mapping holds its own reference
-
-    @staticmethod
-    def _remote_exception(task: Task, payload: bytes) -> BaseException:
-        exc_bytes, type_name, message, tb, _is_base = pickle.loads(payload)
-        exc: Any = None
-        # Every exception arrives as itself, SystemExit and KeyboardInterrupt too,
-        # as with concurrent.futures (and THREAD and REMOTE); the worker survived.
-        if exc_bytes is not None:
-            try:
-                exc = pickle.loads(exc_bytes)
-            except Exception:
-                exc = None
-        if not isinstance(exc, BaseException):
-            exc = RuntimeError(
-                f"{callable_name(task.fn)} raised {type_name}: {message} (the exception "
-                "itself could not be sent back: it is not picklable)"
-            )
-        return attach_remote_traceback(exc, tb)
