@@ -1,6 +1,6 @@
 """Measure PROCESS task control against issue 10's targets (run by hand, prints figures).
 
-    .venv/bin/python benchmarks/measure_process_task_control.py
+.venv/bin/python benchmarks/measure_process_task_control.py
 """
 
 from __future__ import annotations
@@ -99,7 +99,7 @@ def main() -> None:
         ex.submit(big, 50).result()
         time.sleep(1)  # idle
         after = rss(pid)
-        print(f"idle worker RSS: fresh (numpy imported) {fresh:.1f} MiB, after 50 MB {after:.1f} MiB")
+        print(f"idle worker RSS: fresh {fresh:.1f} MiB, after a 50 MB call {after:.1f} MiB")
 
 
 if __name__ == "__main__":
