@@ -8,6 +8,10 @@ Environment variables (read when a default executor is first created):
   executor (default ``cpu_count``).
 - ``PARALLELIZE_SHM_THRESHOLD``: buffers of at least this many bytes go through
   shared memory in the default PROCESS executor (default 1 MiB; ``off``: never).
+- ``PARALLELIZE_MAX_TASKS_PER_WORKER``: a worker of the default PROCESS executor is
+  replaced after this many calls (default: never).
+- ``PARALLELIZE_MAX_WORKER_MEMORY``: ... or after a call that leaves it above this
+  resident size (bytes, or ``500MB``, ``2GiB``...; default: no limit).
 
 - ``PARALLELIZE_DASK_ADDRESS`` / ``PARALLELIZE_RAY_ADDRESS``: the cluster of
   ``Method.DASK`` (``tcp://scheduler:8786``) / ``Method.RAY`` (``ray://head:10001``,
@@ -30,11 +34,14 @@ file's ``[executor]`` table (``configure`` wins, then the environment, then the 
 from __future__ import annotations
 
 import os
+import re
 import threading
 from dataclasses import dataclass
 
 __all__ = [
     "ENV_DASK_ADDRESS",
+    "ENV_MAX_TASKS_PER_WORKER",
+    "ENV_MAX_WORKER_MEMORY",
     "ENV_PROCESS_WORKERS",
     "ENV_RAY_ADDRESS",
     "ENV_SHM_THRESHOLD",
@@ -43,6 +50,7 @@ __all__ = [
     "Settings",
     "current_settings",
     "failure_setting",
+    "parse_memory_size",
     "set_settings",
     "validate_failure_setting",
 ]
@@ -52,6 +60,8 @@ ENV_PROCESS_WORKERS = "PARALLELIZE_PROCESS_WORKERS"
 ENV_SHM_THRESHOLD = "PARALLELIZE_SHM_THRESHOLD"
 ENV_DASK_ADDRESS = "PARALLELIZE_DASK_ADDRESS"
 ENV_RAY_ADDRESS = "PARALLELIZE_RAY_ADDRESS"
+ENV_MAX_TASKS_PER_WORKER = "PARALLELIZE_MAX_TASKS_PER_WORKER"
+ENV_MAX_WORKER_MEMORY = "PARALLELIZE_MAX_WORKER_MEMORY"
 
 
 @dataclass(frozen=True)
@@ -67,6 +77,8 @@ class Settings:
     heartbeat_interval: float | None = None
     dask_address: str | None = None
     ray_address: str | None = None
+    max_tasks_per_worker: int | None = None
+    max_worker_memory: int | None = None
 
 
 # name -> (environment variable, kind): the failure-handling settings shared by the
@@ -213,3 +225,85 @@ def validate_address(value: object, what: str) -> str:
             f"'ray://head:10001' / 'auto' (Ray), got {value!r}"
         )
     return value.strip()
+
+
+def validate_max_tasks(value: object, what: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(
+            f"{what} must be a positive integer (calls a worker runs before it is replaced), "
+            f"or None for no limit; got {value!r}"
+        )
+    return value
+
+
+_SIZE_UNITS = {
+    "": 1,
+    "b": 1,
+    "k": 1 << 10,
+    "kb": 1000,
+    "kib": 1 << 10,
+    "m": 1 << 20,
+    "mb": 1000**2,
+    "mib": 1 << 20,
+    "g": 1 << 30,
+    "gb": 1000**3,
+    "gib": 1 << 30,
+    "t": 1 << 40,
+    "tb": 1000**4,
+    "tib": 1 << 40,
+}
+_SIZE = re.compile(r"\s*([0-9]+(?:\.[0-9]*)?|\.[0-9]+)\s*([a-zA-Z]*)\s*")
+
+
+def parse_memory_size(value: object, what: str) -> int:
+    """A size in bytes from an int or a string such as ``"500MB"``, ``"2GiB"``, ``"1.5G"``.
+
+    KB/MB/GB are powers of 1000, KiB/MiB/GiB (and K/M/G) powers of 1024."""
+    if isinstance(value, bool):
+        number = None
+    elif isinstance(value, int):
+        number = value
+    elif isinstance(value, str):
+        match = _SIZE.fullmatch(value)
+        unit = _SIZE_UNITS.get(match.group(2).lower()) if match else None
+        number = None if match is None or unit is None else int(float(match.group(1)) * unit)
+    else:
+        number = None
+    if number is None or number < 1:
+        raise ValueError(
+            f"{what} must be a positive number of bytes or a size such as '500MB' or '2GiB' "
+            f"(units B, KB, MB, GB, TB, KiB, MiB, GiB, TiB), got {value!r}"
+        )
+    return number
+
+
+def max_tasks_per_worker() -> int | None:
+    """The default PROCESS executor's limit: explicit, then environment; None: no limit."""
+    explicit = _settings.max_tasks_per_worker
+    if explicit is not None:
+        return explicit
+    raw = os.environ.get(ENV_MAX_TASKS_PER_WORKER, "").strip()
+    if not raw:
+        return None
+    try:
+        return validate_max_tasks(int(raw), f"environment variable {ENV_MAX_TASKS_PER_WORKER}")
+    except ValueError:
+        raise ValueError(
+            f"environment variable {ENV_MAX_TASKS_PER_WORKER}={raw!r} is not a positive "
+            "integer; set it to the calls a worker runs before it is replaced, such as 100, "
+            "or unset it"
+        ) from None
+
+
+def max_worker_memory() -> int | None:
+    """The default PROCESS executor's limit in bytes: explicit, then environment."""
+    explicit = _settings.max_worker_memory
+    if explicit is not None:
+        return explicit
+    raw = os.environ.get(ENV_MAX_WORKER_MEMORY, "").strip()
+    if not raw:
+        return None
+    try:
+        return parse_memory_size(raw, f"environment variable {ENV_MAX_WORKER_MEMORY}")
+    except ValueError as exc:
+        raise ValueError(f"{exc}; set it to a valid size or unset it") from None

@@ -53,6 +53,8 @@ def _create(method: Method) -> Executor:
             _config.process_workers(),
             name="default-process",
             shm_threshold=_config.process_shm_threshold(DEFAULT_THRESHOLD),
+            max_tasks_per_worker=_config.max_tasks_per_worker(),
+            max_worker_memory=_config.max_worker_memory(),
         )
     if method in (Method.DASK, Method.RAY):
         from . import _cluster
@@ -76,6 +78,8 @@ def configure(
     heartbeat_interval: float | None = None,
     dask_address: str | None = None,
     ray_address: str | None = None,
+    max_tasks_per_worker: int | None = None,
+    max_worker_memory: int | str | None = None,
 ) -> None:
     """Configure the default executors (None: environment variable, else default).
 
@@ -86,6 +90,10 @@ def configure(
     *dask_address* / *ray_address*: the cluster of Method.DASK / Method.RAY
     (``PARALLELIZE_DASK_ADDRESS`` / ``PARALLELIZE_RAY_ADDRESS``; unset: a local
     cluster started on first use).
+    *max_tasks_per_worker*, *max_worker_memory*: a worker of the PROCESS executor is
+    replaced after that many calls, or after a call that leaves it above that resident
+    size (bytes, or ``"500MB"``, ``"2GiB"``...); ``PARALLELIZE_MAX_TASKS_PER_WORKER`` /
+    ``PARALLELIZE_MAX_WORKER_MEMORY``.
     An existing default executor whose settings change is replaced: the old one
     finishes its queued work in the background and new calls go to the new one.
     """
@@ -107,6 +115,11 @@ def configure(
         dask_address = _config.validate_address(dask_address, "dask_address")
     if ray_address is not None:
         ray_address = _config.validate_address(ray_address, "ray_address")
+    if max_tasks_per_worker is not None:
+        _config.validate_max_tasks(max_tasks_per_worker, "max_tasks_per_worker")
+    memory_limit = None
+    if max_worker_memory is not None:
+        memory_limit = _config.parse_memory_size(max_worker_memory, "max_worker_memory")
     old = _config.current_settings()
     new = _config.Settings(
         thread_workers,
@@ -114,6 +127,8 @@ def configure(
         **failure,  # type: ignore[arg-type]
         dask_address=dask_address,
         ray_address=ray_address,
+        max_tasks_per_worker=max_tasks_per_worker,
+        max_worker_memory=memory_limit,
     )
     _config.set_settings(new)
     changed = [Method.THREAD, Method.PROCESS]

@@ -26,6 +26,7 @@ import pytest
 from parallelize._errors import PicklingError, RemoteTraceback, WorkerDiedError
 from parallelize._process import ProcessExecutor
 from parallelize._stats import Outcome
+from smart_future import StoppableFuture
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -204,9 +205,10 @@ def force_batching(ex: ProcessExecutor) -> None:
 # -- results -------------------------------------------------------------------
 
 
-def test_submit_returns_plain_future(executor: ProcessExecutor) -> None:
+def test_submit_returns_a_stoppable_future(executor: ProcessExecutor) -> None:
     future = executor.submit(double, 21)
-    assert type(future) is Future
+    # A standard Future whose running call can also be stopped (see test_process_task_control).
+    assert isinstance(future, Future) and isinstance(future, StoppableFuture)
     assert future.result() == 42
 
 
@@ -366,7 +368,7 @@ def test_tasks_sent_behind_a_crash_are_requeued(single: ProcessExecutor, tmp_pat
 
 
 def test_workers_fail_to_start_is_reported(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("parallelize._process._pool._BOOTSTRAP", "import no_such_module_xyz")
+    monkeypatch.setattr("parallelize._process._handles.BOOTSTRAP", "import no_such_module_xyz")
     with ProcessExecutor(1) as ex:
         futures = [ex.submit(double, i) for i in range(5)]
         for future in futures:
@@ -404,7 +406,11 @@ def test_cancel_queued_and_future_cancel(single: ProcessExecutor, tmp_path: Path
     queued = [single.submit(double, i) for i in range(4)]
     assert queued[0].cancel()
     assert single.cancel_queued() == 3
-    assert not running.cancel()  # marked running when sent to the worker
+    deadline = time.monotonic() + 30
+    while not running.running():  # once the worker has started it (not when it is sent)
+        assert time.monotonic() < deadline, "the call never started"
+        time.sleep(0.01)
+    assert not running.cancel()  # the raw future keeps the standard semantics
     gate.open()
     assert running.result() == "done"
     assert all(f.cancelled() for f in queued)

@@ -7,7 +7,8 @@ the payload. Two pipes connect the parent and each worker (the fds are passed
 on the worker's command line):
 
 parent -> worker (the "task pipe"):
-    1. one startup frame: ``pickle((sys_path, pythonpath_or_None, shm_threshold_or_None))``;
+    1. one startup frame: ``pickle((sys_path, pythonpath_or_None, shm_threshold_or_None,
+       process_title, max_memory_bytes_or_None))``;
     2. then task frames: ``pickle((evict_fids, [(task_id, fid, fn_bytes_or_None, args_bytes,
        layout_or_None), ...]))``. ``fn_bytes`` is sent only the first time this worker sees ``fid``;
        ``evict_fids`` lists functions the worker must forget (the parent mirrors
@@ -37,6 +38,7 @@ from __future__ import annotations
 import struct
 
 __all__ = [
+    "FLAG_RETIRING",
     "FRAME_HEAD",
     "KIND_ERROR",
     "KIND_OK",
@@ -57,6 +59,9 @@ KIND_ERROR = 2  # payload: pickle of (exc_bytes | None, type_name, message, trac
 #                 is_base_exception)
 KIND_UNPICKLABLE_RESULT = 3  # payload: pickle of (result_type_name, error_text)
 KIND_OK_SHM = 4  # payload: _shm.encode_layout(layout) + pickle of the return value
+# Or-ed into a result's kind: the worker is over its memory limit and exits after this
+# frame without starting anything else it was sent (the parent re-queues those).
+FLAG_RETIRING = 0x80
 
 # Exit status of a worker whose task pipe reached EOF.
 WORKER_EXIT_ON_EOF = 0

@@ -37,6 +37,7 @@ from time import perf_counter  # noqa: E402
 
 from . import _memory, _shm  # noqa: E402
 from ._protocol import (  # noqa: E402
+    FLAG_RETIRING,
     FRAME_HEAD,
     KIND_ERROR,
     KIND_OK,
@@ -61,6 +62,10 @@ _HEAVY_SECONDS = 0.001
 # Shared memory for large buffers (see _shm): the descriptor socket and the size
 # threshold, set by main; None when the parent turned it off.
 _large: tuple[_shm.FdChannel, int] | None = None
+# The resident size over which the worker retires after a call (max_worker_memory).
+_max_memory: int | None = None
+# A call since the last release was large: release memory when next idle.
+_grown = False
 
 
 def _read_frame(stream: BinaryIO) -> bytes | None:
@@ -209,9 +214,24 @@ def _receive_segments(tasks: list[tuple[Any, ...]]) -> list[int]:
 
 
 def _release_memory_if_idle(stream: BinaryIO) -> None:
-    """After a frame's tasks: if no other frame is waiting, give freed memory back."""
+    """After a frame's tasks: if no other frame is waiting, give freed memory back.
+
+    A large call stays owed a release (``_grown``) until the worker is idle, even if
+    smaller frames run in between."""
+    global _grown
     if not select.select([stream], [], [], 0)[0]:
+        _grown = False
         _memory.release_if_grown()
+
+
+def _over_memory_limit(limit: int) -> bool:
+    """After a call: is the worker over *limit* even once garbage and free heap are released?"""
+    rss = _memory.resident_bytes()
+    if rss is None or rss <= limit:
+        return False
+    _memory.release_if_grown(force=True)
+    rss = _memory.resident_bytes()
+    return rss is not None and rss > limit
 
 
 def _flush_stdio() -> None:
@@ -224,6 +244,7 @@ def _flush_stdio() -> None:
 
 
 def _serve(stream: BinaryIO, result_fd: int) -> None:
+    global _grown
     functions: dict[int, Callable[..., Any]] = {}
     function_bytes: dict[int, bytes] = {}
     loads = pickle.loads
@@ -240,7 +261,8 @@ def _serve(stream: BinaryIO, result_fd: int) -> None:
             function_bytes.pop(fid, None)
         segments = iter(_receive_segments(tasks))
         # Worth checking the memory afterwards (the check costs ~10 us: not after tiny calls).
-        heavy = len(message) >= _HEAVY_FRAME
+        heavy = _grown or len(message) >= _HEAVY_FRAME
+        limit = _max_memory
         for task_id, fid, fn_bytes, args_bytes, layout in tasks:
             if fn_bytes is not None:
                 function_bytes[fid] = fn_bytes
@@ -276,11 +298,17 @@ def _serve(stream: BinaryIO, result_fd: int) -> None:
             args = kwargs = None  # unmap shared arguments now, not at the next task
             heavy = heavy or layout is not None or duration >= _HEAVY_SECONDS
             _flush_stdio()
+            if limit is not None and _over_memory_limit(limit):
+                # Retire: this result tells the parent, which re-queues what else it sent.
+                kind = body[0] | FLAG_RETIRING
+                _send(result_fd, bytes((kind,)) + body[1:])
+                os._exit(0)
             _send(result_fd, body)
         # Keep no large frame, argument pickle or result pickle while waiting.
         message = tasks = args_bytes = None
         body = b""
         if heavy:
+            _grown = True
             _release_memory_if_idle(stream)
 
 
@@ -294,7 +322,7 @@ def _set_title(title: str) -> None:
 
 
 def main(argv: list[str]) -> None:
-    global _large
+    global _large, _max_memory
     task_fd, result_fd, fd_socket = int(argv[1]), int(argv[2]), int(argv[3])
     os.set_inheritable(task_fd, False)
     os.set_inheritable(result_fd, False)
@@ -305,6 +333,8 @@ def main(argv: list[str]) -> None:
     sys_path, pythonpath, shm_threshold, *rest = pickle.loads(startup)
     if rest:
         _set_title(rest[0])
+    if len(rest) > 1:
+        _max_memory = rest[1]
     if fd_socket >= 0:
         os.set_inheritable(fd_socket, False)
         if shm_threshold is not None:
