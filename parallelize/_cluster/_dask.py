@@ -110,7 +110,6 @@ class DaskExecutor(DaskScheduler):
         self.client = client
         self.backups = backups
         self.max_backups_per_call = max_backups_per_call
-        self._heartbeat_interval = heartbeat_interval
         # Keyword names Client.submit keeps for itself (key, workers, priority, retries...).
         self._reserved = frozenset(inspect.signature(type(client).submit).parameters)
         self._prefix = f"parallelize-{self.name}-{uuid.uuid4().hex[:8]}"
@@ -132,7 +131,6 @@ class DaskExecutor(DaskScheduler):
         self.client.get_task_stream(start=self._started_wall)
         self._threads_total = 0  # worker threads in the cluster, refreshed every 5 s
         self._threads_checked = -1e9
-        self._wake = threading.Event()
         self._to_watch: list[tuple[Call, Attempt]] = []
         self._watchers: set[asyncio.Future[None]] = set()  # touched on the event loop only
         self._completed: queue.SimpleQueue[tuple[Call, Attempt] | None] = queue.SimpleQueue()
@@ -144,12 +142,8 @@ class DaskExecutor(DaskScheduler):
             target=self._fetch_loop, name=f"{self.name}-fetcher", daemon=True
         )
         self._fetcher.start()
-        self._heartbeat: threading.Thread | None = None
         if backups:
-            self._heartbeat = threading.Thread(
-                target=self._heartbeat_loop, name=f"{self.name}-heartbeat", daemon=True
-            )
-            self._heartbeat.start()
+            self._start_heartbeat(heartbeat_interval)
 
     # -- submitting ------------------------------------------------------------
 

@@ -56,7 +56,6 @@ class DaskScheduler(EngineExecutor):
     client: Any
     backups: bool
     max_backups_per_call: int
-    _heartbeat_interval: float
     _prefix: str
     _calls: dict[int, Call]
     _durations: list[float]
@@ -77,20 +76,8 @@ class DaskScheduler(EngineExecutor):
 
     # -- backups (heartbeat thread) -----------------------------------------------
 
-    def _heartbeat_loop(self) -> None:
-        while not self._stop.is_set():
-            with self._lock:
-                idle = not self._calls
-            if idle:
-                self._wake.wait()
-                self._wake.clear()
-                continue
-            if self._stop.wait(self._heartbeat_interval):
-                return
-            try:
-                self._consider_backup()
-            except Exception:  # the client is closing or the scheduler is away: try later
-                logger.debug("%s: heartbeat failed", self.name, exc_info=True)
+    def _may_need_backup(self) -> bool:
+        return bool(self._calls)
 
     def _read_durations(self) -> None:
         """Add the run times of calls finished since the last look (scheduler records)."""

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import logging
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -36,6 +37,8 @@ from .._pickling import callable_name
 from .._stats import ExecutorStats, Outcome
 from ._engine_future import EngineFuture, native_arguments
 from ._speculation import percentile
+
+logger = logging.getLogger("parallelize")
 
 __all__ = ["EngineExecutor", "poisoned_error", "set_outcome"]
 
@@ -111,6 +114,42 @@ class EngineExecutor(BaseExecutor):
         self._timed: dict[int, _Timed] = {}
         self._timer_wake = threading.Event()
         self._timer: threading.Thread | None = None
+        self._wake = threading.Event()  # set when a call that may need a backup arrives
+        self._heartbeat: threading.Thread | None = None
+        self._heartbeat_interval = 0.25
+
+    # -- backups heartbeat (both engines) ----------------------------------------------
+
+    def _start_heartbeat(self, interval: float) -> None:
+        """Look for stragglers every *interval* seconds while calls that may need a backup
+        are in flight; sleep on ``_wake`` otherwise (an idle executor costs nothing)."""
+        self._heartbeat_interval = interval
+        self._heartbeat = threading.Thread(
+            target=self._heartbeat_loop, name=f"{self.name}-heartbeat", daemon=True
+        )
+        self._heartbeat.start()
+
+    def _heartbeat_loop(self) -> None:
+        while not self._stop.is_set():
+            with self._lock:
+                idle = not self._may_need_backup()
+            if idle:
+                self._wake.wait()
+                self._wake.clear()
+                continue
+            if self._stop.wait(self._heartbeat_interval):
+                return
+            try:
+                self._consider_backup()
+            except Exception:  # the engine is closing or its scheduler is away: try later
+                logger.debug("%s: heartbeat failed", self.name, exc_info=True)
+
+    def _may_need_backup(self) -> bool:
+        """Whether a call in flight may get a backup copy (called under ``_lock``)."""
+        return False
+
+    def _consider_backup(self) -> None:
+        """Start a backup copy of the worst straggler, if one is worth it."""
 
     # -- submitting -------------------------------------------------------------------
 

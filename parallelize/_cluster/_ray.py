@@ -42,7 +42,6 @@ from __future__ import annotations
 import collections
 import itertools
 import logging
-import threading
 import time
 import types
 import weakref
@@ -112,7 +111,6 @@ class RayExecutor(EngineExecutor):
         self.max_retries = max_retries
         self.backups = backups
         self.max_backups_per_call = max_backups_per_call
-        self._heartbeat_interval = heartbeat_interval
         self._options: dict[str, Any] = {"max_retries": max_retries, "retry_exceptions": False}
         # Our options are the remote functions' defaults: ``.options()`` would wrap them
         # and merge the options again on every call.
@@ -131,13 +129,8 @@ class RayExecutor(EngineExecutor):
         self._cluster_checked = -1e9
         self._backups_started = 0
         self._backups_won = 0
-        self._wake = threading.Event()
-        self._heartbeat: threading.Thread | None = None
         if backups:
-            self._heartbeat = threading.Thread(
-                target=self._heartbeat_loop, name=f"{self.name}-heartbeat", daemon=True
-            )
-            self._heartbeat.start()
+            self._start_heartbeat(heartbeat_interval)
 
     # -- submitting -------------------------------------------------------------------
 
@@ -300,20 +293,8 @@ class RayExecutor(EngineExecutor):
 
     # -- backups (heartbeat thread) -----------------------------------------------------
 
-    def _heartbeat_loop(self) -> None:
-        while not self._stop.is_set():
-            with self._lock:
-                idle = not any(c.backups for c in self._calls.values())
-            if idle:
-                self._wake.wait()
-                self._wake.clear()
-                continue
-            if self._stop.wait(self._heartbeat_interval):
-                return
-            try:
-                self._consider_backup()
-            except Exception:  # the runtime is closing: try later
-                logger.debug("%s: heartbeat failed", self.name, exc_info=True)
+    def _may_need_backup(self) -> bool:
+        return any(c.backups for c in self._calls.values())
 
     def _consider_backup(self) -> None:
         import ray

@@ -69,12 +69,12 @@ def test_timeout_kills_the_worker_running_the_call(ray_runtime: RayCluster, tmp_
     assert sum(f.result(TIMEOUT) for f in [executor.submit(abs, -1) for _ in range(2)]) == 2
     try:
         future = executor.submit_with(
-            CallOptions(timeout=3.0), _block_writing_pid, str(pid_file), str(release)
+            CallOptions(timeout=6.0), _block_writing_pid, str(pid_file), str(release)
         )
         pid = _pid_of(pid_file)
         with pytest.raises(TaskTimeoutError) as info:
             future.result(TIMEOUT)
-        assert info.value.timeout == 3.0 and "Ray worker" in info.value.where
+        assert info.value.timeout == 6.0 and "Ray worker" in info.value.where
         _wait_until(lambda: not _pid_alive(pid), "the Ray worker to be killed")
         assert executor.submit(abs, -3).result(TIMEOUT) == 3  # Ray starts another worker
     finally:
