@@ -32,8 +32,9 @@ Workloads, measured after each system has started and been warmed up:
     level at the start of the workload (median over rounds). Each system is used as its
     documentation suggests for large arguments: joblib memory-maps arrays over 1 MB by
     itself, Ray gets the array once with ``ray.put`` and Dask with ``client.scatter``
-    (inside the timed part: the array is new data for every round); the executors pickle
-    it with every call, except parallelize PROCESS, which passes it in shared memory.
+    (inside the timed part: the array is new data for every round), and parallelize wraps
+    it once with ``parallelize.share`` (REMOTE sends it once per host, PROCESS passes it in
+    shared memory); the standard executors pickle it with every call.
 
 Start-up is reported separately: the time from creating the pool or cluster (its package
 already imported) to the first no-op result.
@@ -209,7 +210,12 @@ class ParallelizeRunner(Runner):
             future.result(RESULT_TIMEOUT)
 
     def large_calls(self, array: Any, count: int) -> list[Any]:
-        futures = [self._scale(array) for _ in range(count)]
+        from parallelize import share
+
+        # As the README suggests for an object many calls use (REMOTE then sends it
+        # once per host; PROCESS still passes it in shared memory, THREAD as is).
+        shared = share(array)
+        futures = [self._scale(shared) for _ in range(count)]
         return [future.result(RESULT_TIMEOUT) for future in futures]
 
     def close(self) -> None:
