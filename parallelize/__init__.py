@@ -36,6 +36,7 @@ from ._errors import (
 )
 from ._executor_base import BaseExecutor
 from ._method import Method
+from ._records import AttemptRow, HostRow
 from ._share import Shared, share
 from ._stats import ExecutorStats
 from ._thread_executor import ThreadExecutor
@@ -46,8 +47,10 @@ if TYPE_CHECKING:
 
 __all__ = [
     "AttemptRecord",
+    "AttemptRow",
     "BaseExecutor",
     "ExecutorStats",
+    "HostRow",
     "Method",
     "ParallelFunction",
     "ParallelizeError",

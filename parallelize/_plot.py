@@ -3,8 +3,9 @@
 matplotlib is optional (``pip install 'parallelize[plot]'``) and imported only
 when a plot is asked for.
 
-The timeline is drawn from ``stats.extra["attempts"]``, which executors that
-track attempts (REMOTE) fill with one dict per attempt::
+The timeline is drawn from ``stats.attempts`` (typed :class:`AttemptRow` rows, which
+REMOTE, DASK and RAY record); for an executor that gives none, from
+``stats.extra["attempts"]``, one dict per attempt::
 
     {"slot": "host1/0", "start": 12.5, "end": 14.0, "outcome": "won",
      "bundle": 17, "is_backup": False}
@@ -24,6 +25,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from ._records import AttemptRow
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -67,37 +70,45 @@ class _Attempt:
 
 
 def _parse_attempts(stats: ExecutorStats) -> list[_Attempt]:
+    rows = stats.attempts or _rows_from_extra(stats)
+    attempts = []
+    for row in rows:
+        outcome = row.outcome.lower()
+        outcome = _ALIASES.get(outcome, outcome)
+        if outcome not in _STYLES:
+            outcome = "running"
+        attempts.append(
+            _Attempt(
+                slot=_slot_label(row.slot, row.host),
+                start=row.start,
+                end=row.end,
+                outcome=outcome,
+                bundle=row.bundle,
+                is_backup=row.is_backup,
+            )
+        )
+    return attempts
+
+
+def _rows_from_extra(stats: ExecutorStats) -> list[AttemptRow]:
+    """Rows from ``extra["attempts"]`` dicts (executors that give no typed rows)."""
     raw = stats.extra.get("attempts")
     if not raw:
         raise ValueError(
-            f"executor {stats.name!r} does not record a timeline: its stats().extra has no "
-            "'attempts' (only executors that track attempts, such as REMOTE, do)"
+            f"executor {stats.name!r} does not record a timeline: its stats() has no "
+            "attempts (only executors that track attempts, such as REMOTE, do)"
         )
     if not isinstance(raw, Sequence) or isinstance(raw, (str, bytes)):
         raise ValueError(f"stats.extra['attempts'] must be a list of dicts, got {type(raw)}")
-    attempts = []
+    rows = []
     for index, item in enumerate(raw):
         if not isinstance(item, Mapping):
             raise ValueError(f"stats.extra['attempts'][{index}] is not a dict: {item!r}")
         missing = [k for k in ("slot", "start", "end", "outcome") if k not in item]
         if missing:
             raise ValueError(f"stats.extra['attempts'][{index}] lacks {', '.join(missing)}")
-        outcome = str(item["outcome"]).lower()
-        outcome = _ALIASES.get(outcome, outcome)
-        if outcome not in _STYLES:
-            outcome = "running"
-        end = item["end"]
-        attempts.append(
-            _Attempt(
-                slot=_slot_label(item),
-                start=float(item["start"]),
-                end=None if end is None else float(end),
-                outcome=outcome,
-                bundle=item.get("bundle"),
-                is_backup=bool(item.get("is_backup", False)),
-            )
-        )
-    return attempts
+        rows.append(AttemptRow.from_mapping(item))
+    return rows
 
 
 def _natural_key(text: str) -> list[tuple[int, int | str]]:
@@ -113,11 +124,9 @@ def _new_axes(figsize: tuple[float, float]) -> Axes:
     return ax
 
 
-def _slot_label(item: Mapping[str, Any]) -> str:
+def _slot_label(slot: str, host: str) -> str:
     # Records may name the slot fully ("host1/0") or give the host apart.
-    slot = str(item["slot"])
-    host = item.get("host")
-    return f"{host}/{slot}" if host is not None and "/" not in slot else slot
+    return f"{host}/{slot}" if host and "/" not in slot else slot
 
 
 def _timeline_size(slots: int) -> tuple[float, float]:

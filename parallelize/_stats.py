@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ._records import AttemptRow, HostRow
+
 if TYPE_CHECKING:
     import numpy as np
     import numpy.typing as npt
@@ -93,7 +95,17 @@ class TaskStats:
         with self._lock:
             return self._submitted - self._succeeded - self._failed - self._cancelled
 
-    def snapshot(self, name: str, **extra: Any) -> ExecutorStats:
+    def snapshot(
+        self,
+        name: str,
+        *,
+        attempt_rows: tuple[AttemptRow, ...] = (),
+        host_rows: tuple[HostRow, ...] = (),
+        **extra: Any,
+    ) -> ExecutorStats:
+        """The counters now; *attempt_rows*/*host_rows* are the executor's typed rows,
+        *extra* its other figures (and, for older readers, the same rows as dicts under
+        ``extra["attempts"]``/``extra["hosts"]``)."""
         import numpy as np
 
         with self._lock:
@@ -106,6 +118,8 @@ class TaskStats:
                 cancelled=self._cancelled,
                 durations=durations,
                 extra=extra,
+                attempts=tuple(attempt_rows),
+                hosts=tuple(host_rows),
             )
 
 
@@ -125,6 +139,10 @@ class ExecutorStats:
     cancelled: int
     durations: npt.NDArray[np.float64] = field(repr=False)
     extra: dict[str, Any] = field(default_factory=dict)
+    #: One row per recorded attempt (executors that track attempts: REMOTE, DASK, RAY).
+    attempts: tuple[AttemptRow, ...] = field(default=(), repr=False)
+    #: One row per host or cluster worker (same executors).
+    hosts: tuple[HostRow, ...] = field(default=(), repr=False)
 
     @property
     def finished(self) -> int:
@@ -283,10 +301,14 @@ def _stats_html(stats: ExecutorStats) -> str:
     ]
     if scalars:
         tables.append(_html_table(["", "value"], scalars))
-    hosts = stats.extra.get("hosts")
-    if isinstance(hosts, dict):  # REMOTE keys its rows by host name
-        hosts = [{"host": name, **row} for name, row in hosts.items() if isinstance(row, dict)]
-    if isinstance(hosts, list) and hosts and all(isinstance(h, dict) for h in hosts):
+    hosts: list[dict[str, Any]] = [row.as_dict() for row in stats.hosts]
+    if not hosts:  # an executor that gives no typed rows: its extra["hosts"], if any
+        raw = stats.extra.get("hosts")
+        if isinstance(raw, dict):  # keyed by host name
+            raw = [{"name": name, **row} for name, row in raw.items() if isinstance(row, dict)]
+        if isinstance(raw, list) and all(isinstance(h, dict) for h in raw):
+            hosts = raw
+    if hosts:
         columns: list[Any] = []
         for host in hosts:
             columns.extend(k for k in host if k not in columns)

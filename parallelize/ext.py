@@ -26,6 +26,7 @@ from ._executor_base import BaseExecutor, waits_at_exit
 from ._pickling import callable_name, dumps_args, dumps_function, split_bound_method
 from ._pickling import dumps as dumps_value
 from ._process._memory import trim_c_heap as release_memory
+from ._records import AttemptRow, HostRow
 from ._registry import method_factory, register_info_section, register_method
 from ._share import blob_digest, pickled_shared
 from ._stats import ExecutorStats, Outcome, TaskStats
@@ -33,9 +34,11 @@ from ._stats import ExecutorStats, Outcome, TaskStats
 __all__ = [
     "DEFAULT_OPTIONS",
     "FAILURE_SETTINGS",
+    "AttemptRow",
     "BaseExecutor",
     "CallOptions",
     "ExecutorStats",
+    "HostRow",
     "Outcome",
     "TaskStats",
     "TaskTimeoutError",

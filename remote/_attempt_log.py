@@ -13,6 +13,8 @@ from __future__ import annotations
 from array import array
 from typing import Any
 
+from parallelize.ext import AttemptRow
+
 __all__ = ["AttemptLog", "FloatRing", "RateWindow"]
 
 _FIELDS = ("bundle", "attempt", "host", "slot", "start", "end", "outcome", "is_backup", "reason")
@@ -61,26 +63,35 @@ class AttemptLog:
     def __len__(self) -> int:
         return min(self.total, self._limit)
 
-    def records(self) -> list[dict[str, Any]]:
-        """The kept attempts, oldest first, as dicts (the ``stats().extra`` format)."""
+    def rows(self) -> tuple[AttemptRow, ...]:
+        """The kept attempts, oldest first."""
         count = len(self)
         first = (self._next - count) % self._limit if self._limit else 0
         out = []
         for k in range(count):
             i = (first + k) % self._limit
-            row = (
-                self._ids[2 * i],
-                self._ids[2 * i + 1],
-                self._names[3 * i],
-                self._slots[i],
-                self._times[2 * i],
-                self._times[2 * i + 1],
-                self._names[3 * i + 1],
-                bool(self._backup[i]),
-                self._names[3 * i + 2],
+            out.append(
+                AttemptRow(
+                    bundle=self._ids[2 * i],
+                    attempt=self._ids[2 * i + 1],
+                    host=self._names[3 * i],
+                    slot=str(self._slots[i]),
+                    start=self._times[2 * i],
+                    end=self._times[2 * i + 1],
+                    outcome=self._names[3 * i + 1],
+                    is_backup=bool(self._backup[i]),
+                    reason=self._names[3 * i + 2],
+                )
             )
-            out.append(dict(zip(_FIELDS, row, strict=True)))
-        return out
+        return tuple(out)
+
+    def records(self) -> list[dict[str, Any]]:
+        """The kept attempts as dicts (the ``stats().extra["attempts"]`` format: the slot
+        is its number on the host)."""
+        return [
+            {**dict(zip(_FIELDS, _values(row), strict=True)), "slot": int(row.slot)}
+            for row in self.rows()
+        ]
 
 
 class FloatRing:
@@ -123,3 +134,7 @@ class RateWindow:
         if total < 2 or span < 1.0:
             return None
         return total / span
+
+
+def _values(row: AttemptRow) -> tuple[Any, ...]:
+    return tuple(getattr(row, name) for name in _FIELDS)

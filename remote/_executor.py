@@ -329,7 +329,9 @@ class RemoteExecutor(BaseExecutor):
     # -- introspection ----------------------------------------------------
 
     def stats(self) -> ExecutorStats:
-        """Counters and durations, with ``extra`` holding the scheduler's view.
+        """Counters and durations; ``attempts`` and ``hosts`` are typed rows
+        (:class:`parallelize.AttemptRow`, :class:`parallelize.HostRow`), and ``extra``
+        holds the scheduler's other figures (and the same rows as dicts).
 
         ``extra``: ``done``/``in_flight``/``pending`` and per-state bundle counts,
         ``backups_started``/``backups_won``, ``p50``/``p95``/``eta`` in seconds,
@@ -339,8 +341,8 @@ class RemoteExecutor(BaseExecutor):
         started), outcome, is_backup, reason) for drawing a timeline; ``bytes_sent``:
         host name -> bytes written to its current connection.
         """
-        extra = self._scheduler.call(self._scheduler.snapshot)
-        return self._stats.snapshot(self.name, **extra)
+        extra, attempts, hosts = self._scheduler.call(self._scheduler.snapshot)
+        return self._stats.snapshot(self.name, attempt_rows=attempts, host_rows=hosts, **extra)
 
     def heartbeat_now(self) -> None:
         """Log the status table and consider a backup right away."""

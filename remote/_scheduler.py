@@ -87,7 +87,7 @@ from concurrent.futures import TimeoutError as FuturesTimeoutError
 from typing import Any, TypeVar, cast
 
 from parallelize import TaskLostError
-from parallelize.ext import Outcome, release_memory, waits_at_exit
+from parallelize.ext import AttemptRow, HostRow, Outcome, release_memory, waits_at_exit
 
 from ._bundle import Bundle, BundleState
 from ._heartbeat import HostStatus, PoolStatus, format_status, percentile
@@ -436,16 +436,33 @@ class Scheduler(Dispatcher):
             hosts=tuple(hosts),
         )
 
-    def snapshot(self) -> dict[str, Any]:
-        """Status as plain data plus the kept attempt records (scheduler thread only)."""
-        data = self.status().as_dict()
+    def snapshot(self) -> tuple[dict[str, Any], tuple[AttemptRow, ...], tuple[HostRow, ...]]:
+        """Status as plain data (with the attempts as dicts too, for older readers), the
+        kept attempts and the host rows (scheduler thread only)."""
+        status = self.status()
+        data = status.as_dict()
+        rows = self._attempt_log.rows()
         data["attempts"] = self._attempt_log.records()
         data["attempts_total"] = self._attempt_log.total
         # bytes written to each host's current connection (links that count them)
         data["bytes_sent"] = {
             h.name: int(getattr(h.link, "bytes_sent", 0)) for h in self._hosts if h.link
         }
-        return data
+        hosts = tuple(
+            HostRow(
+                name=h.name,
+                state=h.state,
+                slots=h.slots,
+                in_flight=h.in_flight,
+                done=h.done,
+                lost=h.lost,
+                p50=h.p50,
+                p95=h.p95,
+                reason=h.reason or None,
+            )
+            for h in status.hosts
+        )
+        return data, rows, hosts
 
     # ------------------------------------------------------------------
     # Teardown

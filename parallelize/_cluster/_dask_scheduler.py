@@ -16,6 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from .._records import AttemptRow
 from .._stats import ExecutorStats
 from ._engine_base import EngineExecutor
 from ._engine_future import EngineFuture
@@ -168,7 +169,7 @@ class DaskScheduler(EngineExecutor):
             lost = {k: list(v) for k, v in self._lost.items()}
             started, won = self._backups_started, self._backups_won
         prefix = self._prefix + "-"
-        attempts: list[dict[str, Any]] = []
+        attempts: list[AttemptRow] = []
         for rec in records:
             key = str(rec.get("key", ""))
             compute = [s for s in rec.get("startstops", ()) if s.get("action") == "compute"]
@@ -176,26 +177,30 @@ class DaskScheduler(EngineExecutor):
                 continue
             ok = rec.get("status") == "OK"
             outcome = "won" if key in winners else ("cancelled" if ok else "failed")
+            worker = str(rec.get("worker", "?"))
             attempts.append(
-                {
-                    "slot": str(rec.get("worker", "?")),
-                    "start": compute[0]["start"] - self._started_wall,
-                    "end": compute[-1]["stop"] - self._started_wall,
-                    "outcome": "timed out" if key in timed_out else outcome,
-                    "bundle": int(key[len(prefix) :].split("-")[0]),
-                    "is_backup": "-b" in key[len(prefix) :],
-                }
+                AttemptRow(
+                    bundle=int(key[len(prefix) :].split("-")[0]),
+                    attempt=0,
+                    host=worker,
+                    slot=worker,
+                    start=compute[0]["start"] - self._started_wall,
+                    end=compute[-1]["stop"] - self._started_wall,
+                    outcome="timed out" if key in timed_out else outcome,
+                    is_backup="-b" in key[len(prefix) :],
+                )
             )
         for call_id, rows in lost.items():
             attempts.extend(
-                {
-                    "slot": worker,
-                    "start": start - self._started_wall,
-                    "end": end - self._started_wall,
-                    "outcome": "lost",
-                    "bundle": call_id,
-                    "is_backup": False,
-                }
+                AttemptRow(
+                    bundle=call_id,
+                    attempt=0,
+                    host=worker,
+                    slot=worker,
+                    start=start - self._started_wall,
+                    end=end - self._started_wall,
+                    outcome="lost",
+                )
                 for worker, start, end in rows
             )
         return self._snapshot(attempts, backups_started=started, backups_won=won)

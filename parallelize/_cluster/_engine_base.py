@@ -34,6 +34,7 @@ from .._call_options import DEFAULT_OPTIONS, CallOptions
 from .._errors import AttemptRecord, PoisonedCallError, TaskTimeoutError
 from .._executor_base import BaseExecutor
 from .._pickling import callable_name
+from .._records import AttemptRow, HostRow
 from .._stats import ExecutorStats, Outcome
 from ._engine_future import EngineFuture, native_arguments
 from ._speculation import percentile
@@ -263,37 +264,43 @@ class EngineExecutor(BaseExecutor):
 
     # -- records ---------------------------------------------------------------------
 
-    def _snapshot(self, attempts: list[dict[str, Any]], **extra: Any) -> ExecutorStats:
-        """Stats whose durations and per-worker ``hosts`` rows come from attempt records
-        (``slot``, ``start``, ``end``, ``outcome``, ``bundle``, ``is_backup``)."""
+    def _snapshot(self, attempts: list[AttemptRow], **extra: Any) -> ExecutorStats:
+        """Stats whose durations and per-worker host rows come from the attempt rows."""
         import numpy as np
 
         per_worker: dict[str, list[float]] = {}
         failed: dict[str, int] = {}
         durations = []
         for row in attempts:
-            if row["outcome"] == "won":
-                durations.append(row["end"] - row["start"])
-                per_worker.setdefault(row["slot"], []).append(row["end"] - row["start"])
-            elif row["outcome"] in ("failed", "lost", "timed out"):
-                failed[row["slot"]] = failed.get(row["slot"], 0) + 1
+            if row.outcome == "won" and row.end is not None:
+                durations.append(row.end - row.start)
+                per_worker.setdefault(row.slot, []).append(row.end - row.start)
+            elif row.outcome in ("failed", "lost", "timed out"):
+                failed[row.slot] = failed.get(row.slot, 0) + 1
         hosts = [
-            {
-                "host": w,
-                "done": len(d),
-                "failed": failed.get(w, 0),
-                "p50": percentile(d, 50),
-                "p95": percentile(d, 95),
-            }
+            HostRow(
+                name=w,
+                done=len(d),
+                failed=failed.get(w, 0),
+                p50=percentile(d, 50),
+                p95=percentile(d, 95),
+            )
             for w, d in sorted(per_worker.items())
         ]
         hosts += [
-            {"host": w, "done": 0, "failed": n, "p50": None, "p95": None}
+            HostRow(name=w, done=0, failed=n)
             for w, n in sorted(failed.items())
             if w not in per_worker
         ]
+        rows = tuple(sorted(attempts, key=lambda a: a.start))
         snapshot = self._stats.snapshot(
-            self.name, hosts=hosts, attempts=sorted(attempts, key=lambda a: a["start"]), **extra
+            self.name,
+            attempt_rows=rows,
+            host_rows=tuple(hosts),
+            **extra,
+            # the same rows as dicts, for code written against earlier versions
+            attempts=[_attempt_dict(r) for r in rows],
+            hosts=[_host_dict(h) for h in hosts],
         )
         return dataclasses.replace(snapshot, durations=np.asarray(durations, dtype=np.float64))
 
@@ -310,3 +317,24 @@ class EngineExecutor(BaseExecutor):
         for future in self._live_futures():
             with contextlib.suppress(CancelledError):
                 future.exception()  # waits; the outcome stays with the caller's future
+
+
+def _attempt_dict(row: AttemptRow) -> dict[str, Any]:
+    return {
+        "slot": row.slot,
+        "start": row.start,
+        "end": row.end,
+        "outcome": row.outcome,
+        "bundle": row.bundle,
+        "is_backup": row.is_backup,
+    }
+
+
+def _host_dict(row: HostRow) -> dict[str, Any]:
+    return {
+        "host": row.name,
+        "done": row.done,
+        "failed": row.failed,
+        "p50": row.p50,
+        "p95": row.p95,
+    }

@@ -52,6 +52,7 @@ from typing import Any
 
 from .._call_options import CallOptions
 from .._errors import TaskLostError, attach_remote_traceback
+from .._records import AttemptRow
 from .._stats import ExecutorStats, Outcome
 from ._engine_base import EngineExecutor, poisoned_error, set_outcome
 from ._engine_future import EngineFuture
@@ -121,7 +122,7 @@ class RayExecutor(EngineExecutor):
         self._ids = itertools.count()
         self._calls: dict[int, _Call] = {}
         self._epoch = time.monotonic()
-        self._attempts: list[dict[str, Any]] = []
+        self._attempts: list[AttemptRow] = []
         # Run times of the latest finished calls, for the backup rules.
         self._durations: collections.deque[float] = collections.deque(maxlen=_RECENT)
         self._cpus = 0.0
@@ -238,14 +239,16 @@ class RayExecutor(EngineExecutor):
         read without its dashboard: the client-side span (submitted -> completed) is what
         we show, one row per node a copy was pinned to, else one row "ray"."""
         self._attempts.append(
-            {
-                "slot": node or "ray",
-                "start": call.submitted - self._epoch,
-                "end": end - self._epoch,
-                "outcome": outcome,
-                "bundle": call.future.call_id,
-                "is_backup": backup,
-            }
+            AttemptRow(
+                bundle=call.future.call_id,
+                attempt=0,
+                host=node or "ray",
+                slot=node or "ray",
+                start=call.submitted - self._epoch,
+                end=end - self._epoch,
+                outcome=outcome,
+                is_backup=backup,
+            )
         )
         if outcome == "won":
             self._durations.append(end - call.submitted)
