@@ -23,7 +23,7 @@ from bench_remote import SLOW_HOSTS, connect_all, noop, work
 from remote import RemoteExecutor
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests" / "remote"))
-from sshd import SshdPool, sshd_available
+from sshd import SshdPool
 
 TASKS = 24  # four waves of the healthy pool's six slots
 TASK_SECONDS = 0.1
@@ -31,18 +31,6 @@ HEARTBEAT = 0.05
 # One host of three at a tenth of the speed leaves 4.2 of 6 slots' capacity,
 # and in whole tasks no schedule of this job beats 6 waves instead of 4: 1.5x.
 MAKESPAN_LOWER_BOUND = 1.5
-
-
-@pytest.fixture(scope="module")
-def sshd_pool(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SshdPool]:
-    if not sshd_available():
-        pytest.fail(
-            "OpenSSH server (/usr/sbin/sshd) is not installed: apt-get install "
-            "openssh-server (scripts/test.sh does it)"
-        )
-    pool = SshdPool(tmp_path_factory.mktemp("bench-sshd"))
-    yield pool
-    pool.stop_all()
 
 
 def _executor(specs: list[Any], **options: Any) -> RemoteExecutor:

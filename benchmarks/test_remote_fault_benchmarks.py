@@ -39,7 +39,7 @@ from remote import RemoteExecutor
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests" / "remote"))
 from faults import Faults
-from sshd import SshdPool, sshd_available
+from sshd import SshdPool
 
 cloudpickle.register_pickle_by_value(sys.modules[__name__])  # hosts cannot import this module
 
@@ -48,15 +48,6 @@ def slow_or_fast(seconds: float, slow: str) -> str:
     host = os.environ.get("PARALLELIZE_TEST_HOST", "?")
     time.sleep(seconds * (10 if host == slow else 1))
     return host
-
-
-@pytest.fixture(scope="module")
-def sshd_pool(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SshdPool]:
-    if not sshd_available():
-        pytest.fail("OpenSSH server (/usr/sbin/sshd) is not installed (scripts/test.sh does it)")
-    pool = SshdPool(tmp_path_factory.mktemp("fault-bench-sshd"))
-    yield pool
-    pool.stop_all()
 
 
 @pytest.fixture

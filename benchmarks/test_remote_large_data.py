@@ -33,7 +33,7 @@ from remote import RemoteExecutor
 from remote._pool_config import embedded_pool
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests" / "remote"))
-from sshd import SshdPool, sshd_available
+from sshd import SshdPool
 
 # hosts cannot import these modules: their functions travel by value
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
@@ -47,18 +47,6 @@ def block_sum(weights: np.ndarray[Any, Any], i: int) -> float:
     """A call that uses the shared array: one block of it, chosen by *i*."""
     start = (i * ROWS) % max(1, len(weights) - ROWS)
     return float(weights[start : start + ROWS].sum())
-
-
-@pytest.fixture(scope="module")
-def sshd_pool(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SshdPool]:
-    if not sshd_available():
-        pytest.fail(
-            "OpenSSH server (/usr/sbin/sshd) is not installed: apt-get install "
-            "openssh-server (scripts/test.sh does it)"
-        )
-    pool = SshdPool(tmp_path_factory.mktemp("bench-sshd-large"))
-    yield pool
-    pool.stop_all()
 
 
 def _sent(ex: RemoteExecutor) -> int:
