@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pickle
 import signal
@@ -668,6 +669,31 @@ time.sleep(600)
 """
 
 
+@contextlib.contextmanager
+def controller(spec: HostSpec, limit: float, tmp_path: Path) -> Iterator[subprocess.Popen[bytes]]:
+    """A controller process (CONTROLLER) whose agent on *spec* runs a 300 s call; yields once
+    the agent has started, and kills the controller at the end (if it still runs)."""
+    stderr = open(tmp_path / "controller.err", "wb")  # noqa: SIM115
+    ctl = subprocess.Popen(
+        [sys.executable, "-c", CONTROLLER, pickle.dumps(spec).hex(), str(limit)],
+        stdout=subprocess.PIPE,
+        stderr=stderr,
+        cwd=ROOT,
+    )
+    stderr.close()
+    try:
+        assert ctl.stdout is not None
+        line = ctl.stdout.readline().decode()
+        assert line.startswith("agent "), (tmp_path / "controller.err").read_text()
+        yield ctl
+    finally:
+        if ctl.poll() is None:
+            ctl.kill()
+        ctl.wait()
+        if ctl.stdout is not None:
+            ctl.stdout.close()
+
+
 @pytest.mark.parametrize("kind", ["local", "ssh"])
 def test_frozen_controller_leaves_no_orphans(
     kind: str, request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
@@ -685,18 +711,7 @@ def test_frozen_controller_leaves_no_orphans(
         ssh_hosts = request.getfixturevalue("ssh_hosts")
         spec = ssh_hosts(1, slots=2)[0]
         found = lambda: ssh_hosts.processes_on_host(spec)  # noqa: E731
-    stderr = open(tmp_path / "controller.err", "wb")  # noqa: SIM115
-    ctl = subprocess.Popen(
-        [sys.executable, "-c", CONTROLLER, pickle.dumps(spec).hex(), str(limit)],
-        stdout=subprocess.PIPE,
-        stderr=stderr,
-        cwd=ROOT,
-    )
-    stderr.close()
-    try:
-        assert ctl.stdout is not None
-        line = ctl.stdout.readline().decode()
-        assert line.startswith("agent "), (tmp_path / "controller.err").read_text()
+    with controller(spec, limit, tmp_path) as ctl:
 
         def on_host() -> list[int]:
             return [pid for pid in found() if pid != ctl.pid]
@@ -713,8 +728,3 @@ def test_frozen_controller_leaves_no_orphans(
         # The agent counts its silence from the last frame it heard, up to one ping
         # interval (at most 1 s) before this moment: a crash would be immediate.
         assert time.monotonic() - stopped >= limit - 1.0
-    finally:
-        ctl.kill()
-        ctl.wait()
-        if ctl.stdout is not None:
-            ctl.stdout.close()

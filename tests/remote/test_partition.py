@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import pickle
 import shutil
 import signal
 import socket
@@ -24,7 +23,7 @@ from pathlib import Path
 
 import pytest
 from sshd import ENV_NAME, SESSION_ENV, SSHD, SshdPool, _keygen, processes_marked
-from test_links import CONTROLLER, ROOT, wait_until
+from test_links import controller, wait_until
 
 from remote._link import HostSpec
 
@@ -157,18 +156,7 @@ def test_partition_while_the_controller_exits_leaves_nothing(
 ) -> None:
     limit = 2.0
     spec = island.spec()
-    stderr = open(tmp_path / "controller.err", "wb")  # noqa: SIM115
-    ctl = subprocess.Popen(
-        [sys.executable, "-c", CONTROLLER, pickle.dumps(spec).hex(), str(limit)],
-        stdout=subprocess.PIPE,
-        stderr=stderr,
-        cwd=ROOT,
-    )
-    stderr.close()
-    try:
-        assert ctl.stdout is not None
-        line = ctl.stdout.readline().decode()
-        assert line.startswith("agent "), (tmp_path / "controller.err").read_text()
+    with controller(spec, limit, tmp_path) as ctl:
         wait_until(lambda: len(island.agents()) == 3)  # agent + 2 slots, one busy
         assert island.sessions()
         island.cut()
@@ -180,12 +168,6 @@ def test_partition_while_the_controller_exits_leaves_nothing(
         # The agent counts its silence from the last frame it heard, up to one ping
         # interval (at most 1 s) before this moment: a crash would be immediate.
         assert time.monotonic() - cut >= limit - 1.0
-    finally:
-        if ctl.poll() is None:
-            ctl.kill()
-            ctl.wait()
-        if ctl.stdout is not None:
-            ctl.stdout.close()
     island.heal()
     # sshd's session learns the connection is gone from the first packet after the heal (the
     # controller's kernel answers it with a reset); then nothing is left on the host.
