@@ -55,6 +55,8 @@ __all__ = [
 
 _function_cache: weakref.WeakKeyDictionary[Callable[..., Any], bytes] = weakref.WeakKeyDictionary()
 _cache_lock = threading.Lock()
+_SIMPLE_TYPES = frozenset({int, float, str, bytes, bool, type(None)})
+_PROTOCOL = 5  # what _Pickler uses
 _own_reduce: set[type] = set()
 _DYNAMIC_FILENAME = "<dynamic-code>"  # what cloudpickle puts in co_filename
 _OPEN_FILE_TYPES = frozenset(
@@ -282,7 +284,12 @@ def dumps_function(fn: Callable[..., Any]) -> bytes:
 
 
 def dumps_args(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> bytes:
-    """Pickle ``(args, kwargs)`` for a call of *fn*; name the culprit on failure."""
+    """Pickle ``(args, kwargs)`` for a call of *fn*; name the culprit on failure.
+
+    Arguments of a few exact types pickle identically with the standard pickler, which
+    costs a fraction of setting up cloudpickle's for every call of a small task."""
+    if _all_simple(args) and _all_simple(kwargs.values()):
+        return pickle.dumps((args, kwargs), protocol=_PROTOCOL)
     try:
         return dumps((args, kwargs))
     except Exception as exc:
@@ -292,6 +299,11 @@ def dumps_args(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, 
             f"pickled ({type(exc).__name__}: {exc}). Pass picklable values (for example "
             "data instead of open files, locks or connections), or use Method.THREAD."
         ) from exc
+
+
+def _all_simple(values: Any) -> bool:
+    simple = _SIMPLE_TYPES
+    return all(type(value) in simple for value in values)
 
 
 def _find_unpicklable(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
