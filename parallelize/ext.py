@@ -14,6 +14,7 @@ nothing else of it but its top-level public names.
 
 from __future__ import annotations
 
+from . import _outcome as outcome_codec
 from ._call_options import DEFAULT_OPTIONS, CallOptions
 from ._config import (
     FAILURE_SETTINGS,
@@ -23,6 +24,7 @@ from ._config import (
 )
 from ._errors import TaskTimeoutError, attach_remote_traceback, where_ran
 from ._executor_base import BaseExecutor, waits_at_exit
+from ._outcome_errors import failure_exception
 from ._pickling import callable_name, dumps_args, dumps_function, split_bound_method
 from ._pickling import dumps as dumps_value
 from ._process._memory import trim_c_heap as release_memory
@@ -49,8 +51,10 @@ __all__ = [
     "dumps_args",
     "dumps_function",
     "dumps_value",
+    "failure_exception",
     "failure_setting",
     "method_factory",
+    "outcome_codec",
     "pickled_shared",
     "register_info_section",
     "register_method",

@@ -43,6 +43,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from parallelize.ext import outcome_codec
+
 from . import _wire
 from ._blobs import BlobLRU, blob_frames, blobs_of, negotiate_compression
 from ._errors import HostErrorKind, HostUnavailableError
@@ -95,6 +97,7 @@ def _agent_blob(
         here = Path(__file__).parent
         _sources.extend(
             [
+                ("parallelize_agent_outcome", Path(outcome_codec.__file__).read_text()),
                 ("parallelize_agent_wire", (here / "_wire.py").read_text()),
                 ("parallelize_agent", (here / "worker.py").read_text()),
             ]

@@ -21,7 +21,7 @@ from concurrent.futures import Future, InvalidStateError
 from typing import Any
 
 from parallelize import AttemptRecord, ParallelizeError, PoisonedCallError
-from parallelize.ext import Outcome, TaskStats, attach_remote_traceback
+from parallelize.ext import Outcome, TaskStats, failure_exception
 
 from ._attempt_log import AttemptLog, FloatRing, RateWindow
 from ._bundle import Attempt, AttemptState, Bundle, BundleState
@@ -272,29 +272,21 @@ class SchedulerCore:
         if not won:
             self._finish(bundle, BundleState.CANCELLED, now)
             return
+        if not ok:  # the outcome codec's failure, decoded as PROCESS decodes it
+            error = failure_exception(payload, bundle.fn_name, f"host {host.name!r}", host.name)
+            self._finish(bundle, BundleState.FAILED, now, exc=error, duration=duration)
+            return
         try:
             value = pickle.loads(payload)
         except BaseException as exc:
-            error: BaseException = ParallelizeError(
-                f"{bundle.fn_name}: the {'result' if ok else 'exception'} sent back by host "
-                f"{host.name} could not be unpickled here ({type(exc).__name__}: {exc})"
+            unreadable = ParallelizeError(
+                f"{bundle.fn_name}: the result sent back by host {host.name} could not be "
+                f"unpickled here ({type(exc).__name__}: {exc})"
             )
-            error.__cause__ = exc
-            self._finish(bundle, BundleState.FAILED, now, exc=error, duration=duration)
+            unreadable.__cause__ = exc
+            self._finish(bundle, BundleState.FAILED, now, exc=unreadable, duration=duration)
             return
-        if ok:
-            self._finish(bundle, BundleState.SUCCEEDED, now, value=value, duration=duration)
-            return
-        try:
-            exc_value, tb_text = value
-            if not isinstance(exc_value, BaseException):
-                raise TypeError(f"not an exception: {exc_value!r}")
-            attach_remote_traceback(exc_value, str(tb_text), host=host.name)
-        except (TypeError, ValueError) as bad:
-            exc_value = ParallelizeError(
-                f"{bundle.fn_name} failed on host {host.name} with an unreadable error: {bad}"
-            )
-        self._finish(bundle, BundleState.FAILED, now, exc=exc_value, duration=duration)
+        self._finish(bundle, BundleState.SUCCEEDED, now, value=value, duration=duration)
 
     def _on_lost(self, host: Host, attempt_id: int, reason: str) -> None:
         entry = self._attempts.get(attempt_id)

@@ -161,7 +161,7 @@ MAGIC = b"\x00\x00parallelize-agent\x00v1\x00"
 
 # Reported in HELLO; the controller refuses an agent that speaks another version (one run
 # by hand from an older checkout: links always ship the controller's own agent source).
-PROTOCOL = 2
+PROTOCOL = 3  # 3: failures in the outcome codec shared with PROCESS (parallelize._outcome)
 
 STDOUT = 1  # OUTPUT stream id: what tasks wrote to their standard output
 

@@ -4,8 +4,9 @@ Started by a link (``remote/_ssh_link.py`` over SSH, ``remote/_local_link.py``
 over pipes) and spoken to on stdin/stdout with the framed protocol of
 ``remote/_wire.py``. It can also be run by hand as ``python -m remote.worker NAME
 SLOTS [SILENCE_LIMIT [MAX_TASKS [MAX_MEMORY]]]``, but links do not need the project
-installed on the host: they send the source of this module and of ``_wire`` over the
-connection and start it with a short ``python -c`` bootstrap, so any POSIX
+installed on the host: they send the source of this module, of ``_wire`` and of the
+outcome codec every worker runtime shares (``parallelize/_outcome.py``, also PROCESS's) over
+the connection and start it with a short ``python -c`` bootstrap, so any POSIX
 host with Python and cloudpickle works. Hence this module imports only the
 standard library and cloudpickle.
 
@@ -88,11 +89,15 @@ import traceback
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from parallelize.ext import outcome_codec as _outcome
     from remote import _wire
-else:  # shipped by a link: the bootstrap registered _wire under this name
+else:  # shipped by a link: the bootstrap registered these modules under these names
     _wire = sys.modules.get("parallelize_agent_wire")
     if _wire is None:
         from remote import _wire
+    _outcome = sys.modules.get("parallelize_agent_outcome")
+    if _outcome is None:
+        from parallelize.ext import outcome_codec as _outcome
 
 __all__ = ["main", "resolve_blob"]
 
@@ -967,7 +972,6 @@ def _slot_loop(task_fd: int, result_fd: int, name: str, hostname: str) -> int:
     # Blob references in arguments unpickle through this module (see resolve_blob), by the
     # name the bootstrap gives it; an agent started by hand registers that name here.
     sys.modules.setdefault("parallelize_agent", sys.modules[__name__])
-    origin = f"host {name!r} ({hostname}, pid {os.getpid()})"
     while True:
         head = _read_exact(task_fd, 5)
         if not head:
@@ -1002,7 +1006,7 @@ def _slot_loop(task_fd: int, result_fd: int, name: str, hostname: str) -> int:
                 )
         except _wire.ProtocolError as exc:
             return _task_frame_error(result_fd, str(exc))
-        frame = _run(attempt_id, fn_id, fn_payload, args_payload, fns, origin)
+        frame = _run(attempt_id, fn_id, fn_payload, args_payload, fns)
         for stream in (sys.stdout, sys.stderr):  # the task's output before its result
             with contextlib.suppress(BaseException):
                 stream.flush()
@@ -1094,10 +1098,10 @@ def _run(
     fn_payload: bytes | None,
     args_payload: bytes,
     fns: dict[int, Any],
-    origin: str,
 ) -> bytes:
-    started = time.perf_counter()
-    stage = "loading the function and its arguments"
+    """Run one attempt; its RESULT frame, encoded by the outcome codec every worker
+    runtime shares (``parallelize/_outcome.py``, shipped beside this module)."""
+    started = 0.0
     try:
         fn = fns.get(fn_id)
         if fn is None:
@@ -1106,80 +1110,20 @@ def _run(
             fn = pickle.loads(fn_payload)
             fns[fn_id] = fn
         args, kwargs = pickle.loads(args_payload)
-        stage = "running the task"
         started = time.perf_counter()
         value = fn(*args, **kwargs)
-    except BaseException as exc:
-        duration = time.perf_counter() - started
-        return _wire.encode_result(attempt_id, False, _dump_error(exc, origin, stage), duration)
+    except BaseException as exc:  # SystemExit/KeyboardInterrupt too: the slot survives
+        duration = time.perf_counter() - started if started else 0.0
+        stage = _outcome.STAGE_RUNNING if started else _outcome.STAGE_LOADING
+        body = _outcome.dumps_failure(exc, stage, 1 if started else 0)
+        return _wire.encode_result(attempt_id, False, body, duration)
     duration = time.perf_counter() - started
     try:
-        payload = _dumps(value)
+        payload = _outcome.dumps_value(value)
     except BaseException as exc:  # SystemExit in a __reduce__ too: the slot survives
-        import importlib
-        import operator
-
-        message = (
-            f"the task's return value (type {type(value).__module__}."
-            f"{type(value).__qualname__}) could not be pickled to be sent back from {origin}: "
-            f"{type(exc).__name__}: {exc}. Return picklable data instead."
-        )
-        tb_text = _format_tb(exc, origin, "pickling the result")
-
-        class PicklingErrorByName:
-            # parallelize.PicklingError, as under PROCESS. The slot cannot import
-            # parallelize (only cloudpickle is required on hosts), so the error
-            # is rebuilt by name where it is unpickled:
-            # methodcaller("PicklingError", message)(import_module("parallelize._errors")).
-            def __reduce__(self) -> tuple[Any, ...]:
-                return (operator.methodcaller("PicklingError", message), (ModuleByName(),))
-
-        class ModuleByName:
-            def __reduce__(self) -> tuple[Any, ...]:
-                return (importlib.import_module, ("parallelize._errors",))
-
-        body = pickle.dumps((PicklingErrorByName(), tb_text), protocol=5)
+        body = _outcome.dumps_unpicklable_result(value, exc)
         return _wire.encode_result(attempt_id, False, body, duration)
     return _wire.encode_result(attempt_id, True, payload, duration)
-
-
-def _dumps(value: Any) -> bytes:
-    try:
-        return pickle.dumps(value, protocol=5)
-    except Exception:
-        import cloudpickle
-
-        return cloudpickle.dumps(value, protocol=5)  # type: ignore[no-any-return]
-
-
-def _format_tb(exc: BaseException, origin: str, stage: str) -> str:
-    tb = exc.__traceback__
-    if tb is not None and tb.tb_next is not None and stage == "running the task":
-        tb = tb.tb_next  # drop the agent's own frame
-    lines = traceback.format_exception(type(exc), exc, tb)
-    return f"Traceback on {origin} while {stage}:\n" + "".join(lines[1:] if lines else [])
-
-
-def _dump_error(
-    exc: BaseException, origin: str, stage: str, cause: BaseException | None = None
-) -> bytes:
-    tb_text = _format_tb(cause if cause is not None else exc, origin, stage)
-    try:
-        data = _dumps((exc, tb_text))
-        pickle.loads(data)  # an exception that pickles may still fail to unpickle
-        return data
-    except BaseException:
-        pass
-    try:
-        message = str(exc)
-    except BaseException:
-        message = "<str() failed>"
-    kind = f"{type(exc).__module__}.{type(exc).__qualname__}"
-    replacement = RuntimeError(
-        f"{kind}: {message} (the original exception could not be pickled to be sent back "
-        f"from {origin}; its traceback follows)"
-    )
-    return pickle.dumps((replacement, tb_text), protocol=5)
 
 
 def main(argv: list[str] | None = None) -> None:

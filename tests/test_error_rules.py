@@ -122,3 +122,32 @@ def test_one_rule_for_exceptions_and_results(executor: tuple[str, Executor]) -> 
 
     # The worker (or slot) survived all of that: the same process still serves.
     assert ex.submit(pid).result(timeout=60) == before
+
+
+def _failure(ex: Executor, fn: Any) -> tuple[type[BaseException], str, str]:
+    """(type, message with the place it ran blanked, traceback header's stage)."""
+    exc = ex.submit(fn).exception(timeout=60)
+    assert exc is not None
+    message = str(exc)
+    for where in ("host 'local'", "worker process "):
+        if where in message:
+            head, _, tail = message.partition(where)
+            message = head + "<where>" + tail.lstrip("0123456789")
+    cause = exc.__cause__
+    stage = getattr(cause, "tb", "").partition("\n")[0].rpartition(" while ")[2]
+    return type(exc), message, stage
+
+
+def test_same_failure_same_error_under_process_and_remote(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One outcome codec (parallelize/_outcome.py) for every worker runtime: the same type,
+    the same message (but for where it ran) and the same stage, whichever method ran it."""
+    monkeypatch.delenv("PARALLELIZE_POOL_FILE", raising=False)
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "no-config"))
+    from remote import RemoteExecutor
+
+    cases = [raise_base, raise_unpicklable, return_lock, return_exit_while_pickled]
+    with ProcessExecutor(1) as process, RemoteExecutor() as remote:
+        for fn in cases:
+            assert _failure(process, fn) == _failure(remote, fn), fn.__name__

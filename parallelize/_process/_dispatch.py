@@ -65,8 +65,6 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from smart_future import StoppableFuture
 
-from .._errors import PicklingError
-from .._pickling import callable_name
 from .._stats import Outcome, TaskStats
 from . import _handles, _shm
 from ._handles import State, Task, Worker
@@ -378,10 +376,3 @@ class Pool(WorkerLifecycle):
             task.release()
             self.stats.task_finished(Outcome.FAILED)
             _handles.complete_future(task.future, None, error)
-
-
-def unpicklable_result_error(task: Task, type_name: str, detail: str) -> PicklingError:
-    return PicklingError(
-        f"the result of {callable_name(task.fn)} could not be pickled to send it "
-        f"back from the worker: a {type_name} ({detail}). Return picklable data."
-    )

@@ -6,21 +6,22 @@ import os
 import pickle
 from typing import Any
 
-from .._errors import attach_remote_traceback
+from .._outcome_errors import failure_exception
 from .._pickling import callable_name
 from .._stats import Outcome, TaskStats
 from . import _shm
-from ._dispatch import unpicklable_result_error
 from ._handles import Task, complete_future
-from ._protocol import KIND_ERROR, KIND_OK, KIND_OK_SHM, KIND_UNPICKLABLE_RESULT
+from ._protocol import KIND_ERROR, KIND_OK, KIND_OK_SHM
 
 __all__ = ["Completion", "complete"]
 
 Completion = tuple[Task, int, float, bytes, Any]
 
 
-def complete(stats: TaskStats, completions: list[Completion]) -> None:
-    """Complete the futures of answered tasks (no lock held)."""
+def complete(
+    stats: TaskStats, completions: list[Completion], where: str = "a worker process"
+) -> None:
+    """Complete the futures of answered tasks (no lock held); *where* they ran, for errors."""
     # Stats are recorded before the future completes, so that a caller woken by
     # the result sees them.
     for task, kind, duration, payload, segment in completions:
@@ -41,10 +42,7 @@ def complete(stats: TaskStats, completions: list[Completion]) -> None:
                 )
                 error.__cause__ = exc
         elif kind == KIND_ERROR:
-            error = _remote_exception(task, payload)
-        elif kind == KIND_UNPICKLABLE_RESULT:
-            type_name, detail = pickle.loads(payload)
-            error = unpicklable_result_error(task, type_name, detail)
+            error = failure_exception(payload, callable_name(task.fn), where)
         else:  # pragma: no cover - protocol bug
             error = RuntimeError(f"unknown result kind {kind}")
         stats.task_finished(Outcome.SUCCEEDED if error is None else Outcome.FAILED, duration)
@@ -60,21 +58,3 @@ def _load_shared(payload: bytes, segment: int | OSError) -> Any:
         return _shm.loads_with_segment(memoryview(payload)[start:], segment, layout, writable=True)
     finally:
         os.close(segment)  # the mapping holds its own reference
-
-
-def _remote_exception(task: Task, payload: bytes) -> BaseException:
-    exc_bytes, type_name, message, tb, _is_base = pickle.loads(payload)
-    exc: Any = None
-    # Every exception arrives as itself, SystemExit and KeyboardInterrupt too,
-    # as with concurrent.futures (and THREAD and REMOTE); the worker survived.
-    if exc_bytes is not None:
-        try:
-            exc = pickle.loads(exc_bytes)
-        except Exception:
-            exc = None
-    if not isinstance(exc, BaseException):
-        exc = RuntimeError(
-            f"{callable_name(task.fn)} raised {type_name}: {message} (the exception "
-            "itself could not be sent back: it is not picklable)"
-        )
-    return attach_remote_traceback(exc, tb)

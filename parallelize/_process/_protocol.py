@@ -44,7 +44,6 @@ __all__ = [
     "KIND_OK",
     "KIND_OK_SHM",
     "KIND_READY",
-    "KIND_UNPICKLABLE_RESULT",
     "RESULT_HEAD",
     "WORKER_EXIT_ON_EOF",
 ]
@@ -55,9 +54,8 @@ RESULT_HEAD = struct.Struct("<Bqd")
 # Result kinds (first field of RESULT_HEAD).
 KIND_READY = 0  # the worker has applied the startup message; no payload
 KIND_OK = 1  # payload: pickle of the return value
-KIND_ERROR = 2  # payload: pickle of (exc_bytes | None, type_name, message, traceback_text,
-#                 is_base_exception)
-KIND_UNPICKLABLE_RESULT = 3  # payload: pickle of (result_type_name, error_text)
+KIND_ERROR = 2  # payload: a failure of parallelize._outcome (raised, or an unpicklable result)
+# (3 was an unpicklable result, now a KIND_ERROR failure: the same codec as REMOTE's.)
 KIND_OK_SHM = 4  # payload: _shm.encode_layout(layout) + pickle of the return value
 # Or-ed into a result's kind: the worker is over its memory limit and exits after this
 # frame without starting anything else it was sent (the parent re-queues those).

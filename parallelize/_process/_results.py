@@ -275,7 +275,7 @@ class ResultLoop:
                 )
             if chunk:
                 spawn = pool.fill()
-        complete(self.pool.stats, completions)
+        complete(self.pool.stats, completions, f"worker process {worker.pid}")
         if spawn:
             pool.start_workers(spawn)
         if chunk:

@@ -35,6 +35,14 @@ import sys  # noqa: E402
 import threading  # noqa: E402
 from time import perf_counter  # noqa: E402
 
+from .._outcome import (  # noqa: E402
+    STAGE_LOADING,
+    STAGE_RUNNING,
+    cloudpickle_dumps,
+    dumps_failure,
+    dumps_unpicklable_result,
+    dumps_value,
+)
 from . import _memory, _shm  # noqa: E402
 from ._protocol import (  # noqa: E402
     FLAG_RETIRING,
@@ -43,7 +51,6 @@ from ._protocol import (  # noqa: E402
     KIND_OK,
     KIND_OK_SHM,
     KIND_READY,
-    KIND_UNPICKLABLE_RESULT,
     RESULT_HEAD,
     WORKER_EXIT_ON_EOF,
 )
@@ -51,7 +58,6 @@ from ._protocol import (  # noqa: E402
 TYPE_CHECKING = False  # not imported from typing: the worker does not need typing at run time
 if TYPE_CHECKING:
     from collections.abc import Callable
-    from types import TracebackType
     from typing import Any, BinaryIO
 
 _FRAME_HEAD_SIZE = FRAME_HEAD.size
@@ -112,64 +118,9 @@ def _watchdog(task_fd: int) -> None:
             os._exit(WORKER_EXIT_ON_EOF)
 
 
-def _cloudpickle_dumps(obj: Any, **options: Any) -> bytes:
-    import cloudpickle
-
-    options.setdefault("protocol", 5)
-    return cloudpickle.dumps(obj, **options)  # type: ignore[no-any-return]
-
-
-def _dumps(obj: Any) -> bytes:
-    """Plain pickle (fast) and cloudpickle for what plain pickle cannot handle.
-
-    Plain pickle refuses classes and functions it cannot find by reference
-    (those the parent sent by value, lambdas), so falling back is safe.
-    """
-    try:
-        return pickle.dumps(obj, protocol=5)
-    except Exception:
-        return _cloudpickle_dumps(obj)
-
-
-def _type_name(tp: type) -> str:
-    module = getattr(tp, "__module__", None)
-    if module in (None, "builtins", "__main__"):
-        return tp.__qualname__
-    return f"{module}.{tp.__qualname__}"
-
-
 def _error_body(task_id: int, duration: float, exc: BaseException, skip_frames: int) -> bytes:
-    import traceback
-
-    tb: TracebackType | None = exc.__traceback__
-    for _ in range(skip_frames):  # hide the worker's own frame(s)
-        if tb is not None and tb.tb_next is not None:
-            tb = tb.tb_next
-    text = "".join(traceback.format_exception(type(exc), exc, tb))
-    try:
-        message = str(exc)
-    except BaseException:
-        message = "<exception str() failed>"
-    exc.__traceback__ = None
-    exc.__context__ = None
-    exc.__cause__ = None
-    try:
-        exc_bytes: bytes | None = _dumps(exc)
-    except BaseException:  # a SystemExit from a __reduce__ must not end the worker
-        exc_bytes = None
-    payload = pickle.dumps(
-        (exc_bytes, _type_name(type(exc)), message, text, not isinstance(exc, Exception)),
-        protocol=5,
-    )
-    return RESULT_HEAD.pack(KIND_ERROR, task_id, duration) + payload
-
-
-def _fallback_error_body(task_id: int, duration: float, exc: BaseException) -> bytes:
-    payload = pickle.dumps(
-        (None, _type_name(type(exc)), "<the exception could not be formatted>", "", False),
-        protocol=5,
-    )
-    return RESULT_HEAD.pack(KIND_ERROR, task_id, duration) + payload
+    stage = STAGE_RUNNING if skip_frames else STAGE_LOADING
+    return RESULT_HEAD.pack(KIND_ERROR, task_id, duration) + dumps_failure(exc, stage, skip_frames)
 
 
 def _result_body(task_id: int, duration: float, result: Any) -> bytes:
@@ -179,7 +130,7 @@ def _result_body(task_id: int, duration: float, result: Any) -> bytes:
         if _large is not None:
             try:
                 payload, segment = _shm.dumps_with_buffers(
-                    (pickle.dumps, _cloudpickle_dumps),
+                    (pickle.dumps, cloudpickle_dumps),
                     _shm.wrap_top_level(result, _large[1]),
                     _large[1],
                     f"parallelize:{os.getppid()}:result",
@@ -187,10 +138,10 @@ def _result_body(task_id: int, duration: float, result: Any) -> bytes:
             except OSError:  # no descriptor or memory left for a segment: use the pipe
                 payload = None
         if payload is None:
-            payload = _dumps(result)
+            payload = dumps_value(result)
     except BaseException as exc:  # SystemExit in a __reduce__ too: the worker survives
-        detail = pickle.dumps((_type_name(type(result)), f"{type(exc).__name__}: {exc}"))
-        return RESULT_HEAD.pack(KIND_UNPICKLABLE_RESULT, task_id, duration) + detail
+        body = dumps_unpicklable_result(result, exc)
+        return RESULT_HEAD.pack(KIND_ERROR, task_id, duration) + body
     if segment is not None and _large is not None:
         try:
             _large[0].send([segment.fd])  # before the frame that refers to it
@@ -284,10 +235,7 @@ def _serve(stream: BinaryIO, result_fd: int) -> None:
                 duration = perf_counter() - started
             except BaseException as exc:  # SystemExit/KeyboardInterrupt too: the worker survives
                 duration = perf_counter() - started if started else 0.0
-                try:
-                    body = _error_body(task_id, duration, exc, 1 if started else 0)
-                except BaseException:
-                    body = _fallback_error_body(task_id, duration, exc)
+                body = _error_body(task_id, duration, exc, 1 if started else 0)
                 del exc
             else:
                 body = _result_body(task_id, duration, result)

@@ -11,6 +11,7 @@ from typing import Any
 
 import cloudpickle
 
+from parallelize.ext import outcome_codec
 from remote._executor import RemoteExecutor
 from remote._link import HostSpec, HostUnavailableError, LinkEvents
 
@@ -111,8 +112,9 @@ class FakeLink:
 
     def fail(self, attempt_id: int, exc: BaseException) -> None:
         assert self.events is not None
-        tb = f"Traceback (on host {self.spec.name}):\n  raise {exc!r}\n"
-        self.events.on_result(self, attempt_id, False, cloudpickle.dumps((exc, tb)), 0.001)
+        # Encoded as every worker runtime encodes a failure (the shared outcome codec).
+        payload = outcome_codec.dumps_failure(exc, outcome_codec.STAGE_RUNNING)
+        self.events.on_result(self, attempt_id, False, payload, 0.001)
 
     def time_out(self, attempt_id: int, ran: float) -> None:
         """Report the attempt killed for running past its time limit (as the agent does)."""

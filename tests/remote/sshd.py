@@ -34,6 +34,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from parallelize import RemoteTraceback
+from parallelize.ext import failure_exception
 from remote._link import HostSpec
 
 __all__ = ["SSHD", "EventRecorder", "SshdPool", "processes_marked", "sshd_available"]
@@ -372,12 +374,17 @@ class EventRecorder:
                 raise AssertionError(f"timed out after {timeout} s; events so far: {self.order}")
 
     def result(self, attempt_id: int, timeout: float = 30.0) -> tuple[bool, Any]:
-        """Wait for the attempt's result -> (ok, unpickled payload)."""
+        """Wait for the attempt's result -> (True, value) or (False, (exception, traceback
+        text)), a failure decoded as the scheduler decodes it."""
         self.wait(lambda: attempt_id in self.results or attempt_id in self.lost, timeout)
         if attempt_id in self.lost:
             raise AssertionError(f"attempt {attempt_id} lost: {self.lost[attempt_id]}")
         ok, payload, _ = self.results[attempt_id]
-        return ok, pickle.loads(payload)
+        if ok:
+            return ok, pickle.loads(payload)
+        exc = failure_exception(payload, "the call", "the host")
+        cause = exc.__cause__
+        return ok, (exc, cause.tb if isinstance(cause, RemoteTraceback) else "")
 
     def lost_reason(self, attempt_id: int, timeout: float = 30.0) -> str:
         self.wait(lambda: attempt_id in self.results or attempt_id in self.lost, timeout)

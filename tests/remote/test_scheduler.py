@@ -166,7 +166,7 @@ def test_user_exception_with_remote_traceback(
     exc = future.exception(WAIT)
     assert isinstance(exc, ValueError) and str(exc) == "bad value 3"
     assert isinstance(exc.__cause__, RemoteTraceback)
-    assert "on host a" in exc.__cause__.tb
+    assert "on host 'a'" in exc.__cause__.tb
     assert len(pool.attempts) == 1  # a user exception is not retried
     assert ex.stats().failed == 1
 
