@@ -46,7 +46,7 @@ from typing import Any
 from parallelize.ext import outcome_codec
 
 from . import _wire
-from ._blobs import BlobLRU, blob_frames, blobs_of, negotiate_compression
+from ._blobs import BlobLRU, blob_frames, blobs_of, negotiate_compression, zstd_version
 from ._errors import HostErrorKind, HostUnavailableError
 from ._fn_lru import FnLRU
 from ._link import HostSpec, LinkEvents
@@ -86,11 +86,17 @@ _sources: list[tuple[str, str]] = []
 
 
 def _agent_blob(
-    name: str, slots: int, silence_limit: float = 0.0, max_tasks: int = 0, max_memory: int = 0
+    name: str,
+    slots: int,
+    silence_limit: float = 0.0,
+    max_tasks: int = 0,
+    max_memory: int = 0,
+    compress_results: bool = False,
 ) -> bytes:
     """The length-prefixed JSON the bootstrap reads: the agent's modules and its argv
     (display name, slots, controller-silence limit in seconds, attempts and resident bytes
-    per slot process before it is recycled; 0 = none)."""
+    per slot process before it is recycled; 0 = none; whether this controller reads
+    zstd-compressed results)."""
     import json
 
     if not _sources:
@@ -102,9 +108,32 @@ def _agent_blob(
                 ("parallelize_agent", (here / "worker.py").read_text()),
             ]
         )
-    argv = [name, str(slots), repr(float(silence_limit)), str(max_tasks), str(max_memory)]
+    argv = [
+        name,
+        str(slots),
+        repr(float(silence_limit)),
+        str(max_tasks),
+        str(max_memory),
+        "1" if compress_results else "0",
+    ]
     data = json.dumps({"modules": _sources, "argv": argv}).encode()
     return len(data).to_bytes(4, "big") + data
+
+
+def _reads_compressed_results(spec: HostSpec) -> bool:
+    """Whether to let this host's agent compress large results: where zstd can pay (not
+    over local pipes, not switched off in the pool file) and this side can read them."""
+    return not spec.is_local and spec.compression != "none" and zstd_version() is not None
+
+
+def _decompress_result(payload: bytes) -> bytes:
+    """A RESULT_ZSTD payload's bytes (in the link's reader thread, not the scheduler's)."""
+    import zstandard
+
+    try:
+        return zstandard.ZstdDecompressor().decompress(payload)
+    except zstandard.ZstdError as exc:
+        raise _wire.ProtocolError(f"a RESULT_ZSTD that does not decompress: {exc}") from None
 
 
 def check_hello(spec: HostSpec, info: dict[str, Any]) -> None:
@@ -299,6 +328,7 @@ class AgentLink:
         self._blobs_sent = BlobLRU(spec.blob_cache_bytes)
         self._zstd = False  # the agent takes zstd-compressed blobs (decided at HELLO)
         self.bytes_sent = 0  # bytes written to the agent (the writer thread's counter)
+        self.bytes_received = 0  # bytes read from the agent (the reader thread's counter)
         # --- health, written by the reader/writer threads, read by the pinger --------
         self._frames = _wire.FrameBuffer()
         self._pings: dict[int, tuple[threading.Event, list[float]]] = {}
@@ -418,6 +448,7 @@ class AgentLink:
                     self.silence_limit,
                     self.spec.max_tasks_per_worker or 0,
                     self.spec.max_worker_memory or 0,
+                    _reads_compressed_results(self.spec),
                 )
                 self.bytes_sent += len(agent)
                 self._write(agent)
@@ -729,6 +760,7 @@ class AgentLink:
                 if not data:
                     break
                 self._last_heard = time.monotonic()
+                self.bytes_received += len(data)
                 for kind, body in self._frames.feed(data):
                     self._dispatch(events, kind, body)
         except _wire.ProtocolError as exc:
@@ -740,8 +772,10 @@ class AgentLink:
             stream, data = _wire.decode_output(body)
             if stream == _wire.STDOUT:
                 self._stdout(data, final=False)
-        elif kind == _wire.RESULT:
+        elif kind == _wire.RESULT or kind == _wire.RESULT_ZSTD:
             attempt_id, ok, payload, duration = _wire.decode_result(body)
+            if kind == _wire.RESULT_ZSTD:
+                payload = _decompress_result(payload)
             self._stdout(b"", final=True)  # the task's last partial line before its result
             if self._take(attempt_id):
                 self._deliver(events.on_result, self, attempt_id, ok, payload, duration)

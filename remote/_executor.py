@@ -338,8 +338,9 @@ class RemoteExecutor(BaseExecutor):
         ``hosts`` (name -> state, slots, in_flight, done, lost, p50, p95, reason,
         in_flight_bundles) and ``attempts``: one record per finished attempt
         (bundle, attempt, host, slot, start, end (seconds since the executor
-        started), outcome, is_backup, reason) for drawing a timeline; ``bytes_sent``:
-        host name -> bytes written to its current connection.
+        started), outcome, is_backup, reason) for drawing a timeline;
+        ``bytes_sent``/``bytes_received``: host name -> bytes written to / read from its
+        current connection.
         """
         extra, attempts, hosts = self._scheduler.call(self._scheduler.snapshot)
         return self._stats.snapshot(self.name, attempt_rows=attempts, host_rows=hosts, **extra)

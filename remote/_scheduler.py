@@ -444,10 +444,9 @@ class Scheduler(Dispatcher):
         rows = self._attempt_log.rows()
         data["attempts"] = self._attempt_log.records()
         data["attempts_total"] = self._attempt_log.total
-        # bytes written to each host's current connection (links that count them)
-        data["bytes_sent"] = {
-            h.name: int(getattr(h.link, "bytes_sent", 0)) for h in self._hosts if h.link
-        }
+        # bytes written to and read from each host's current connection (links that count)
+        for key in ("bytes_sent", "bytes_received"):
+            data[key] = {h.name: int(getattr(h.link, key, 0)) for h in self._hosts if h.link}
         hosts = tuple(
             HostRow(
                 name=h.name,

@@ -29,6 +29,9 @@ not fit, an unknown type are :class:`ProtocolError`):
   bytes of pickled function (0 unless has_fn), then the pickled arguments.
 - CANCEL, PING, PONG: one u64 (attempt id / token). SHUTDOWN: empty.
 - RESULT: attempt_id u64, ok bool, duration f64, then the pickled payload.
+- RESULT_ZSTD: a RESULT whose payload is one zstd frame (with its content size), sent
+  only by an agent told at start that the controller reads them (a large result that
+  shrinks enough, over a link where compression pays; see ``worker.py``).
 - LOST: attempt_id u64, then a UTF-8 reason.
 - EVICT: n x u64 function ids the receiver must drop from its cache.
 - OUTPUT: stream u8 (:data:`STDOUT`), then bytes a task wrote to that stream.
@@ -84,6 +87,7 @@ __all__ = [
     "PONG",
     "PROTOCOL",
     "RESULT",
+    "RESULT_ZSTD",
     "SHUTDOWN",
     "STDOUT",
     "SUBMIT",
@@ -138,6 +142,7 @@ OUTPUT = 10
 ERROR = 11
 TIME_LIMIT = 20  # per-call timeouts: see the module docstring
 TIMED_OUT = 21
+RESULT_ZSTD = 22  # a RESULT whose payload is zstd-compressed (see the module docstring)
 
 _NAMES = {
     HELLO: "HELLO",
@@ -153,6 +158,7 @@ _NAMES = {
     ERROR: "ERROR",
     TIME_LIMIT: "TIME_LIMIT",
     TIMED_OUT: "TIMED_OUT",
+    RESULT_ZSTD: "RESULT_ZSTD",
 }
 
 # Written by the agent right before its HELLO: whatever precedes it was printed by the
@@ -212,9 +218,12 @@ def encode_cancel(attempt_id: int) -> bytes:
     return _ID.pack(_ID.size - 4, CANCEL, attempt_id)
 
 
-def encode_result(attempt_id: int, ok: bool, payload: bytes, duration: float) -> bytes:
+def encode_result(
+    attempt_id: int, ok: bool, payload: bytes, duration: float, *, zstd: bool = False
+) -> bytes:
     size = _check_len(_RESULT.size - 4 + len(payload))
-    return _RESULT.pack(size, RESULT, attempt_id, ok, duration) + payload
+    kind = RESULT_ZSTD if zstd else RESULT
+    return _RESULT.pack(size, kind, attempt_id, ok, duration) + payload
 
 
 def encode_lost(attempt_id: int, reason: str) -> bytes:

@@ -307,6 +307,7 @@ class Agent:
         silence_limit: float = 0.0,
         max_tasks: int = 0,
         max_memory: int = 0,
+        compress_results: bool = False,
     ) -> None:
         self.name = name
         self.target_slots = max(1, slots)
@@ -316,6 +317,8 @@ class Agent:
         # Time limits from TIME_LIMIT frames: attempt id -> seconds, until the attempt ends.
         self.limits: dict[int, float] = {}
         self.hostname = socket.gethostname()
+        # Whether slots may send RESULT_ZSTD (the controller reads them and said so at start).
+        self.compress_results = compress_results and _zstd_version() is not None
         # The protocol gets private copies of fds 0 and 1; fd 0 becomes /dev/null and fd 1
         # goes to stderr, so stray prints here cannot corrupt the stream. Each slot gets fd 1
         # on a pipe of its own, whose lines travel as OUTPUT frames.
@@ -757,7 +760,7 @@ class Agent:
                 os.close(result_r)
                 os.close(out_r)
                 self._become_slot(task_r, result_w, out_w)
-                code = _slot_loop(task_r, result_w, self.name, self.hostname)
+                code = _slot_loop(task_r, result_w, self.compress_results)
             except BaseException:
                 with contextlib.suppress(BaseException):
                     traceback.print_exc()
@@ -820,7 +823,7 @@ class Agent:
                 return True
             try:
                 for kind, body in slot.frames.feed(data):
-                    if kind == _wire.RESULT:
+                    if kind in (_wire.RESULT, _wire.RESULT_ZSTD):
                         _wire.decode_result(body)  # checks the fixed part
                         self._slot_result(slot, kind, body)
                     elif kind == _wire.LOST:
@@ -967,7 +970,7 @@ def _task_frame_error(result_fd: int, reason: str) -> int:
     return _EXIT_SLOT_PROTOCOL
 
 
-def _slot_loop(task_fd: int, result_fd: int, name: str, hostname: str) -> int:
+def _slot_loop(task_fd: int, result_fd: int, compress: bool) -> int:
     fns: dict[int, Any] = {}
     # Blob references in arguments unpickle through this module (see resolve_blob), by the
     # name the bootstrap gives it; an agent started by hand registers that name here.
@@ -1006,7 +1009,7 @@ def _slot_loop(task_fd: int, result_fd: int, name: str, hostname: str) -> int:
                 )
         except _wire.ProtocolError as exc:
             return _task_frame_error(result_fd, str(exc))
-        frame = _run(attempt_id, fn_id, fn_payload, args_payload, fns)
+        frame = _run(attempt_id, fn_id, fn_payload, args_payload, fns, compress)
         for stream in (sys.stdout, sys.stderr):  # the task's output before its result
             with contextlib.suppress(BaseException):
                 stream.flush()
@@ -1098,6 +1101,7 @@ def _run(
     fn_payload: bytes | None,
     args_payload: bytes,
     fns: dict[int, Any],
+    compress: bool = False,
 ) -> bytes:
     """Run one attempt; its RESULT frame, encoded by the outcome codec every worker
     runtime shares (``parallelize/_outcome.py``, shipped beside this module)."""
@@ -1123,20 +1127,48 @@ def _run(
     except BaseException as exc:  # SystemExit in a __reduce__ too: the slot survives
         body = _outcome.dumps_unpicklable_result(value, exc)
         return _wire.encode_result(attempt_id, False, body, duration)
+    del value
+    if compress and len(payload) >= _COMPRESS_MIN:
+        packed = _compressed(payload)
+        if packed is not None:
+            return _wire.encode_result(attempt_id, True, packed, duration, zstd=True)
     return _wire.encode_result(attempt_id, True, payload, duration)
 
 
+# Results: compressed in the slot (so slots compress in parallel, not the agent's loop), at
+# zstd's fastest level, when a sample shows it pays: the point is to beat the link.
+_COMPRESS_MIN = 64 << 10  # bytes: below this the link's own framing costs more than it saves
+_COMPRESS_SAMPLE = 64 << 10
+_COMPRESS_RATIO = 1.3  # as for blobs (remote/_blobs.py): random floats shrink ~1.07x
+
+
+def _compressed(payload: bytes) -> bytes | None:
+    try:
+        import zstandard
+
+        compressor = zstandard.ZstdCompressor(level=1)
+        middle = max(0, len(payload) // 2 - _COMPRESS_SAMPLE // 2)
+        sample = payload[middle : middle + _COMPRESS_SAMPLE]
+        if len(sample) < _COMPRESS_RATIO * len(compressor.compress(sample)):
+            return None
+        packed: bytes = compressor.compress(payload)
+    except Exception:  # no zstandard after all, out of memory: send it as it is
+        return None
+    return packed if len(payload) >= _COMPRESS_RATIO * len(packed) else None
+
+
 def main(argv: list[str] | None = None) -> None:
-    """Run the agent: ``argv = [display_name, slots, silence_limit, max_tasks, max_memory]``
-    (the limit in seconds, attempts per slot process, resident bytes per slot process;
-    0 or absent: none)."""
+    """Run the agent: ``argv = [display_name, slots, silence_limit, max_tasks, max_memory,
+    compress_results]`` (the limit in seconds, attempts per slot process, resident bytes per
+    slot process; 0 or absent: none; ``1``: the controller reads RESULT_ZSTD frames)."""
     args = sys.argv[1:] if argv is None else argv
     name = args[0] if args else socket.gethostname()
     slots = int(args[1]) if len(args) > 1 else (os.cpu_count() or 1)
     silence_limit = float(args[2]) if len(args) > 2 else 0.0
     max_tasks = int(args[3]) if len(args) > 3 else 0
     max_memory = int(args[4]) if len(args) > 4 else 0
-    agent = Agent(name, slots, silence_limit, max_tasks, max_memory)
+    compress_results = len(args) > 5 and args[5] == "1"
+    agent = Agent(name, slots, silence_limit, max_tasks, max_memory, compress_results)
     agent.start()
     try:
         agent.run()

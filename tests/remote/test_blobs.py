@@ -273,6 +273,29 @@ def test_compression_roundtrip(ssh_hosts: Any, mode: str) -> None:
     assert (sent < MB) is (mode != "none"), sent
 
 
+def zeros_of(n: int) -> Any:
+    import numpy
+
+    return numpy.zeros(n)
+
+
+@needs_zstd
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("mode", ["auto", "none"])
+def test_large_results_come_back_compressed(ssh_hosts: Any, mode: str) -> None:
+    specs = _specs(ssh_hosts, 1, 1, compression=mode)
+    with RemoteExecutor(specs) as ex:
+        result = ex.submit(zeros_of, MB).result(timeout=WAIT)  # 8 MiB of zeros
+        assert result.shape == (MB,) and not result.any()
+        noise = ex.submit(np.random.default_rng(1).random, MB // 8).result(timeout=WAIT)
+        assert noise.shape == (MB // 8,)  # 1 MiB that does not shrink: sent as it is
+        received: int = ex.stats().extra["bytes_received"][specs[0].name]
+    if mode == "none":
+        assert received > 9 * MB, received
+    else:
+        assert MB < received < 2 * MB, received
+
+
 def _python_without_zstd(tmp_path: Path) -> str:
     hide = tmp_path / "hide"
     hide.mkdir()
