@@ -182,7 +182,7 @@ def test_submit_with_without_timeout_is_a_plain_submit(single: ProcessExecutor) 
 # -- running() and stopping running calls -------------------------------------------------
 
 
-def test_prefetched_calls_are_not_running_and_stay_cancellable(
+def test_prefetched_calls_are_not_running_and_cancelled_ones_never_run(
     single: ProcessExecutor, tmp_path: Path
 ) -> None:
     force_batching(single)
@@ -200,6 +200,8 @@ def test_prefetched_calls_are_not_running_and_stay_cancellable(
         behind[3].result()
     assert single.stats().cancelled == 1
     assert single.stats().succeeded == 10
+    # Cancelled while it waited in the worker: skipped there, never run.
+    assert runs(log) == [i for i in range(10) if i != 3]
 
 
 def test_cancel_of_a_running_call_kills_its_worker(tmp_path: Path) -> None:

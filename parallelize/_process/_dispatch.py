@@ -303,6 +303,12 @@ class Pool(WorkerLifecycle):
         if not items:
             return
         worker.sent += len(items)
+        # Every task that waits behind another in the worker can still be cancelled: the
+        # worker skips it then (numbered in the order the worker receives them).
+        number = worker.sent - len(items)
+        base = len(in_flight) - len(items)
+        for offset in range(1 if idle else 0, len(items)):  # (idle: the first starts now)
+            worker.skip_if_cancelled(in_flight[base + offset], number + offset)
         evict: list[int] = []
         while len(known) > _FUNCTION_CACHE_SIZE:  # never one of this batch: they are newest
             evict.append(known.popitem(last=False)[0])

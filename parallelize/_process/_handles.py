@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import enum
+import mmap
 import os
 import pickle
 import signal
@@ -21,7 +22,7 @@ from concurrent.futures import Future
 from typing import Any
 
 from . import _shm
-from ._protocol import FRAME_HEAD
+from ._protocol import CANCEL_POSITIONS, FRAME_HEAD
 
 __all__ = ["State", "Task", "Worker", "complete_future", "death_message", "start_worker"]
 
@@ -29,7 +30,8 @@ WORKER_MODULE = "parallelize._process._worker"
 # Start the worker without running parallelize/__init__.py (wrapt, smart_future,
 # asyncio: most of a worker's start-up time): placeholder parent packages let the
 # worker module import, then they are dropped so that user code importing
-# parallelize in the worker gets the real package. argv: ROOT TASK_FD RESULT_FD FD_SOCKET.
+# parallelize in the worker gets the real package.
+# argv: ROOT TASK_FD RESULT_FD FD_SOCKET CANCEL_FD.
 BOOTSTRAP = (
     "import sys, types\n"
     "root = sys.argv[1]\n"
@@ -107,6 +109,7 @@ class Task:
 
 class Worker:
     __slots__ = (
+        "cancels",
         "channel",
         "deadline",
         "eof",
@@ -131,8 +134,13 @@ class Worker:
         task_fd: int,
         result_fd: int,
         channel: _shm.FdChannel | None,
+        cancels: mmap.mmap | None = None,
     ) -> None:
         self.proc = proc
+        # Shared with the worker: a byte per position (the task's number in this worker's
+        # stream, modulo CANCEL_POSITIONS) set when a call sent ahead is cancelled, so that
+        # the worker skips it instead of running it. None: not available (not Linux).
+        self.cancels = cancels
         self.pid = proc.pid
         self.task_fd = task_fd
         self.result_fd = result_fd
@@ -184,6 +192,22 @@ class Worker:
         with contextlib.suppress(OSError):
             self.proc.kill()
 
+    def skip_if_cancelled(self, task: Task, number: int) -> None:
+        """*task*, the worker's task *number* (from 0), waits behind another: if its future
+        is cancelled before the worker starts it, the worker skips it (lock held; the flag
+        is written by whichever thread cancels, a single byte: no lock needed)."""
+        cancels = self.cancels
+        if cancels is None:
+            return
+        position = number % CANCEL_POSITIONS
+        cancels[position] = 0  # a task CANCEL_POSITIONS back held it: long finished
+
+        def flag(future: Future[Any]) -> None:
+            if future.cancelled():
+                cancels[position] = 1
+
+        task.future.add_done_callback(flag)
+
 
 def start_worker(env: dict[str, str], startup: bytes, shm: bool, bootstrap: str) -> Worker:
     """Start one worker process and queue its startup frame (no lock held: blocks briefly)."""
@@ -207,7 +231,8 @@ def start_worker(env: dict[str, str], startup: bytes, shm: bool, bootstrap: str)
         for fd in (task_r, task_w, result_r, result_w):
             os.close(fd)
         raise
-    pass_fds = (task_r, result_w) if child_socket < 0 else (task_r, result_w, child_socket)
+    cancel_fd, cancels = _cancel_map()
+    pass_fds = tuple(fd for fd in (task_r, result_w, child_socket, cancel_fd) if fd >= 0)
     try:
         flags: list[str] = getattr(subprocess, "_args_from_interpreter_flags", list)()
         proc = subprocess.Popen(
@@ -220,6 +245,7 @@ def start_worker(env: dict[str, str], startup: bytes, shm: bool, bootstrap: str)
                 str(task_r),
                 str(result_w),
                 str(child_socket),
+                str(cancel_fd),
             ],
             pass_fds=pass_fds,
             stdin=subprocess.DEVNULL,
@@ -230,17 +256,35 @@ def start_worker(env: dict[str, str], startup: bytes, shm: bool, bootstrap: str)
         os.close(result_r)
         if channel is not None:
             channel.close()
+        if cancels is not None:
+            cancels.close()
         raise
     finally:
         os.close(task_r)
         os.close(result_w)
         if child_socket >= 0:
             os.close(child_socket)
+        if cancel_fd >= 0:
+            os.close(cancel_fd)  # the mapping keeps the memory
     os.set_blocking(task_w, False)
     os.set_blocking(result_r, False)
-    worker = Worker(proc, task_w, result_r, channel)
+    worker = Worker(proc, task_w, result_r, channel, cancels)
     worker.write(startup)
     return worker
+
+
+def _cancel_map() -> tuple[int, mmap.mmap | None]:
+    """A shared page of cancel flags for a new worker: (descriptor for the child, mapping)."""
+    try:
+        fd = os.memfd_create("parallelize-cancels", os.MFD_CLOEXEC)
+    except (AttributeError, OSError):  # not Linux, or no descriptor left: no skipping
+        return -1, None
+    try:
+        os.ftruncate(fd, CANCEL_POSITIONS)
+        return fd, mmap.mmap(fd, CANCEL_POSITIONS)
+    except OSError:
+        os.close(fd)
+        return -1, None
 
 
 def startup_message(

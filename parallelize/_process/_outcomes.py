@@ -11,7 +11,7 @@ from .._pickling import callable_name
 from .._stats import Outcome, TaskStats
 from . import _shm
 from ._handles import Task, complete_future
-from ._protocol import KIND_ERROR, KIND_OK, KIND_OK_SHM
+from ._protocol import KIND_ERROR, KIND_OK, KIND_OK_SHM, KIND_SKIPPED
 
 __all__ = ["Completion", "complete"]
 
@@ -26,7 +26,9 @@ def complete(
     # the result sees them.
     for task, kind, duration, payload, segment in completions:
         task.release()  # the worker is done with the arguments
-        if task.discard:  # cancelled or timed out: counted already, never reported
+        if task.discard or kind == KIND_SKIPPED:
+            # Cancelled (also skipped by the worker) or timed out: counted when its future
+            # was found cancelled or timed out, never reported.
             if isinstance(segment, int):
                 os.close(segment)
             continue

@@ -38,12 +38,14 @@ from __future__ import annotations
 import struct
 
 __all__ = [
+    "CANCEL_POSITIONS",
     "FLAG_RETIRING",
     "FRAME_HEAD",
     "KIND_ERROR",
     "KIND_OK",
     "KIND_OK_SHM",
     "KIND_READY",
+    "KIND_SKIPPED",
     "RESULT_HEAD",
     "WORKER_EXIT_ON_EOF",
 ]
@@ -57,6 +59,12 @@ KIND_OK = 1  # payload: pickle of the return value
 KIND_ERROR = 2  # payload: a failure of parallelize._outcome (raised, or an unpicklable result)
 # (3 was an unpicklable result, now a KIND_ERROR failure: the same codec as REMOTE's.)
 KIND_OK_SHM = 4  # payload: _shm.encode_layout(layout) + pickle of the return value
+KIND_SKIPPED = 5  # the task was cancelled before the worker started it; no payload
+
+# Cancel flags (see _handles.Worker.skip_if_cancelled): one byte per position; a task's
+# position is its number in the worker's stream of tasks, modulo this. Far more than the
+# calls a worker is ever sent ahead, so a position is reused only long after its task ended.
+CANCEL_POSITIONS = 4096
 # Or-ed into a result's kind: the worker is over its memory limit and exits after this
 # frame without starting anything else it was sent (the parent re-queues those).
 FLAG_RETIRING = 0x80

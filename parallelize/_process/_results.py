@@ -36,6 +36,7 @@ from ._protocol import (
     FRAME_HEAD,
     KIND_OK_SHM,
     KIND_READY,
+    KIND_SKIPPED,
     RESULT_HEAD,
 )
 
@@ -269,6 +270,8 @@ class ResultLoop:
                 else:
                     pool.start_head(worker)
                 completions.append((task, kind, duration, payload, segment))
+                if kind == KIND_SKIPPED:  # cancelled before it ran: says nothing of durations
+                    continue
                 avg = pool.avg_duration
                 pool.avg_duration = (
                     duration if avg is None else avg + _EWMA_WEIGHT * (duration - avg)

@@ -1,6 +1,6 @@
 """The worker process of :class:`ProcessExecutor`: ``python -m parallelize._process._worker``.
 
-Usage: ``python -m parallelize._process._worker TASK_FD RESULT_FD FD_SOCKET``. See
+Usage: ``python -m parallelize._process._worker TASK_FD RESULT_FD FD_SOCKET CANCEL_FD``. See
 ``_protocol`` for the messages, ``_shm`` for large buffers in shared memory. Kept
 small and light to import (``cloudpickle`` and ``traceback`` are imported only
 when needed) so that a worker starts fast.
@@ -28,6 +28,7 @@ signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 import importlib  # noqa: E402
 import io  # noqa: E402
+import mmap  # noqa: E402
 import os  # noqa: E402
 import pickle  # noqa: E402
 import select  # noqa: E402
@@ -45,12 +46,14 @@ from .._outcome import (  # noqa: E402
 )
 from . import _memory, _shm  # noqa: E402
 from ._protocol import (  # noqa: E402
+    CANCEL_POSITIONS,
     FLAG_RETIRING,
     FRAME_HEAD,
     KIND_ERROR,
     KIND_OK,
     KIND_OK_SHM,
     KIND_READY,
+    KIND_SKIPPED,
     RESULT_HEAD,
     WORKER_EXIT_ON_EOF,
 )
@@ -194,11 +197,12 @@ def _flush_stdio() -> None:
             pass
 
 
-def _serve(stream: BinaryIO, result_fd: int) -> None:
+def _serve(stream: BinaryIO, result_fd: int, cancels: mmap.mmap | None) -> None:
     global _grown
     functions: dict[int, Callable[..., Any]] = {}
     function_bytes: dict[int, bytes] = {}
     loads = pickle.loads
+    number = -1  # of the task in this worker's stream, as the parent numbers them
     while True:
         message = _read_frame(stream)
         if message is None:
@@ -216,9 +220,17 @@ def _serve(stream: BinaryIO, result_fd: int) -> None:
         limit = _max_memory
         for task_id, fid, fn_bytes, args_bytes, layout in tasks:
             if fn_bytes is not None:
-                function_bytes[fid] = fn_bytes
+                function_bytes[fid] = fn_bytes  # (later tasks may need it: kept even if skipped)
             started = 0.0
             segment = -1 if layout is None else next(segments)
+            number += 1
+            if cancels is not None and cancels[number % CANCEL_POSITIONS]:
+                # Cancelled while it waited here: not run. The parent counts on one answer
+                # per task, in order.
+                if segment >= 0:
+                    os.close(segment)
+                _send(result_fd, RESULT_HEAD.pack(KIND_SKIPPED, task_id, 0.0))
+                continue
             try:
                 fn = functions.get(fid)
                 if fn is None:
@@ -272,6 +284,11 @@ def _set_title(title: str) -> None:
 def main(argv: list[str]) -> None:
     global _large, _max_memory
     task_fd, result_fd, fd_socket = int(argv[1]), int(argv[2]), int(argv[3])
+    cancel_fd = int(argv[4]) if len(argv) > 4 else -1
+    cancels = None
+    if cancel_fd >= 0:
+        cancels = mmap.mmap(cancel_fd, CANCEL_POSITIONS, access=mmap.ACCESS_READ)
+        os.close(cancel_fd)
     os.set_inheritable(task_fd, False)
     os.set_inheritable(result_fd, False)
     stream = io.BufferedReader(io.FileIO(task_fd, "r"), buffer_size=1 << 16)
@@ -299,7 +316,7 @@ def main(argv: list[str]) -> None:
         target=_watchdog, args=(task_fd,), name="parallelize-worker-watchdog", daemon=True
     ).start()
     _send(result_fd, RESULT_HEAD.pack(KIND_READY, 0, 0.0))
-    _serve(stream, result_fd)
+    _serve(stream, result_fd, cancels)
 
 
 if __name__ == "__main__":
