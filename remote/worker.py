@@ -950,6 +950,47 @@ def _resident_bytes(pid: int) -> int:
 # -- inside a slot process ----------------------------------------------------------------
 
 
+# Idle after a call that may have grown it (large arguments or result, or one that ran a
+# while), a slot that grew since it last did so collects garbage and trims the C heap:
+# glibc keeps freed memory otherwise (all of it, when a few objects made during the call
+# stay alive), and a slot would hold its largest call's footprint for its whole life. As
+# PROCESS workers do (parallelize/_process/_memory.py); not after small calls.
+_HEAVY_BYTES = 1 << 20
+_HEAVY_SECONDS = 0.001
+_GROWTH = 8 << 20  # bytes of resident growth worth a collection (it costs milliseconds)
+_trim: Any = None
+_baseline: int | None = None
+
+
+def _release_memory_if_grown() -> None:
+    global _baseline
+    rss = _resident_bytes(os.getpid())
+    if _baseline is None or rss < _baseline:
+        _baseline = rss
+    if rss - _baseline < _GROWTH:
+        return
+    _release_memory()
+    _baseline = _resident_bytes(os.getpid())
+
+
+def _release_memory() -> None:
+    global _trim
+    import gc
+
+    gc.collect()
+    if _trim is None:
+        _trim = False
+        with contextlib.suppress(Exception):  # not glibc: garbage collection only
+            trim = _libc().malloc_trim
+            import ctypes
+
+            trim.argtypes = [ctypes.c_size_t]
+            trim.restype = ctypes.c_int
+            _trim = trim
+    if _trim:
+        _trim(0)
+
+
 def _read_exact(fd: int, n: int) -> bytes:
     """*n* bytes, or fewer if the pipe closes first."""
     chunks = []
@@ -972,6 +1013,8 @@ def _task_frame_error(result_fd: int, reason: str) -> int:
 
 def _slot_loop(task_fd: int, result_fd: int, compress: bool) -> int:
     fns: dict[int, Any] = {}
+    heavy = False  # a large call ran since the slot last gave memory back
+    _release_memory_if_grown()  # records the fresh slot's size
     # Blob references in arguments unpickle through this module (see resolve_blob), by the
     # name the bootstrap gives it; an agent started by hand registers that name here.
     sys.modules.setdefault("parallelize_agent", sys.modules[__name__])
@@ -1009,11 +1052,19 @@ def _slot_loop(task_fd: int, result_fd: int, compress: bool) -> int:
                 )
         except _wire.ProtocolError as exc:
             return _task_frame_error(result_fd, str(exc))
+        began = time.perf_counter()
         frame = _run(attempt_id, fn_id, fn_payload, args_payload, fns, compress)
+        heavy = heavy or time.perf_counter() - began >= _HEAVY_SECONDS
         for stream in (sys.stdout, sys.stderr):  # the task's output before its result
             with contextlib.suppress(BaseException):
                 stream.flush()
         _write_all(result_fd, frame)
+        heavy = heavy or len(body) >= _HEAVY_BYTES or len(frame) >= _HEAVY_BYTES
+        body = frame = args_payload = b""
+        fn_payload = None
+        if heavy and not select.select([task_fd], [], [], 0)[0]:
+            heavy = False  # idle after a large call: give the memory back (see _release_memory)
+            _release_memory_if_grown()
 
 
 # -- blobs in a slot ----------------------------------------------------------------------

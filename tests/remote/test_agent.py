@@ -537,3 +537,44 @@ def test_slot_state_machine() -> None:
     slot.move(SlotState.GONE)
     with pytest.raises(RuntimeError):
         slot.move(SlotState.IDLE)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_idle_slot_gives_memory_back_after_a_large_call() -> None:
+    def resident_mib() -> float:
+        import os
+
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / (1 << 20)
+
+    def churn_keeping_a_few() -> float:
+        # ~200 MB in 2 kB objects, every 1000th kept alive (as caches do): without a heap
+        # trim, glibc keeps nearly all of it resident.
+        import builtins
+
+        made = [bytes(2000) for _ in range(100_000)]
+        builtins.__dict__.setdefault("_kept_by_test", []).extend(made[::1000])
+        del made
+        return resident_mib()
+
+    agent = AgentProc(slots=1)
+    try:
+        agent.submit(1, resident_mib, fn_id=1)
+        fresh = cloudpickle.loads(_wire.decode_result(agent.recv()[1])[2])
+        agent.submit(2, churn_keeping_a_few)
+        grown = cloudpickle.loads(_wire.decode_result(agent.recv()[1])[2])
+        assert grown > fresh + 150, (fresh, grown)  # the call itself did hold the memory
+        attempt = 2
+        seen: list[float] = []
+
+        def back_to_fresh() -> bool:
+            nonlocal attempt
+            attempt += 1
+            agent.submit(attempt, resident_mib, fn_id=1)  # one cached function, not hundreds
+            seen.append(cloudpickle.loads(_wire.decode_result(agent.recv()[1])[2]))
+            return seen[-1] < fresh + 30
+
+        wait_until(back_to_fresh)
+    finally:
+        agent.proc.kill()
+        agent.proc.wait()
