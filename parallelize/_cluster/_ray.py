@@ -1,5 +1,8 @@
 """``Method.RAY``: calls run as Ray tasks.
 
+(Over 400 lines: submitting, completing, cancelling and backing up a call share
+one call table and its lock; split, each part would reach into the others.)
+
 Each call is one Ray task of the function itself (``ray.remote(fn)``, made once
 per function; Ray has no reserved keywords in ``.remote()``, so every user
 keyword reaches it). Other callables (bound methods, callable objects) run
