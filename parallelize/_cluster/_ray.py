@@ -1,13 +1,18 @@
 """``Method.RAY``: calls run as Ray tasks.
 
+(Over 400 lines: submitting, completing, cancelling and backing up a call share
+one call table and its lock; split, each part would reach into the others.)
+
 Each call is one Ray task of the function itself (``ray.remote(fn)``, made once
 per function; Ray has no reserved keywords in ``.remote()``, so every user
 keyword reaches it). Other callables (bound methods, callable objects) run
 through ``run_call_spread(fn, *args, **kwargs)``, the function positional-only.
-The SmartFuture's inner future is completed from the ObjectRef's own
-completion callback. A SmartFuture of this executor passed to another call is
-handed to Ray as its ObjectRef (top-level arguments are resolved by Ray on the
-worker: the value stays in the cluster).
+The SmartFuture's inner future is completed by one completion thread that waits
+for all live ObjectRefs at once (``ray.wait``) and fetches the ready ones' values
+in one ``ray.get``: a callback per ref would run Ray's callback thread once per
+call, competing with the threads that submit. A SmartFuture of this executor
+passed to another call is handed to Ray as its ObjectRef (top-level arguments
+are resolved by Ray on the worker: the value stays in the cluster).
 
 Failures: a worker that dies under a call is retried by Ray (``max_retries``);
 when Ray gives up (``WorkerCrashedError``, ``NodeDiedError``...) the call fails
@@ -31,10 +36,10 @@ cluster, a plain second copy on one node. The original's node is not known to
 the driver, so on several nodes the copy may land on it. The first copy to
 finish wins; the others are cancelled with ``force=True``.
 
-Threads and locks: user threads submit; Ray's callback thread completes calls;
+Threads and locks: user threads submit; the completion thread completes calls;
 the heartbeat and deadline threads (``_engine_base``) start copies and time calls
-out. ``_lock`` guards ``_calls`` and the records and is never held across a call
-into Ray.
+out. ``_lock`` guards ``_calls``, the records and the ``_to_watch`` hand-off, and is
+never held across a call into Ray.
 """
 
 from __future__ import annotations
@@ -42,11 +47,12 @@ from __future__ import annotations
 import collections
 import itertools
 import logging
+import threading
 import time
 import types
 import weakref
 from collections.abc import Callable
-from concurrent.futures import CancelledError, Future
+from concurrent.futures import CancelledError
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -65,6 +71,7 @@ logger = logging.getLogger("parallelize")
 _executor_ids = itertools.count()
 _RECENT = 4096  # run times kept for the backup rules
 _ONE_NODE = "this node"  # the backup target name on a one-node cluster
+_WAIT = 0.01  # seconds a ray.wait lasts: how soon refs submitted meanwhile are waited for
 
 
 @dataclass(eq=False)
@@ -130,6 +137,12 @@ class RayExecutor(EngineExecutor):
         self._cluster_checked = -1e9
         self._backups_started = 0
         self._backups_won = 0
+        self._to_watch: list[tuple[Any, _Call, str | None]] = []  # new attempts, for the completer
+        self._watch_wake = threading.Event()
+        self._completer = threading.Thread(
+            target=self._completion_loop, name=f"{self.name}-completion", daemon=True
+        )
+        self._completer.start()
         if backups:
             self._start_heartbeat(heartbeat_interval)
 
@@ -152,15 +165,23 @@ class RayExecutor(EngineExecutor):
         call.backups = options.backups is not False
         with self._lock:
             self._calls[future.call_id] = call
+            self._to_watch.append((ref, call, None))
+            first = len(self._to_watch) == 1
+        if first:
+            self._watch_wake.set()
         self._stats.task_submitted()
-        self._watch(call, ref, None)
         if self._heartbeat is not None and call.backups and not self._wake.is_set():
             self._wake.set()
         return future
 
     def _watch(self, call: _Call, ref: Any, node: str | None) -> None:
-        # Ray completes this future (with the value or the error) from its own thread.
-        ref.future().add_done_callback(lambda done: self._attempt_done(call, ref, node, done))
+        """Hand *ref* to the completion thread (one waiter for all refs: a callback per ref
+        would run on Ray's own thread once per call and compete with submission)."""
+        with self._lock:
+            self._to_watch.append((ref, call, node))
+            first = len(self._to_watch) == 1
+        if first:
+            self._watch_wake.set()
 
     def _remote_for(self, fn: Callable[..., Any]) -> Any:
         if not isinstance(fn, types.FunctionType):
@@ -172,11 +193,73 @@ class RayExecutor(EngineExecutor):
             remote = self._remotes[fn] = ray.remote(**self._options)(fn)
         return remote
 
-    # -- completion (Ray's callback thread) ----------------------------------------------
+    # -- completion (the completion thread) ----------------------------------------------
 
-    def _attempt_done(self, call: _Call, ref: Any, node: str | None, done: Future[Any]) -> None:
+    def _completion_loop(self) -> None:
+        """Wait for all watched refs at once and finish the ready ones in batches: one
+        ``ray.wait`` and one ``ray.get`` per batch instead of a callback per call."""
+        import ray
+
+        # This thread alone owns the refs being waited for (the hand-off is ``_to_watch``).
+        watched: dict[Any, tuple[_Call, str | None]] = {}
+        while True:
+            with self._lock:
+                new, self._to_watch = self._to_watch, []
+            for ref, call, node in new:
+                watched[ref] = (call, node)
+            if not watched:
+                if self._stop.is_set():
+                    return
+                self._watch_wake.wait()
+                self._watch_wake.clear()
+                continue
+            refs = list(watched)
+            try:
+                # A short timeout: refs submitted meanwhile join the next wait.
+                ready, _ = ray.wait(refs, num_returns=len(refs), timeout=_WAIT, fetch_local=True)
+            except Exception:  # the runtime is shutting down: nothing more will finish
+                logger.debug("%s: ray.wait failed", self.name, exc_info=True)
+                if self._stop.wait(_WAIT):
+                    return
+                continue
+            if not ready:
+                continue
+            for ref, value, exc in self._outcomes(ready):
+                call, node = watched.pop(ref)
+                try:
+                    self._attempt_done(call, ref, node, value, exc)
+                except Exception:  # never lose the thread; the caller's future says why
+                    logger.exception(
+                        "%s: finishing call %d failed", self.name, call.future.call_id
+                    )
+                    set_outcome(
+                        call.future,
+                        None,
+                        TaskLostError(f"call {call.future.call_id}: could not be finished"),
+                    )
+
+    def _outcomes(self, ready: list[Any]) -> list[tuple[Any, Any, BaseException | None]]:
+        """(ref, value, error) of each ready ref: one ``ray.get`` for the batch, each ref
+        alone only if one of them failed."""
+        import ray
+
+        try:
+            values = ray.get(ready)
+            return [(ref, value, None) for ref, value in zip(ready, values, strict=True)]
+        except Exception:
+            pass
+        out: list[tuple[Any, Any, BaseException | None]] = []
+        for ref in ready:
+            try:
+                out.append((ref, ray.get(ref), None))
+            except Exception as exc:  # the call's own error (a RayTaskError) or Ray's
+                out.append((ref, None, exc))
+        return out
+
+    def _attempt_done(
+        self, call: _Call, ref: Any, node: str | None, value: Any, exc: BaseException | None
+    ) -> None:
         end = time.monotonic()
-        exc = CancelledError() if done.cancelled() else done.exception()
         lost = exc is not None and self._is_lost(exc)
         backup = ref is not call.refs[0]
         losers: list[Any] = []
@@ -203,7 +286,7 @@ class RayExecutor(EngineExecutor):
             self._kill(losers)
         if exc is None:
             self._stats.task_finished(Outcome.SUCCEEDED)
-            call.future.fetched = value = done.result()
+            call.future.fetched = value
             set_outcome(call.future, value)
             return
         self._stats.task_finished(Outcome.FAILED)
@@ -384,6 +467,9 @@ class RayExecutor(EngineExecutor):
             self._join()
         self._stop_threads()
         self._wake.set()
+        self._watch_wake.set()
+        if wait:
+            self._completer.join()
         if self._owns_runtime:
             ray.shutdown()
 
