@@ -185,8 +185,15 @@ class Worker:
             self.proc.kill()
 
 
-def start_worker(env: dict[str, str], startup: bytes, shm: bool, bootstrap: str) -> Worker:
-    """Start one worker process and queue its startup frame (no lock held: blocks briefly)."""
+def start_worker(
+    env: dict[str, str],
+    startup: bytes,
+    shm: bool,
+    bootstrap: str,
+    stdio: tuple[int, int] | None = None,
+) -> Worker:
+    """Start one worker process and queue its startup frame (no lock held: blocks briefly).
+    *stdio*: descriptors for its stdout and stderr (default: this process's)."""
     task_r, task_w = os.pipe()
     try:
         result_r, result_w = os.pipe()
@@ -223,6 +230,8 @@ def start_worker(env: dict[str, str], startup: bytes, shm: bool, bootstrap: str)
             ],
             pass_fds=pass_fds,
             stdin=subprocess.DEVNULL,
+            stdout=None if stdio is None else stdio[0],
+            stderr=None if stdio is None else stdio[1],
             env=env,
         )
     except BaseException:

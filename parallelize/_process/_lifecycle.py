@@ -51,6 +51,7 @@ class WorkerLifecycle:
         path_version: int
         results: ResultLoop | None
         env: dict[str, str] | None
+        stdio: tuple[int, int] | None
         original_pythonpath: str | None
 
         def wake(self) -> None: ...
@@ -98,7 +99,7 @@ class WorkerLifecycle:
                 )
             try:
                 worker = _handles.start_worker(
-                    env, startup, self.shm_threshold is not None, _handles.BOOTSTRAP
+                    env, startup, self.shm_threshold is not None, _handles.BOOTSTRAP, self.stdio
                 )
             except OSError as exc:  # out of fds, memory, processes...
                 self._start_failed(exc)
