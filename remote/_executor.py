@@ -72,11 +72,17 @@ _bundle_ids = itertools.count(1)
 
 
 def default_link_factory(
-    spec: HostSpec, *, connect_timeout: float = 10.0, timing: LinkTiming | None = None
+    spec: HostSpec,
+    *,
+    connect_timeout: float = 10.0,
+    timing: LinkTiming | None = None,
+    process_workers: bool = True,
 ) -> HostLink:
     """A ProcessLink (PROCESS workers) for an embedded-pool host on this interpreter, a
-    LocalLink (an agent over pipes) for another local interpreter, an SSHLink otherwise."""
-    if runs_in_process(spec):
+    LocalLink (an agent over pipes) for another local interpreter, an SSHLink otherwise.
+    ``process_workers=False``: LocalLinks for every local host (a pool that mixes local and
+    SSH hosts sends every host the same wire payloads)."""
+    if process_workers and runs_in_process(spec):
         return ProcessLink(spec)
     if spec.is_local:
         from ._local_link import LocalLink
@@ -160,7 +166,7 @@ def _resolve_pool(
             _embedded_logged = True
             logger.info(
                 "no worker pool configured (no pool file; see PARALLELIZE_POOL_FILE): using "
-                "the embedded default pool, %d local agent slot(s) on this machine",
+                "the embedded default pool, %d local worker slot(s) on this machine",
                 sum(h.slots for h in config.hosts),
             )
     return config
@@ -237,6 +243,7 @@ class RemoteExecutor(BaseExecutor):
                 default_link_factory,
                 connect_timeout=config.connect_timeout,
                 timing=LinkTiming(stall_timeout=float(options["stall_timeout"])),
+                process_workers=self._local_calls,
             )
         selection = make_policy(policy)
         super().__init__(name=name)

@@ -96,7 +96,7 @@ class ProcessLink:
                 name=f"remote:{self.spec.name}",
                 max_tasks_per_worker=self.spec.max_tasks_per_worker,
                 max_worker_memory=self.spec.max_worker_memory,
-                stdio=self._relay.fds,
+                stdio=self._relay.new_pipes,
             )
         except (OSError, ValueError) as exc:
             if self._relay is not None:

@@ -113,10 +113,10 @@ class Pool(WorkerLifecycle):
         shm_threshold: int | None,
         max_tasks: int | None = None,
         max_memory: int | None = None,
-        stdio: tuple[int, int] | None = None,
+        stdio: Callable[[], tuple[int, int]] | None = None,
     ) -> None:
         self.max_workers = max_workers
-        self.stdio = stdio  # the workers' stdout and stderr descriptors (None: ours)
+        self.stdio = stdio  # makes each worker's stdout and stderr pipes (None: ours)
         self.shm_threshold = shm_threshold
         self.max_tasks = max_tasks
         self.max_memory = max_memory

@@ -12,6 +12,7 @@ import os
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from concurrent.futures import Future
 from typing import TYPE_CHECKING, Any, cast
 
@@ -51,7 +52,7 @@ class WorkerLifecycle:
         path_version: int
         results: ResultLoop | None
         env: dict[str, str] | None
-        stdio: tuple[int, int] | None
+        stdio: Callable[[], tuple[int, int]] | None
         original_pythonpath: str | None
 
         def wake(self) -> None: ...

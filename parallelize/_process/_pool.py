@@ -69,8 +69,9 @@ class ProcessExecutor(BaseExecutor):
     or after a call that leaves it above *max_worker_memory* (bytes, or a size
     such as ``"2GiB"``); nothing queued is lost or run twice.
 
-    *stdio*: two file descriptors the workers write their stdout and stderr to (default:
-    this process's own); REMOTE's embedded pool uses it to prefix each line with its host.
+    *stdio*: called once per worker started, returns the write ends of two pipes for its
+    stdout and stderr (closed by the pool once the worker has them; default: the workers
+    write to this process's own). REMOTE's embedded pool uses it to prefix each line.
     """
 
     supports_timeout = True
@@ -83,7 +84,7 @@ class ProcessExecutor(BaseExecutor):
         shm_threshold: int | None = _shm.DEFAULT_THRESHOLD,
         max_tasks_per_worker: int | None = None,
         max_worker_memory: int | str | None = None,
-        stdio: tuple[int, int] | None = None,
+        stdio: Callable[[], tuple[int, int]] | None = None,
     ) -> None:
         if max_workers is None:
             max_workers = os.cpu_count() or 1

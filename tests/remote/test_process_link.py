@@ -135,3 +135,14 @@ def test_stop_kills_the_running_call(remote: RemoteExecutor, tmp_path: Path) -> 
         assert time.monotonic() < deadline, f"worker {worker} still runs"
         time.sleep(0.01)
     assert future.cancelled()
+
+
+def test_a_pool_mixing_local_and_other_hosts_keeps_agents_for_local_ones() -> None:
+    local = embedded_pool(1).hosts[0]
+    other = replace(local, name="other", python="/usr/bin/env")  # not on PROCESS workers
+    ex = RemoteExecutor([local, other], heartbeat_interval=3600)
+    try:
+        assert not ex._local_calls
+    finally:
+        ex.shutdown()
+    assert isinstance(default_link_factory(local, process_workers=False), LocalLink)
