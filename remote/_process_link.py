@@ -72,8 +72,6 @@ def runs_in_process(spec: HostSpec) -> bool:
 class ProcessLink:
     """A :class:`~remote._link.LocalCallLink` whose slots are PROCESS workers."""
 
-    delivers_objects = True
-
     def __init__(self, spec: HostSpec) -> None:
         self.spec = spec
         self.hello: dict[str, Any] = {
