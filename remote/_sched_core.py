@@ -20,7 +20,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import Future, InvalidStateError
 from typing import Any, cast
 
-from parallelize import AttemptRecord, ParallelizeError, PoisonedCallError
+from parallelize import AttemptRecord, ParallelizeError, PoisonedCallError, RemoteTraceback
 from parallelize.ext import Outcome, TaskStats, attach_remote_traceback
 
 from ._attempt_log import AttemptLog, FloatRing, RateWindow
@@ -282,7 +282,15 @@ class SchedulerCore:
                     bundle, BundleState.SUCCEEDED, now, value=payload.value, duration=duration
                 )
             else:
-                self._finish(bundle, BundleState.FAILED, now, exc=payload.value, duration=duration)
+                exc_value = payload.value
+                cause = exc_value.__cause__
+                if isinstance(cause, RemoteTraceback) and cause.host is None:  # name the host
+                    head, _, rest = cause.tb.partition("\n")
+                    if not head.startswith("Traceback ("):
+                        rest = cause.tb
+                    tb = f"Traceback on host {host.name!r} while running the task:\n{rest}"
+                    attach_remote_traceback(exc_value, tb, host=host.name)
+                self._finish(bundle, BundleState.FAILED, now, exc=exc_value, duration=duration)
             return
         try:
             value = pickle.loads(payload)

@@ -146,3 +146,16 @@ def test_a_pool_mixing_local_and_other_hosts_keeps_agents_for_local_ones() -> No
     finally:
         ex.shutdown()
     assert isinstance(default_link_factory(local, process_workers=False), LocalLink)
+
+
+def fail() -> None:
+    raise ValueError("bad input")
+
+
+def test_a_raised_exception_names_the_host_it_ran_on(remote: RemoteExecutor) -> None:
+    from parallelize.ext import where_ran
+
+    with pytest.raises(ValueError, match="bad input") as raised:
+        remote.submit(fail).result(WAIT)
+    assert where_ran(raised.value) == "local"
+    assert "Traceback on host 'local'" in str(raised.value.__cause__)
