@@ -8,6 +8,11 @@ first time a method without a registered factory is asked for::
     [project.entry-points."parallelize.methods"]
     remote = "remote._default:register"
 
+Shared with REMOTE's embedded pool (one local worker runtime): :class:`ProcessExecutor`
+with ``submit_pickled``/``terminate``, :func:`pickle_call` (a :class:`PickledCall`, pickled
+once the PROCESS way with large buffers in shared memory, runnable more than once) and
+``SHM_THRESHOLD`` (the default size from which buffers go by shared memory).
+
 Everything an executor needs from ``parallelize`` is here; executors should import
 nothing else of it but its top-level public names.
 """
@@ -27,7 +32,10 @@ from ._executor_base import BaseExecutor, waits_at_exit
 from ._outcome_errors import failure_exception
 from ._pickling import callable_name, dumps_args, dumps_function, split_bound_method
 from ._pickling import dumps as dumps_value
+from ._process._calls import PickledCall, pickle_call
 from ._process._memory import trim_c_heap as release_memory
+from ._process._pool import ProcessExecutor
+from ._process._shm import DEFAULT_THRESHOLD as SHM_THRESHOLD
 from ._records import AttemptRow, HostRow
 from ._registry import method_factory, register_info_section, register_method
 from ._share import blob_digest, pickled_shared
@@ -36,12 +44,15 @@ from ._stats import ExecutorStats, Outcome, TaskStats
 __all__ = [
     "DEFAULT_OPTIONS",
     "FAILURE_SETTINGS",
+    "SHM_THRESHOLD",
     "AttemptRow",
     "BaseExecutor",
     "CallOptions",
     "ExecutorStats",
     "HostRow",
     "Outcome",
+    "PickledCall",
+    "ProcessExecutor",
     "TaskStats",
     "TaskTimeoutError",
     "attach_remote_traceback",
@@ -55,6 +66,7 @@ __all__ = [
     "failure_setting",
     "method_factory",
     "outcome_codec",
+    "pickle_call",
     "pickled_shared",
     "register_info_section",
     "register_method",

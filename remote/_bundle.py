@@ -32,9 +32,12 @@ from __future__ import annotations
 
 import enum
 from concurrent.futures import Future
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ._errors import IllegalTransitionError
+
+if TYPE_CHECKING:
+    from parallelize.ext import PickledCall
 
 __all__ = ["Attempt", "AttemptState", "Bundle", "BundleState"]
 
@@ -165,6 +168,7 @@ class Bundle:
         "fn_payload",
         "future",
         "id",
+        "local_call",
         "started_at",
         "state",
         "submitted_at",
@@ -183,6 +187,7 @@ class Bundle:
         timeout: float | None = None,
         allow_backups: bool = True,
         avoid_hosts: frozenset[str] = frozenset(),
+        local_call: PickledCall | None = None,
     ) -> None:
         self.id = bundle_id
         self.fn_name = fn_name
@@ -200,6 +205,9 @@ class Bundle:
         self.timeout = timeout
         self.allow_backups = allow_backups
         self.avoid_hosts = avoid_hosts
+        # embedded pool on PROCESS workers: the call pickled the PROCESS way (then
+        # fn_payload/args_payload are those bytes too, for sizes and function ids)
+        self.local_call = local_call
 
     def transition(self, state: BundleState, now: float) -> None:
         if not bundle_transition_allowed(self.state, state):

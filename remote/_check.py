@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from typing import Any, TextIO
 
 from ._errors import HostErrorKind, HostUnavailableError
-from ._link import HostLink, HostSpec
+from ._link import Delivered, HostLink, HostSpec
 from ._pool_config import ENV_VAR, PoolConfig, PoolConfigError, default_pool_path, load_pool
 
 __all__ = ["PINGS", "HostReport", "check_host", "check_pool", "classify", "format_report", "run"]
@@ -59,7 +59,12 @@ class _NoEvents:
     """Link events of a check: no task is ever submitted, so nothing needs handling."""
 
     def on_result(
-        self, link: HostLink, attempt_id: int, ok: bool, payload: bytes, duration: float
+        self,
+        link: HostLink,
+        attempt_id: int,
+        ok: bool,
+        payload: bytes | Delivered,
+        duration: float,
     ) -> None:
         pass
 

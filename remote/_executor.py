@@ -37,12 +37,14 @@ from typing import TYPE_CHECKING, Any
 from parallelize import PicklingError
 from parallelize.ext import (
     DEFAULT_OPTIONS,
+    SHM_THRESHOLD,
     BaseExecutor,
     CallOptions,
     ExecutorStats,
     callable_name,
     dumps_function,
     failure_setting,
+    pickle_call,
     split_bound_method,
     validate_failure_setting,
 )
@@ -54,6 +56,7 @@ from ._bundle import Bundle
 from ._heartbeat import format_summary
 from ._link import HostLink, HostSpec
 from ._policies import SelectionPolicy, make_policy
+from ._process_link import ProcessLink, runs_in_process
 from ._scheduler import LinkFactory, Scheduler
 
 if TYPE_CHECKING:
@@ -69,9 +72,18 @@ _bundle_ids = itertools.count(1)
 
 
 def default_link_factory(
-    spec: HostSpec, *, connect_timeout: float = 10.0, timing: LinkTiming | None = None
+    spec: HostSpec,
+    *,
+    connect_timeout: float = 10.0,
+    timing: LinkTiming | None = None,
+    process_workers: bool = True,
 ) -> HostLink:
-    """A LocalLink (pipes) for an embedded-pool host, an SSHLink otherwise."""
+    """A ProcessLink (PROCESS workers) for an embedded-pool host on this interpreter, a
+    LocalLink (an agent over pipes) for another local interpreter, an SSHLink otherwise.
+    ``process_workers=False``: LocalLinks for every local host (a pool that mixes local and
+    SSH hosts sends every host the same wire payloads)."""
+    if process_workers and runs_in_process(spec):
+        return ProcessLink(spec)
     if spec.is_local:
         from ._local_link import LocalLink
 
@@ -154,7 +166,7 @@ def _resolve_pool(
             _embedded_logged = True
             logger.info(
                 "no worker pool configured (no pool file; see PARALLELIZE_POOL_FILE): using "
-                "the embedded default pool, %d local agent slot(s) on this machine",
+                "the embedded default pool, %d local worker slot(s) on this machine",
                 sum(h.slots for h in config.hosts),
             )
     return config
@@ -223,11 +235,15 @@ class RemoteExecutor(BaseExecutor):
             config.executor,
         )
         self.options = options
+        # Every host on PROCESS workers (the embedded pool): calls are pickled the PROCESS
+        # way, once, and results come back as objects (see remote/_link.py).
+        self._local_calls = link_factory is None and all(runs_in_process(h) for h in self.hosts)
         if link_factory is None:
             link_factory = functools.partial(
                 default_link_factory,
                 connect_timeout=config.connect_timeout,
                 timing=LinkTiming(stall_timeout=float(options["stall_timeout"])),
+                process_workers=self._local_calls,
             )
         selection = make_policy(policy)
         super().__init__(name=name)
@@ -286,6 +302,22 @@ class RemoteExecutor(BaseExecutor):
                 "(the interpreter is exiting, or the executor was torn down)"
             )
         target, call_args = split_bound_method(fn, args)
+        future: Future[Any] = StoppableFuture()
+        if self._local_calls:
+            call = pickle_call(target, call_args, kwargs, SHM_THRESHOLD)
+            bundle = Bundle(
+                next(_bundle_ids),
+                callable_name(fn),
+                call.fn_bytes,
+                call.args_bytes,
+                future,
+                time.monotonic(),
+                timeout=options.timeout,
+                allow_backups=options.backups is not False,
+                avoid_hosts=options.avoid_hosts,
+                local_call=call,
+            )
+            return self._post(bundle)
         fn_payload = dumps_function(target)
         args_payload = prepare_args(
             target, call_args, kwargs, self.blob_threshold, compress=self._compress
@@ -297,7 +329,6 @@ class RemoteExecutor(BaseExecutor):
                 f"frame carries ({_MAX_FRAME:,}). Fix: pass a path or a smaller object and "
                 "load the data on the host."
             )
-        future: Future[Any] = StoppableFuture()
         bundle = Bundle(
             next(_bundle_ids),
             callable_name(fn),
@@ -309,6 +340,10 @@ class RemoteExecutor(BaseExecutor):
             allow_backups=options.backups is not False,
             avoid_hosts=options.avoid_hosts,
         )
+        return self._post(bundle)
+
+    def _post(self, bundle: Bundle) -> Future[Any]:
+        future = bundle.future
         scheduler = self._scheduler
 
         def _on_done(f: Future[Any]) -> None:

@@ -14,16 +14,47 @@ Threading contract:
   that was in flight on it without a result is lost.
 - ``on_link_health`` reports a host that stopped answering (suspect) and one
   that answered again; a suspect host may still deliver results.
+
+Local links (:class:`LocalCallLink`, the embedded pool on PROCESS workers, see
+``remote/_process_link.py``) extend the contract so that nothing is pickled
+twice: when every host of an executor has such a link, ``submit`` pickles each
+call once the PROCESS way (:func:`parallelize.ext.pickle_call`, large buffers in
+shared memory, a PicklingError at submit as for every host) and the scheduler
+starts its attempts with ``submit_local``; ``on_result`` then carries a
+:class:`Delivered` (the returned value, or the exception the call raised with
+its traceback attached) instead of pickled bytes. Their events come from the
+PROCESS pool's result thread and only post to the scheduler's queue. SSH links
+and the pipe LocalLink keep the bytes contract.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from ._errors import HostUnavailableError
 
-__all__ = ["HostLink", "HostSpec", "HostUnavailableError", "LinkEvents"]
+if TYPE_CHECKING:
+    from parallelize.ext import PickledCall
+
+__all__ = [
+    "Delivered",
+    "HostLink",
+    "HostSpec",
+    "HostUnavailableError",
+    "LinkEvents",
+    "LocalCallLink",
+]
+
+
+class Delivered:
+    """A local link's outcome object: ``on_result``'s payload when nothing was pickled
+    for the way back (the value if ``ok``, else the exception, traceback attached)."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value: Any) -> None:
+        self.value = value
 
 
 @dataclass(frozen=True)
@@ -50,11 +81,17 @@ class HostSpec:
 
 class LinkEvents(Protocol):
     def on_result(
-        self, link: HostLink, attempt_id: int, ok: bool, payload: bytes, duration: float
+        self,
+        link: HostLink,
+        attempt_id: int,
+        ok: bool,
+        payload: bytes | Delivered,
+        duration: float,
     ) -> None:
         """An attempt finished. ``ok``: payload is the pickled return value; otherwise the
         pickled ``(exception, traceback_text)`` the user's function raised (not an
-        infrastructure failure). ``duration``: seconds the function ran on the host."""
+        infrastructure failure). From a :class:`LocalCallLink`: a :class:`Delivered`.
+        ``duration``: seconds the function ran on the host."""
 
     def on_attempt_lost(self, link: HostLink, attempt_id: int, reason: str) -> None:
         """An attempt failed for infrastructure reasons (its process died with an exit code or
@@ -102,3 +139,10 @@ class HostLink(Protocol):
 
     @property
     def alive(self) -> bool: ...
+
+
+class LocalCallLink(HostLink, Protocol):
+    """A link that runs calls pickled the PROCESS way (see the module docstring)."""
+
+    def submit_local(self, attempt_id: int, call: PickledCall, timeout: float | None) -> None:
+        """Start an attempt of *call* (never blocks; it may be started again elsewhere)."""

@@ -189,7 +189,8 @@ def default_pool_path() -> Path:
 
 
 def embedded_pool(slots: int | None = None) -> PoolConfig:
-    """The default pool without a pool file: local agents over pipes on this machine."""
+    """The default pool without a pool file: one local host (its slots are PROCESS workers
+    when it runs this interpreter, see remote/_process_link.py)."""
     count = slots if slots is not None else (os.cpu_count() or 1)
     if isinstance(count, bool) or not isinstance(count, int) or count < 1:
         raise ValueError(f"embedded_pool: slots must be an integer >= 1, got {slots!r}")

@@ -18,17 +18,17 @@ import time
 from collections import OrderedDict, deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, InvalidStateError
-from typing import Any
+from typing import Any, cast
 
-from parallelize import AttemptRecord, ParallelizeError, PoisonedCallError
-from parallelize.ext import Outcome, TaskStats, failure_exception
+from parallelize import AttemptRecord, ParallelizeError, PoisonedCallError, RemoteTraceback
+from parallelize.ext import Outcome, TaskStats, attach_remote_traceback, failure_exception
 
 from ._attempt_log import AttemptLog, FloatRing, RateWindow
 from ._bundle import Attempt, AttemptState, Bundle, BundleState
 from ._errors import HostUnavailableError
 from ._host_table import HostTable
 from ._hosts import Host
-from ._link import HostLink, HostSpec
+from ._link import Delivered, HostLink, HostSpec, LocalCallLink
 from ._policies import SelectionPolicy
 from ._speculation import SpeculationConfig
 
@@ -203,7 +203,11 @@ class SchedulerCore:
         if link is None or bundle.fn_id is None:  # an invariant of UP hosts and bundles
             raise RuntimeError(f"attempt {attempt_id} started on {host!r} with no link")
         try:
-            if limit is None:
+            if bundle.local_call is not None:  # only ever sent to ProcessLinks (see _executor)
+                if limit is not None:
+                    heapq.heappush(self._deadlines, (now + limit + self._timeout_grace, attempt_id))
+                cast(LocalCallLink, link).submit_local(attempt_id, bundle.local_call, limit)
+            elif limit is None:
                 link.submit(attempt_id, bundle.fn_id, bundle.fn_payload, bundle.args_payload)
             else:
                 heapq.heappush(self._deadlines, (now + limit + self._timeout_grace, attempt_id))
@@ -245,7 +249,7 @@ class SchedulerCore:
                     )
 
     def _on_result(
-        self, host: Host, attempt_id: int, ok: bool, payload: bytes, duration: float
+        self, host: Host, attempt_id: int, ok: bool, payload: bytes | Delivered, duration: float
     ) -> None:
         entry = self._attempts.get(attempt_id)
         if entry is None:
@@ -271,6 +275,21 @@ class SchedulerCore:
         self._cancel_attempts(bundle, now, f"lost the race to attempt {attempt_id}")
         if not won:
             self._finish(bundle, BundleState.CANCELLED, now)
+            return
+        if isinstance(payload, Delivered):  # a local link's result: the value itself
+            if ok:
+                self._finish(
+                    bundle, BundleState.SUCCEEDED, now, value=payload.value, duration=duration
+                )
+            else:
+                exc_value = payload.value
+                cause = exc_value.__cause__
+                if isinstance(cause, RemoteTraceback) and cause.host is None:  # name the host
+                    head, _, rest = cause.tb.partition("\n")
+                    stage = head.rpartition(" while ")[2].rstrip(":") or "running the call"
+                    tb = f"Traceback on host {host.name!r} while {stage}:\n{rest}"
+                    attach_remote_traceback(exc_value, tb, host=host.name)
+                self._finish(bundle, BundleState.FAILED, now, exc=exc_value, duration=duration)
             return
         if not ok:  # the outcome codec's failure, decoded as PROCESS decodes it
             error = failure_exception(payload, bundle.fn_name, f"host {host.name!r}", host.name)
@@ -376,6 +395,9 @@ class SchedulerCore:
                 self._stats.task_finished(Outcome.CANCELLED, None)
         # drop payloads early: the bundle may be referenced by the attempt log's users
         bundle.args_payload = b""
+        if bundle.local_call is not None:
+            bundle.local_call.close()  # attempts still queued hold their own descriptors
+            bundle.local_call = None
 
     def _fail_pending(self, now: float, error: HostUnavailableError) -> None:
         pending = [b for b in self._pending if b.state is BundleState.PENDING]

@@ -14,7 +14,7 @@ from typing import Any
 from ._bundle import AttemptState
 from ._errors import HostErrorKind, HostUnavailableError
 from ._hosts import Host, HostState
-from ._link import HostLink
+from ._link import Delivered, HostLink
 from ._sched_core import close_quietly, logger, warn_visibly
 from ._sched_timeouts import TimeoutWatch
 
@@ -37,7 +37,12 @@ class HostEvents:
         self._gen = gen
 
     def on_result(
-        self, link: HostLink, attempt_id: int, ok: bool, payload: bytes, duration: float
+        self,
+        link: HostLink,
+        attempt_id: int,
+        ok: bool,
+        payload: bytes | Delivered,
+        duration: float,
     ) -> None:
         self._post(("result", self._host, self._gen, attempt_id, ok, payload, duration))
 

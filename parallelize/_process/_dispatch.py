@@ -89,6 +89,7 @@ class ProcessFuture(StoppableFuture[T]):
     """A PROCESS future: ``stop()`` of a running call kills the worker running it."""
 
     _pool: Pool | None = None
+    run_seconds = 0.0  # how long the call ran in its worker, set before it completes
 
     def stop(self) -> bool:
         if not super().stop():
@@ -110,8 +111,10 @@ class Pool(WorkerLifecycle):
         shm_threshold: int | None,
         max_tasks: int | None = None,
         max_memory: int | None = None,
+        stdio: Callable[[], tuple[int, int]] | None = None,
     ) -> None:
         self.max_workers = max_workers
+        self.stdio = stdio  # makes each worker's stdout and stderr pipes (None: ours)
         self.shm_threshold = shm_threshold
         self.max_tasks = max_tasks
         self.max_memory = max_memory

@@ -209,8 +209,17 @@ class Worker:
         task.future.add_done_callback(flag)
 
 
-def start_worker(env: dict[str, str], startup: bytes, shm: bool, bootstrap: str) -> Worker:
-    """Start one worker process and queue its startup frame (no lock held: blocks briefly)."""
+def start_worker(
+    env: dict[str, str],
+    startup: bytes,
+    shm: bool,
+    bootstrap: str,
+    stdio: Callable[[], tuple[int, int]] | None = None,
+) -> Worker:
+    """Start one worker process and queue its startup frame (no lock held: blocks briefly).
+    *stdio*: makes the write ends of its own stdout and stderr pipes, closed here once
+    the worker has them (default: the worker writes to this process's stdout, stderr)."""
+    out_fd, err_fd = stdio() if stdio is not None else (-1, -1)
     task_r, task_w = os.pipe()
     try:
         result_r, result_w = os.pipe()
@@ -249,6 +258,8 @@ def start_worker(env: dict[str, str], startup: bytes, shm: bool, bootstrap: str)
             ],
             pass_fds=pass_fds,
             stdin=subprocess.DEVNULL,
+            stdout=None if out_fd < 0 else out_fd,
+            stderr=None if err_fd < 0 else err_fd,
             env=env,
         )
     except BaseException:
@@ -262,6 +273,9 @@ def start_worker(env: dict[str, str], startup: bytes, shm: bool, bootstrap: str)
     finally:
         os.close(task_r)
         os.close(result_w)
+        for fd in (out_fd, err_fd):  # the worker's copies are enough: EOF when it ends
+            if fd >= 0:
+                os.close(fd)
         if child_socket >= 0:
             os.close(child_socket)
         if cancel_fd >= 0:

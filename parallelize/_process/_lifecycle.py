@@ -12,6 +12,7 @@ import os
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from concurrent.futures import Future
 from typing import TYPE_CHECKING, Any, cast
 
@@ -51,6 +52,7 @@ class WorkerLifecycle:
         path_version: int
         results: ResultLoop | None
         env: dict[str, str] | None
+        stdio: Callable[[], tuple[int, int]] | None
         original_pythonpath: str | None
 
         def wake(self) -> None: ...
@@ -98,7 +100,7 @@ class WorkerLifecycle:
                 )
             try:
                 worker = _handles.start_worker(
-                    env, startup, self.shm_threshold is not None, _handles.BOOTSTRAP
+                    env, startup, self.shm_threshold is not None, _handles.BOOTSTRAP, self.stdio
                 )
             except OSError as exc:  # out of fds, memory, processes...
                 self._start_failed(exc)

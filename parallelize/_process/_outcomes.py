@@ -10,6 +10,7 @@ from .._outcome_errors import failure_exception
 from .._pickling import callable_name
 from .._stats import Outcome, TaskStats
 from . import _shm
+from ._dispatch import ProcessFuture
 from ._handles import Task, complete_future
 from ._protocol import KIND_ERROR, KIND_OK, KIND_OK_SHM, KIND_SKIPPED
 
@@ -48,6 +49,8 @@ def complete(
         else:  # pragma: no cover - protocol bug
             error = RuntimeError(f"unknown result kind {kind}")
         stats.task_finished(Outcome.SUCCEEDED if error is None else Outcome.FAILED, duration)
+        if isinstance(task.future, ProcessFuture):
+            task.future.run_seconds = duration
         complete_future(task.future, value, error)
         del value, error
 

@@ -31,7 +31,7 @@ from .._config import parse_memory_size, validate_max_tasks
 from .._executor_base import BaseExecutor, waits_at_exit
 from .._pickling import dumps_function, split_bound_method
 from . import _shm
-from ._calls import dumps_call
+from ._calls import PickledCall, dumps_call
 from ._dispatch import Pool, ProcessFuture
 from ._handles import State
 
@@ -68,6 +68,10 @@ class ProcessExecutor(BaseExecutor):
     running the call. A worker is replaced after *max_tasks_per_worker* calls,
     or after a call that leaves it above *max_worker_memory* (bytes, or a size
     such as ``"2GiB"``); nothing queued is lost or run twice.
+
+    *stdio*: called once per worker started, returns the write ends of two pipes for its
+    stdout and stderr (closed by the pool once the worker has them; default: the workers
+    write to this process's own). REMOTE's embedded pool uses it to prefix each line.
     """
 
     supports_timeout = True
@@ -80,6 +84,7 @@ class ProcessExecutor(BaseExecutor):
         shm_threshold: int | None = _shm.DEFAULT_THRESHOLD,
         max_tasks_per_worker: int | None = None,
         max_worker_memory: int | str | None = None,
+        stdio: Callable[[], tuple[int, int]] | None = None,
     ) -> None:
         if max_workers is None:
             max_workers = os.cpu_count() or 1
@@ -110,6 +115,7 @@ class ProcessExecutor(BaseExecutor):
             self.shm_threshold,
             max_tasks_per_worker,
             max_worker_memory,
+            stdio,
         )
         _live_pools.add(self._pool)
         _live_executors.add(self)
@@ -139,6 +145,30 @@ class ProcessExecutor(BaseExecutor):
         future._pool = self._pool
         self._pool.submit(future, function, fn_bytes, args_bytes, segment, timeout)
         return future
+
+    def submit_pickled(self, call: PickledCall, timeout: float | None = None) -> ProcessFuture[Any]:
+        """Run a call pickled by :func:`~parallelize.ext.pickle_call` (it may be run again:
+        each run gets its own descriptor of the call's shared memory). The shared API of
+        REMOTE's embedded pool; ``run_seconds`` of the returned future is set before it
+        completes with a worker's answer."""
+        self._check_open()
+        future: ProcessFuture[Any] = ProcessFuture()
+        future._pool = self._pool
+        segment = call.segment_for_run()
+        self._pool.submit(future, call.fn, call.fn_bytes, call.args_bytes, segment, timeout)
+        return future
+
+    def terminate(self) -> None:
+        """Kill every worker now: queued and running calls fail (``WorkerDiedError``)."""
+        with self._shutdown_lock:
+            self._shutdown = True
+        self._pool.terminate()
+
+    def join_workers(self, timeout: float) -> None:
+        """Wait up to *timeout* seconds for the result thread to reap every worker."""
+        results = self._pool.results
+        if results is not None and results.thread is not threading.current_thread():
+            results.thread.join(timeout)
 
     def worker_pids(self) -> list[int]:
         """Process ids of the live worker processes (for diagnostics and tests)."""

@@ -1,0 +1,161 @@
+"""The embedded pool on PROCESS workers (remote/_process_link.py), through RemoteExecutor:
+the same failures as PROCESS (REMOTE retrying lost attempts first), large arrays through
+shared memory, share() handles, stop() of a running call, and which link a host gets."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import cloudpickle
+import numpy as np
+import pytest
+
+from parallelize import (
+    PicklingError,
+    PoisonedCallError,
+    ProcessExecutor,
+    TaskLostError,
+    WorkerDiedError,
+    share,
+)
+from parallelize.ext import pickle_call
+from remote import RemoteExecutor
+from remote._executor import default_link_factory
+from remote._local_link import LocalLink
+from remote._pool_config import embedded_pool
+from remote._process_link import ProcessLink
+
+pytestmark = pytest.mark.timeout(120)
+WAIT = 60.0
+
+cloudpickle.register_pickle_by_value(sys.modules[__name__])
+
+
+def die() -> None:
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def double(array: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
+    return array * 2
+
+
+def total(array: np.ndarray[Any, Any], offset: int) -> float:
+    return float(array.sum()) + offset
+
+
+def pid() -> int:
+    return os.getpid()
+
+
+def wait_then_sleep(flag: str) -> None:
+    Path(flag).write_text(str(os.getpid()))
+    time.sleep(60)
+
+
+@pytest.fixture
+def remote() -> Iterator[RemoteExecutor]:
+    ex = RemoteExecutor(embedded_pool(2), max_attempts=2, heartbeat_interval=3600)
+    yield ex
+    ex.shutdown(wait=True, cancel_futures=True)
+
+
+def test_the_embedded_pool_runs_on_process_workers() -> None:
+    spec = embedded_pool(2).hosts[0]
+    assert isinstance(default_link_factory(spec), ProcessLink)
+    # another interpreter needs a real agent
+    other = replace(spec, python="/usr/bin/env")
+    assert isinstance(default_link_factory(other), LocalLink)
+
+
+def test_a_lost_worker_is_retried_then_the_same_family_as_process(
+    remote: RemoteExecutor,
+) -> None:
+    process = ProcessExecutor(1)
+    try:
+        with pytest.raises(WorkerDiedError) as died:
+            process.submit(die).result(WAIT)
+    finally:
+        process.shutdown()
+    with pytest.raises(PoisonedCallError) as poisoned:
+        remote.submit(die).result(WAIT)
+    assert isinstance(died.value, TaskLostError)
+    assert isinstance(poisoned.value, TaskLostError)
+    assert len(poisoned.value.attempts) == 2  # max_attempts: retried once
+    assert remote.submit(pid).result(WAIT) != os.getpid()  # the pool still serves
+
+
+def test_unpicklable_argument_fails_at_submit(remote: RemoteExecutor) -> None:
+    import threading
+
+    with pytest.raises(PicklingError):
+        remote.submit(pid, threading.Lock())  # type: ignore[call-arg]
+
+
+def test_large_arrays_go_by_shared_memory_both_ways(remote: RemoteExecutor) -> None:
+    array = np.arange(1 << 20, dtype=np.float64)  # 8 MiB
+    call = pickle_call(double, (array,), {}, 1 << 20)
+    try:
+        assert call.segment is not None  # the buffer is not in the pickle
+        assert len(call.args_bytes) < 1 << 16
+    finally:
+        call.close()
+    futures = [remote.submit(double, array) for _ in range(3)]
+    for future in futures:
+        np.testing.assert_array_equal(future.result(WAIT), array * 2)
+
+
+def test_shared_handles_reach_the_workers(remote: RemoteExecutor) -> None:
+    array = np.ones(1 << 18)
+    handle = share(array)
+    results = [remote.submit(total, handle, i).result(WAIT) for i in range(3)]
+    assert results == [float(array.sum()) + i for i in range(3)]
+
+
+def test_stop_kills_the_running_call(remote: RemoteExecutor, tmp_path: Path) -> None:
+    flag = tmp_path / "started"
+    future = remote.submit(wait_then_sleep, str(flag))
+    deadline = time.monotonic() + WAIT
+    while not flag.exists() or not flag.read_text():
+        assert time.monotonic() < deadline, "the call never started"
+        time.sleep(0.01)
+    worker = int(flag.read_text())
+    assert future.stop()  # type: ignore[attr-defined]
+    while True:
+        try:
+            os.kill(worker, 0)
+        except ProcessLookupError:
+            break
+        assert time.monotonic() < deadline, f"worker {worker} still runs"
+        time.sleep(0.01)
+    assert future.cancelled()
+
+
+def test_a_pool_mixing_local_and_other_hosts_keeps_agents_for_local_ones() -> None:
+    local = embedded_pool(1).hosts[0]
+    other = replace(local, name="other", python="/usr/bin/env")  # not on PROCESS workers
+    ex = RemoteExecutor([local, other], heartbeat_interval=3600)
+    try:
+        assert not ex._local_calls
+    finally:
+        ex.shutdown()
+    assert isinstance(default_link_factory(local, process_workers=False), LocalLink)
+
+
+def fail() -> None:
+    raise ValueError("bad input")
+
+
+def test_a_raised_exception_names_the_host_it_ran_on(remote: RemoteExecutor) -> None:
+    from parallelize.ext import where_ran
+
+    with pytest.raises(ValueError, match="bad input") as raised:
+        remote.submit(fail).result(WAIT)
+    assert where_ran(raised.value) == "local"
+    assert "Traceback on host 'local'" in str(raised.value.__cause__)
