@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import atexit
 import os
-import threading
 import weakref
 from collections.abc import Callable
 from concurrent.futures import Future
@@ -41,7 +40,6 @@ P = ParamSpec("P")
 T = TypeVar("T")
 
 _live_pools: weakref.WeakSet[Pool] = weakref.WeakSet()
-_live_executors: weakref.WeakSet[ProcessExecutor] = weakref.WeakSet()
 
 
 class ProcessExecutor(BaseExecutor):
@@ -112,7 +110,6 @@ class ProcessExecutor(BaseExecutor):
             max_worker_memory,
         )
         _live_pools.add(self._pool)
-        _live_executors.add(self)
         # If the executor is dropped without shutdown, let its workers go when idle.
         self._finalizer = weakref.finalize(self, self._pool.close)
 
@@ -161,15 +158,9 @@ class ProcessExecutor(BaseExecutor):
     def _after_fork_in_child(self) -> None:
         """In a forked child: make this executor inert and closed; the parent's workers are
         left alone (their pipes are closed in the child only)."""
-        self._shutdown_lock = threading.Lock()
-        self._shutdown = True
+        super()._after_fork_in_child()
         self._pool.after_fork_in_child()
         self._finalizer.detach()
-
-
-def _after_fork_in_child() -> None:
-    for executor in list(_live_executors):
-        executor._after_fork_in_child()
 
 
 def _at_exit() -> None:
@@ -184,5 +175,4 @@ def _at_exit() -> None:
         pool.join()
 
 
-os.register_at_fork(after_in_child=_after_fork_in_child)
 atexit.register(_at_exit)
