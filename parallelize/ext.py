@@ -22,7 +22,7 @@ from ._config import (
     validate_failure_setting,
 )
 from ._errors import TaskTimeoutError, attach_remote_traceback, where_ran
-from ._executor_base import BaseExecutor, waits_at_exit
+from ._executor_base import BaseExecutor, at_threads_exit, waits_at_exit
 from ._pickling import callable_name, dumps_args, dumps_function, split_bound_method
 from ._pickling import dumps as dumps_value
 from ._process._memory import trim_c_heap as release_memory
@@ -42,6 +42,7 @@ __all__ = [
     "Outcome",
     "TaskStats",
     "TaskTimeoutError",
+    "at_threads_exit",
     "attach_remote_traceback",
     "blob_digest",
     "callable_name",
