@@ -163,10 +163,9 @@ def _cancel_all_queued() -> None:
 def _after_fork_in_child() -> None:
     global _lock
     _lock = threading.Lock()
-    for executor in list(_executors.values()):
-        reset = getattr(executor, "_after_fork_in_child", None)
-        if reset is not None:
-            reset()
+    # The executors themselves were made inert by the one fork hook of
+    # _executor_base (registered earlier, so it has already run); forget them
+    # here so that the child's first call creates fresh ones.
     _executors.clear()
 
 

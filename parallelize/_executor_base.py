@@ -11,6 +11,7 @@ pool wants to see: how many tasks are live, how long they took
 from __future__ import annotations
 
 import abc
+import os
 import sys
 import threading
 import weakref
@@ -88,6 +89,18 @@ def waits_at_exit() -> bool:
     return not isinstance(last, KeyboardInterrupt)
 
 
+def _after_fork_in_child() -> None:
+    """The one fork hook: every executor alive at fork time gets its say in the child.
+
+    Their threads and pipes belong to the parent, so each type either makes itself
+    inert (the default executors of @parallelize are then re-created on first use)
+    or refuses the next submit with the fix, instead of queueing work nobody runs."""
+    global _live_lock
+    _live_lock = threading.Lock()  # another thread of the parent may have held it
+    for executor in list(_live_executors):
+        executor._after_fork_in_child()
+
+
 def live_executors() -> list[BaseExecutor]:
     """Every executor created in this process and not yet shut down."""
     with _live_lock:
@@ -106,6 +119,8 @@ class BaseExecutor(Executor, abc.ABC):
         self._stats = TaskStats()
         self._shutdown = False
         self._shutdown_lock = threading.Lock()
+        self._created_in = os.getpid()
+        self._forked_away = False
         with _live_lock:
             _live_executors.add(self)
 
@@ -227,6 +242,13 @@ class BaseExecutor(Executor, abc.ABC):
                 "shutting down (as with concurrent.futures, work cannot be scheduled from an "
                 "atexit handler)"
             )
+        if self._forked_away:
+            raise RuntimeError(
+                f"{type(self).__name__} {self.name!r} was created in process {self._created_in} "
+                "and cannot be used in a forked child (its workers belong to the parent). "
+                f"Fix: create a new {type(self).__name__} in the child, or use @parallelize, "
+                "whose default executors are re-created after fork."
+            )
         if self._shutdown:
             raise RuntimeError(
                 f"cannot submit to {type(self).__name__} {self.name!r}: it has been shut down. "
@@ -244,8 +266,18 @@ class BaseExecutor(Executor, abc.ABC):
     def _cancel_queued(self) -> int:
         """Cancel tasks that have not started; return how many."""
 
+    def _after_fork_in_child(self) -> None:
+        """Called once in a forked child (by the one fork hook below). The default marks
+        the executor closed there, so that submit refuses with the fix; a subclass that
+        holds threads, pipes or processes releases its copies too and calls this."""
+        self._shutdown_lock = threading.Lock()
+        self._shutdown = True
+        self._forked_away = True
+
 
 # threading's exit hooks run before atexit handlers and before non-daemon threads
 # are joined; the hook exists since Python 3.9 (a private but stable API that
 # concurrent.futures itself relies on).
 threading._register_atexit(_on_threads_exit)  # type: ignore[attr-defined]
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)

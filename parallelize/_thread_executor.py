@@ -247,8 +247,7 @@ class ThreadExecutor(BaseExecutor):
 
     def _after_fork_in_child(self) -> None:
         """Make this executor inert in a forked child: its threads do not exist there."""
-        self._shutdown = True
-        self._shutdown_lock = threading.Lock()
+        super()._after_fork_in_child()
         self._threads = []
         self._queue = queue.SimpleQueue()
 

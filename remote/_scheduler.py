@@ -75,7 +75,6 @@ calls in flight run twice), then closes its links.
 
 from __future__ import annotations
 
-import atexit
 import logging
 import queue
 import threading
@@ -87,7 +86,14 @@ from concurrent.futures import TimeoutError as FuturesTimeoutError
 from typing import Any, TypeVar, cast
 
 from parallelize import TaskLostError
-from parallelize.ext import AttemptRow, HostRow, Outcome, release_memory, waits_at_exit
+from parallelize.ext import (
+    AttemptRow,
+    HostRow,
+    Outcome,
+    at_threads_exit,
+    release_memory,
+    waits_at_exit,
+)
 
 from ._bundle import Bundle, BundleState
 from ._heartbeat import HostStatus, PoolStatus, format_status, percentile
@@ -129,21 +135,11 @@ def _finish_all_at_exit() -> None:
             sched.join(timeout=5.0)
 
 
-def _register_exit_hook() -> None:
-    # threading's exit hooks run before atexit's (concurrent.futures relies on the same):
-    # paramiko's atexit handler closes every SSH connection, and if it ran first the
-    # calls in flight would be lost and run again.
-    register = getattr(threading, "_register_atexit", None)
-    if register is not None:
-        try:
-            register(_finish_all_at_exit)
-            return
-        except RuntimeError:  # interpreter already shutting down
-            pass
-    atexit.register(_finish_all_at_exit)
-
-
-_register_exit_hook()
+# The one exit hook of parallelize runs this. It is a threading exit hook, which runs
+# before atexit's (concurrent.futures relies on the same): paramiko's atexit handler
+# closes every SSH connection, and if it ran first the calls in flight would be lost
+# and run again.
+at_threads_exit(_finish_all_at_exit)
 
 
 class Scheduler(Dispatcher):

@@ -8,11 +8,16 @@
   PROCESS and REMOTE; THREAD never pickles, so it returns the object.
 * An exception that cannot be pickled arrives as a ``RuntimeError`` naming its
   type and message (THREAD: as itself).
+* A call that kills its worker process fails with a ``TaskLostError``: PROCESS
+  says ``WorkerDiedError``; REMOTE retries it elsewhere and then gives up with
+  ``PoisonedCallError``, listing every attempt.
 """
 
 from __future__ import annotations
 
+import functools
 import os
+import signal
 import sys
 import threading
 from collections.abc import Iterator
@@ -23,7 +28,14 @@ from typing import Any
 import cloudpickle
 import pytest
 
-from parallelize import PicklingError, ProcessExecutor, ThreadExecutor
+from parallelize import (
+    PicklingError,
+    PoisonedCallError,
+    ProcessExecutor,
+    TaskLostError,
+    ThreadExecutor,
+    WorkerDiedError,
+)
 
 # REMOTE slots do not share our sys.path: send this module's functions by value.
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
@@ -66,6 +78,10 @@ def return_lock() -> Any:
 
 def pid() -> int:
     return os.getpid()
+
+
+def kill_own_process() -> None:
+    os.kill(os.getpid(), signal.SIGKILL)
 
 
 @pytest.fixture(params=["thread", "process", "remote"])
@@ -146,8 +162,47 @@ def test_same_failure_same_error_under_process_and_remote(
     monkeypatch.delenv("PARALLELIZE_POOL_FILE", raising=False)
     monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "no-config"))
     from remote import RemoteExecutor
+    from remote._executor import default_link_factory
+    from remote._pool_config import embedded_pool
 
+    # The embedded pool runs on PROCESS workers; an agent's slots (what SSH hosts run) are
+    # the other runtime: a local agent over pipes stands in for them here.
+    agents = functools.partial(default_link_factory, process_workers=False)
     cases = [raise_base, raise_unpicklable, return_lock, return_exit_while_pickled]
-    with ProcessExecutor(1) as process, RemoteExecutor() as remote:
+    with (
+        ProcessExecutor(1) as process,
+        RemoteExecutor() as embedded,
+        RemoteExecutor(list(embedded_pool(1).hosts), link_factory=agents) as agent,
+    ):
         for fn in cases:
-            assert _failure(process, fn) == _failure(remote, fn), fn.__name__
+            expected = _failure(process, fn)
+            assert _failure(embedded, fn) == expected, fn.__name__
+            assert _failure(agent, fn) == expected, fn.__name__
+
+
+@pytest.mark.parametrize("method", ["process", "remote"])
+def test_a_call_that_kills_its_worker_is_lost_the_same_way(
+    method: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ex: Executor
+    if method == "process":
+        ex = ProcessExecutor(1)
+    else:
+        monkeypatch.delenv("PARALLELIZE_POOL_FILE", raising=False)
+        monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "no-config"))
+        from remote import RemoteExecutor
+
+        ex = RemoteExecutor(max_attempts=2)  # two deaths are enough to show the retry
+    try:
+        with pytest.raises(TaskLostError) as lost:
+            ex.submit(kill_own_process).result(timeout=120)
+        if method == "process":
+            assert isinstance(lost.value, WorkerDiedError), repr(lost.value)
+        else:
+            assert isinstance(lost.value, PoisonedCallError), repr(lost.value)
+            assert len(lost.value.attempts) == 2, lost.value.attempts
+            assert all(a.reason for a in lost.value.attempts), lost.value.attempts
+        # The executor replaced the dead worker and still serves.
+        assert ex.submit(pid).result(timeout=120) != os.getpid()
+    finally:
+        ex.shutdown(wait=True, cancel_futures=True)

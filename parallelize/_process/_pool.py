@@ -41,7 +41,6 @@ P = ParamSpec("P")
 T = TypeVar("T")
 
 _live_pools: weakref.WeakSet[Pool] = weakref.WeakSet()
-_live_executors: weakref.WeakSet[ProcessExecutor] = weakref.WeakSet()
 
 
 class ProcessExecutor(BaseExecutor):
@@ -118,7 +117,6 @@ class ProcessExecutor(BaseExecutor):
             stdio,
         )
         _live_pools.add(self._pool)
-        _live_executors.add(self)
         # If the executor is dropped without shutdown, let its workers go when idle.
         self._finalizer = weakref.finalize(self, self._pool.close)
 
@@ -191,15 +189,9 @@ class ProcessExecutor(BaseExecutor):
     def _after_fork_in_child(self) -> None:
         """In a forked child: make this executor inert and closed; the parent's workers are
         left alone (their pipes are closed in the child only)."""
-        self._shutdown_lock = threading.Lock()
-        self._shutdown = True
+        super()._after_fork_in_child()
         self._pool.after_fork_in_child()
         self._finalizer.detach()
-
-
-def _after_fork_in_child() -> None:
-    for executor in list(_live_executors):
-        executor._after_fork_in_child()
 
 
 def _at_exit() -> None:
@@ -214,5 +206,4 @@ def _at_exit() -> None:
         pool.join()
 
 
-os.register_at_fork(after_in_child=_after_fork_in_child)
 atexit.register(_at_exit)
