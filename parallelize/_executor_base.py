@@ -235,8 +235,13 @@ class BaseExecutor(Executor, abc.ABC):
 
     # -- for subclasses ---------------------------------------------------
 
+    #: Set on an executor that is a part of another one (REMOTE's embedded pool runs on a
+    #: ProcessExecutor): the outer executor refuses late submissions itself, and must still
+    #: be able to run the calls it finishes at exit after the interpreter began to exit.
+    serves_another_executor = False
+
     def _check_open(self) -> None:
-        if _exiting:
+        if _exiting and not self.serves_another_executor:
             raise RuntimeError(
                 f"cannot submit to {type(self).__name__} {self.name!r}: the interpreter is "
                 "shutting down (as with concurrent.futures, work cannot be scheduled from an "

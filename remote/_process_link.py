@@ -96,6 +96,9 @@ class ProcessLink:
                 max_worker_memory=self.spec.max_worker_memory,
                 stdio=self._relay.new_pipes,
             )
+            # It runs the calls REMOTE's scheduler finishes at exit (RemoteExecutor itself
+            # refuses submissions once the interpreter exits).
+            self._executor.serves_another_executor = True
         except (OSError, ValueError) as exc:
             if self._relay is not None:
                 self._relay.close()

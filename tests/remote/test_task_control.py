@@ -460,4 +460,4 @@ def test_an_agent_of_another_protocol_is_refused() -> None:
 
 def test_the_agent_is_told_its_recycling_limits() -> None:
     blob = _agent_blob("h", 2, 14.0, 3, 1 << 30)
-    assert json.loads(blob[4:])["argv"] == ["h", "2", "14.0", "3", str(1 << 30)]
+    assert json.loads(blob[4:])["argv"] == ["h", "2", "14.0", "3", str(1 << 30), "0"]
