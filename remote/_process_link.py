@@ -95,6 +95,7 @@ class ProcessLink:
                 max_tasks_per_worker=self.spec.max_tasks_per_worker,
                 max_worker_memory=self.spec.max_worker_memory,
                 stdio=self._relay.new_pipes,
+                host=self.spec.name,
             )
             # It runs the calls REMOTE's scheduler finishes at exit (RemoteExecutor itself
             # refuses submissions once the interpreter exits).

@@ -20,8 +20,8 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import Future, InvalidStateError
 from typing import Any, cast
 
-from parallelize import AttemptRecord, ParallelizeError, PoisonedCallError, RemoteTraceback
-from parallelize.ext import Outcome, TaskStats, attach_remote_traceback, failure_exception
+from parallelize import AttemptRecord, ParallelizeError, PoisonedCallError
+from parallelize.ext import Outcome, TaskStats, failure_exception
 
 from ._attempt_log import AttemptLog, FloatRing, RateWindow
 from ._bundle import Attempt, AttemptState, Bundle, BundleState
@@ -281,15 +281,8 @@ class SchedulerCore:
                 self._finish(
                     bundle, BundleState.SUCCEEDED, now, value=payload.value, duration=duration
                 )
-            else:
-                exc_value = payload.value
-                cause = exc_value.__cause__
-                if isinstance(cause, RemoteTraceback) and cause.host is None:  # name the host
-                    head, _, rest = cause.tb.partition("\n")
-                    stage = head.rpartition(" while ")[2].rstrip(":") or "running the call"
-                    tb = f"Traceback on host {host.name!r} while {stage}:\n{rest}"
-                    attach_remote_traceback(exc_value, tb, host=host.name)
-                self._finish(bundle, BundleState.FAILED, now, exc=exc_value, duration=duration)
+            else:  # decoded by the PROCESS pool, which names the host (ProcessLink)
+                self._finish(bundle, BundleState.FAILED, now, exc=payload.value, duration=duration)
             return
         if not ok:  # the outcome codec's failure, decoded as PROCESS decodes it
             error = failure_exception(payload, bundle.fn_name, f"host {host.name!r}", host.name)

@@ -112,9 +112,11 @@ class Pool(WorkerLifecycle):
         max_tasks: int | None = None,
         max_memory: int | None = None,
         stdio: Callable[[], tuple[int, int]] | None = None,
+        host: str | None = None,
     ) -> None:
         self.max_workers = max_workers
         self.stdio = stdio  # makes each worker's stdout and stderr pipes (None: ours)
+        self.host = host  # the REMOTE host it serves as (failures name it), or None
         self.shm_threshold = shm_threshold
         self.max_tasks = max_tasks
         self.max_memory = max_memory

@@ -20,9 +20,13 @@ Completion = tuple[Task, int, float, bytes, Any]
 
 
 def complete(
-    stats: TaskStats, completions: list[Completion], where: str = "a worker process"
+    stats: TaskStats,
+    completions: list[Completion],
+    where: str = "a worker process",
+    host: str | None = None,
 ) -> None:
-    """Complete the futures of answered tasks (no lock held); *where* they ran, for errors."""
+    """Complete the futures of answered tasks (no lock held); *where* they ran and the
+    *host* they ran as (REMOTE's embedded pool), for errors."""
     # Stats are recorded before the future completes, so that a caller woken by
     # the result sees them.
     for task, kind, duration, payload, segment in completions:
@@ -45,7 +49,7 @@ def complete(
                 )
                 error.__cause__ = exc
         elif kind == KIND_ERROR:
-            error = failure_exception(payload, callable_name(task.fn), where)
+            error = failure_exception(payload, callable_name(task.fn), where, host)
         else:  # pragma: no cover - protocol bug
             error = RuntimeError(f"unknown result kind {kind}")
         stats.task_finished(Outcome.SUCCEEDED if error is None else Outcome.FAILED, duration)

@@ -71,6 +71,10 @@ class ProcessExecutor(BaseExecutor):
     *stdio*: called once per worker started, returns the write ends of two pipes for its
     stdout and stderr (closed by the pool once the worker has them; default: the workers
     write to this process's own). REMOTE's embedded pool uses it to prefix each line.
+
+    *host*: the name of the REMOTE host these workers are the slots of (the embedded pool):
+    a failed call's traceback and ``where_ran`` name it, as for any host; default: the
+    worker process.
     """
 
     supports_timeout = True
@@ -84,6 +88,7 @@ class ProcessExecutor(BaseExecutor):
         max_tasks_per_worker: int | None = None,
         max_worker_memory: int | str | None = None,
         stdio: Callable[[], tuple[int, int]] | None = None,
+        host: str | None = None,
     ) -> None:
         if max_workers is None:
             max_workers = os.cpu_count() or 1
@@ -115,6 +120,7 @@ class ProcessExecutor(BaseExecutor):
             max_tasks_per_worker,
             max_worker_memory,
             stdio,
+            host,
         )
         _live_pools.add(self._pool)
         # If the executor is dropped without shutdown, let its workers go when idle.

@@ -278,7 +278,9 @@ class ResultLoop:
                 )
             if chunk:
                 spawn = pool.fill()
-        complete(self.pool.stats, completions, f"worker process {worker.pid}")
+        host = pool.host
+        where = f"worker process {worker.pid}" if host is None else f"host {host!r}"
+        complete(pool.stats, completions, where, host)
         if spawn:
             pool.start_workers(spawn)
         if chunk:
