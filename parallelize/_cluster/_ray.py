@@ -229,9 +229,7 @@ class RayExecutor(EngineExecutor):
                 try:
                     self._attempt_done(call, ref, node, value, exc)
                 except Exception:  # never lose the thread; the caller's future says why
-                    logger.exception(
-                        "%s: finishing call %d failed", self.name, call.future.call_id
-                    )
+                    logger.exception("%s: finishing call %d failed", self.name, call.future.call_id)
                     set_outcome(
                         call.future,
                         None,

@@ -12,12 +12,11 @@ import pickle
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from .._pickling import dumps_args, dumps_function, dumps_with_buffer_callback
+from .._pickling import SIMPLE_TYPES, dumps_args, dumps_function, dumps_with_buffer_callback
 from . import _shm
 
 __all__ = ["PickledCall", "dumps_call", "pickle_call"]
 
-_SIMPLE_TYPES = frozenset({int, float, str, bytes, bool, type(None)})
 _EMPTY_CALL = pickle.dumps(((), {}), protocol=5)
 _NEVER = 1 << 62  # a size no buffer has: the threshold when shared memory is off
 
@@ -30,7 +29,7 @@ def dumps_call(
 ) -> tuple[bytes, _shm.Segment | None]:
     if not args and not kwargs:
         return _EMPTY_CALL, None
-    simple = _SIMPLE_TYPES
+    simple = SIMPLE_TYPES
     big = _NEVER if shm_threshold is None else shm_threshold
     for value in args:
         tp = type(value)
