@@ -64,6 +64,11 @@ class HostTable:
         host.changes += 1
         self._index_free(host)
 
+    def reindex(self, host: Host) -> None:
+        """After a change of *host*'s capacity (its prefetch depth)."""
+        host.changes += 1
+        self._index_free(host)
+
     def _index_free(self, host: Host) -> None:
         listed = host.index in self._free_pos
         if host.free_slots > 0:

@@ -33,6 +33,15 @@ __all__ = ["Host", "HostState"]
 
 _HOST_SAMPLES = 100  # recent attempt durations per host, for p50/p95 in the status
 _EWMA = 0.3  # weight of the newest duration in a host's speed estimate
+# Hosts whose link queues attempts behind running ones (``prefetches``: the embedded pool's
+# PROCESS workers) take up to ``depth`` attempts per slot, so that short calls reach the
+# workers in batches instead of one round trip per call. The depth follows the calls'
+# measured run time, as the PROCESS pool's own does: about _PREFETCH_WINDOW seconds of
+# work queued per slot, never more than _MAX_DEPTH attempts, none for calls that take long
+# (a queued call cannot move to another host that frees up first).
+_MAX_DEPTH = 16
+_PREFETCH_WINDOW = 0.002  # seconds
+_PER_CALL = 15e-6  # seconds a call costs a worker beyond its run time (unmeasured)
 
 
 class HostState(enum.Enum):
@@ -78,6 +87,11 @@ class Host:
         self.error: HostUnavailableError | None = None  # the last connect failure
         self.running: dict[int, Attempt] = {}
         self._free_ids = list(range(self.slots))
+        # Slot ids past ``slots``: attempts queued behind running ones (see _MAX_DEPTH).
+        self.prefetches = False
+        self.depth = 1
+        self._queue_ids: list[int] = []
+        self.run_estimate: float | None = None  # EWMA of run times the workers measured
         self.backoff = 0.0
         self.retry_at = 0.0
         self.durations: deque[float] = deque(maxlen=_HOST_SAMPLES)
@@ -97,13 +111,42 @@ class Host:
 
     @property
     def free_slots(self) -> int:
-        return len(self._free_ids) if self.state is HostState.UP else 0
+        if self.state is not HostState.UP:
+            return 0
+        free = len(self._free_ids)
+        if self.depth > 1:
+            queued = self.slots * (_MAX_DEPTH - 1) - len(self._queue_ids)
+            free += max(0, self.slots * (self.depth - 1) - queued)
+        return free
 
     def take_slot(self) -> int:
-        return heapq.heappop(self._free_ids)
+        if self._free_ids:
+            return heapq.heappop(self._free_ids)
+        return heapq.heappop(self._queue_ids)
 
     def release_slot(self, slot: int) -> None:
-        heapq.heappush(self._free_ids, slot)
+        heapq.heappush(self._free_ids if slot < self.slots else self._queue_ids, slot)
+
+    def set_prefetches(self, prefetches: bool) -> None:
+        """Whether the host's link queues attempts (set when it connects; its slots are
+        all free then)."""
+        self.prefetches = prefetches
+        self.depth = 1
+        self._queue_ids = list(range(self.slots, self.slots * _MAX_DEPTH)) if prefetches else []
+
+    def record_run(self, seconds: float) -> bool:
+        """A run time measured by a worker of a prefetching host; True if ``depth``
+        changed (then the host table must re-index the host)."""
+        if not self.prefetches:
+            return False
+        estimate = self.run_estimate
+        estimate = seconds if estimate is None else estimate + _EWMA * (seconds - estimate)
+        self.run_estimate = estimate
+        depth = max(1, min(_MAX_DEPTH, int(_PREFETCH_WINDOW / (estimate + _PER_CALL))))
+        if depth == self.depth:
+            return False
+        self.depth = depth
+        return True
 
     def record_duration(self, seconds: float) -> None:
         self.durations.append(seconds)

@@ -36,6 +36,7 @@ from ._errors import HostUnavailableError
 
 if TYPE_CHECKING:
     from parallelize.ext import PickledCall
+    from smart_future import StoppableFuture
 
 __all__ = [
     "Delivered",
@@ -144,5 +145,17 @@ class HostLink(Protocol):
 class LocalCallLink(HostLink, Protocol):
     """A link that runs calls pickled the PROCESS way (see the module docstring)."""
 
-    def submit_local(self, attempt_id: int, call: PickledCall, timeout: float | None) -> None:
-        """Start an attempt of *call* (never blocks; it may be started again elsewhere)."""
+    prefetches: bool
+    """Whether attempts may be sent beyond the free slots, to wait at the host behind
+    running ones (short calls only, see ``Host.depth``)."""
+
+    def submit_local(
+        self,
+        attempt_id: int,
+        call: PickledCall,
+        timeout: float | None,
+        caller: StoppableFuture[Any] | None = None,
+    ) -> None:
+        """Start an attempt of *call* (never blocks; it may be started again elsewhere).
+        *caller*: the call's future, not running yet, which the link marks running
+        (``StoppableFuture.mark_running``) once the attempt starts rather than waits."""

@@ -50,6 +50,7 @@ import cloudpickle
 
 from parallelize import RemoteTraceback, TaskTimeoutError, WorkerDiedError
 from parallelize.ext import PickledCall, ProcessExecutor
+from smart_future import StoppableFuture
 
 from ._errors import HostErrorKind, HostUnavailableError
 from ._link import Delivered, HostSpec, LinkEvents
@@ -123,11 +124,25 @@ class ProcessLink:
             "(submit_local); a wire payload cannot be sent to it"
         )
 
-    def submit_local(self, attempt_id: int, call: PickledCall, timeout: float | None) -> None:
+    # The pool queues attempts behind running ones in each worker (see ``submit_local``).
+    prefetches = True
+
+    def submit_local(
+        self,
+        attempt_id: int,
+        call: PickledCall,
+        timeout: float | None,
+        caller: StoppableFuture[Any] | None = None,
+    ) -> None:
         executor = self._executor
         if executor is None or self._closed:
             raise RuntimeError(f"link to {self.spec.name!r} is closed")
-        future = executor.submit_pickled(call, timeout)
+        # The scheduler may send more attempts than there are workers (short calls: the
+        # pool then batches them). *caller*, the call's future when it is not running yet,
+        # turns running when the attempt really starts in a worker, so that until then
+        # the caller can still cancel() it the standard way.
+        on_start = None if caller is None else caller.mark_running
+        future = executor.submit_pickled(call, timeout, on_start)
         with self._lock:
             self._running[attempt_id] = future
         future.add_done_callback(lambda f: self._done(attempt_id, f))

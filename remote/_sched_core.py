@@ -22,6 +22,7 @@ from typing import Any, cast
 
 from parallelize import AttemptRecord, ParallelizeError, PoisonedCallError
 from parallelize.ext import Outcome, TaskStats, failure_exception
+from smart_future import StoppableFuture
 
 from ._attempt_log import AttemptLog, FloatRing, RateWindow
 from ._bundle import Attempt, AttemptState, Bundle, BundleState
@@ -167,15 +168,26 @@ class SchedulerCore:
 
     def _start_attempt(self, bundle: Bundle, host: Host, now: float, *, is_backup: bool) -> None:
         future = bundle.future
+        # A prefetching link (the embedded pool) marks the caller's future running itself,
+        # when the attempt starts in a worker rather than waits behind another there.
+        caller = (
+            future
+            if host.prefetches and not is_backup and isinstance(future, StoppableFuture)
+            else None
+        )
         if (
             not is_backup
             and not future.running()
-            and (future.cancelled() or not future.set_running_or_notify_cancel())
+            and (
+                future.cancelled() or (caller is None and not future.set_running_or_notify_cancel())
+            )
         ):
             # cancelled while queued (its cancel message may still be on its way): drop it
             if not bundle.state.terminal:
                 self._finish(bundle, BundleState.CANCELLED, now)
             return
+        if caller is not None and caller.running():
+            caller = None  # a retry: it has run before
         limit = bundle.timeout
         if limit is not None and is_backup:  # the call's clock runs from its oldest copy
             oldest = min((a.start for a in bundle.running_attempts), default=now)
@@ -204,9 +216,10 @@ class SchedulerCore:
             raise RuntimeError(f"attempt {attempt_id} started on {host!r} with no link")
         try:
             if bundle.local_call is not None:  # only ever sent to ProcessLinks (see _executor)
-                if limit is not None:
-                    heapq.heappush(self._deadlines, (now + limit + self._timeout_grace, attempt_id))
-                cast(LocalCallLink, link).submit_local(attempt_id, bundle.local_call, limit)
+                # No fallback deadline: the PROCESS pool's own timer enforces the timeout
+                # from when the attempt starts (there is no network to stall), and an
+                # attempt may wait behind others there first.
+                cast(LocalCallLink, link).submit_local(attempt_id, bundle.local_call, limit, caller)
             elif limit is None:
                 link.submit(attempt_id, bundle.fn_id, bundle.fn_payload, bundle.args_payload)
             else:
@@ -228,7 +241,7 @@ class SchedulerCore:
             attempt.bundle_id,
             attempt.id,
             attempt.host,
-            attempt.slot,
+            attempt.slot % host.slots,  # (ids past ``slots`` are queue places: see _hosts)
             attempt.start - self._t0,
             now - self._t0,
             state.value,
@@ -267,6 +280,8 @@ class SchedulerCore:
         )
         elapsed = now - attempt.start
         host.record_duration(elapsed)
+        if host.record_run(duration):
+            self._table.reindex(host)
         self._durations.append(elapsed)
         if attempt.is_backup and won:
             self._backups_won += 1

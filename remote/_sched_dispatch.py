@@ -155,6 +155,12 @@ class Dispatcher(HostHealth):
                 kept.append(bundle)
         self._pending.clear()
         self._pending.extend(kept)
+        for bundle in list(self._running.values()):
+            # sent to a prefetching host but waiting there behind another call: not started
+            if bundle.local_call is not None and bundle.future.cancel():
+                self._cancel_attempts(bundle, now, "cancelled by the user")
+                self._finish(bundle, BundleState.CANCELLED, now)
+                count += 1
         return count
 
     def _speculate(self, now: float) -> None:
@@ -192,6 +198,7 @@ class Dispatcher(HostHealth):
             running = bundle.running_attempts
             if (
                 not running
+                or not bundle.future.running()  # waiting at its host (prefetched), not run
                 or not bundle.allow_backups
                 or bundle.backups >= cfg.max_backups_per_bundle
             ):

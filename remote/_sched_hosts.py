@@ -72,6 +72,8 @@ class HostHealth(TimeoutWatch):
             self._connect_failed(host, exc, self._clock())
             return
         host.link = link
+        # (a host that connects runs nothing: its attempts ended when it went down)
+        host.set_prefetches(bool(getattr(link, "prefetches", False)))
         events = HostEvents(self._q.put, host, gen)
         threading.Thread(
             target=self._connect_worker,

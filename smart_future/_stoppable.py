@@ -18,7 +18,7 @@ tests check the behaviour.
 from __future__ import annotations
 
 from concurrent.futures import Future
-from concurrent.futures._base import CANCELLED, CANCELLED_AND_NOTIFIED, FINISHED, RUNNING
+from concurrent.futures._base import CANCELLED, CANCELLED_AND_NOTIFIED, FINISHED, PENDING, RUNNING
 from typing import Any, TypeVar
 
 __all__ = ["StoppableFuture"]
@@ -28,6 +28,22 @@ T = TypeVar("T")
 
 class StoppableFuture(Future[T]):
     """A future that an executor can kill while it runs; see the module docstring."""
+
+    def mark_running(self) -> bool:
+        """``set_running_or_notify_cancel()`` for a future that more than one thread may
+        start: True if it is running now (already, or from this call), False if it was
+        cancelled (its waiters are told, as the standard method does) or has finished.
+
+        The standard method raises when the future is already running; an executor whose
+        calls are started by its worker side while its scheduler may also mark them (on a
+        result, for one) needs the idempotent form."""
+        state: Any = self
+        with state._condition:  # re-entrant: set_running_or_notify_cancel takes it again
+            if state._state == RUNNING:
+                return True
+            if state._state not in (PENDING, CANCELLED):
+                return False
+            return self.set_running_or_notify_cancel()
 
     def stop(self) -> bool:
         """Cancel the call even if it is running; True if it is now cancelled.

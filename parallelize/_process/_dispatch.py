@@ -90,6 +90,17 @@ class ProcessFuture(StoppableFuture[T]):
 
     _pool: Pool | None = None
     run_seconds = 0.0  # how long the call ran in its worker, set before it completes
+    # Called (under the pool's lock, on the thread that starts it) when the call starts in
+    # its worker: REMOTE's embedded pool marks its caller's future running then.
+    on_start: Callable[[], object] | None = None
+
+    def set_running_or_notify_cancel(self) -> bool:
+        if not super().set_running_or_notify_cancel():
+            return False
+        on_start = self.on_start
+        if on_start is not None:
+            on_start()
+        return True
 
     def stop(self) -> bool:
         if not super().stop():

@@ -150,14 +150,22 @@ class ProcessExecutor(BaseExecutor):
         self._pool.submit(future, function, fn_bytes, args_bytes, segment, timeout)
         return future
 
-    def submit_pickled(self, call: PickledCall, timeout: float | None = None) -> ProcessFuture[Any]:
+    def submit_pickled(
+        self,
+        call: PickledCall,
+        timeout: float | None = None,
+        on_start: Callable[[], object] | None = None,
+    ) -> ProcessFuture[Any]:
         """Run a call pickled by :func:`~parallelize.ext.pickle_call` (it may be run again:
         each run gets its own descriptor of the call's shared memory). The shared API of
         REMOTE's embedded pool; ``run_seconds`` of the returned future is set before it
-        completes with a worker's answer."""
+        completes with a worker's answer. *on_start* is called when the call starts in a
+        worker (on the thread that starts it, holding the pool's lock: it must not block
+        or call back into the pool), not when it is queued behind another one."""
         self._check_open()
         future: ProcessFuture[Any] = ProcessFuture()
         future._pool = self._pool
+        future.on_start = on_start
         segment = call.segment_for_run()
         self._pool.submit(future, call.fn, call.fn_bytes, call.args_bytes, segment, timeout)
         return future

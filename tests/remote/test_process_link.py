@@ -159,3 +159,92 @@ def test_a_raised_exception_names_the_host_it_ran_on(remote: RemoteExecutor) -> 
         remote.submit(fail).result(WAIT)
     assert where_ran(raised.value) == "local"
     assert "Traceback on host 'local'" in str(raised.value.__cause__)
+
+
+def hold_until(started: str, gate: str) -> int:
+    """Occupy a worker until the test creates *gate* (a file: workers share no memory with
+    the test; polling is the call's own business, the test waits on its marker)."""
+    Path(started).write_text(str(os.getpid()))
+    while not os.path.exists(gate):
+        time.sleep(0.005)
+    return os.getpid()
+
+
+def mark(path: str) -> str:
+    Path(path).write_text("ran")
+    return path
+
+
+def _wait_for(condition: Any, what: str) -> None:
+    deadline = time.monotonic() + WAIT
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.01)
+
+
+def _depth(executor: RemoteExecutor) -> int:
+    scheduler = executor._scheduler
+    return int(scheduler.call(lambda: scheduler._hosts[0].depth))
+
+
+def test_short_calls_wait_at_the_host_without_running_and_can_be_cancelled(
+    tmp_path: Path,
+) -> None:
+    """Short calls are sent ahead to the workers (prefetched), but a call waiting there
+    behind another is not running: a plain cancel() succeeds, and it never runs."""
+    executor = RemoteExecutor(embedded_pool(2), heartbeat_interval=3600)
+    try:
+        for future in [executor.submit(pid) for _ in range(200)]:
+            future.result(WAIT)
+        assert _depth(executor) > 1  # short calls: the host queues several per slot
+        gate = tmp_path / "gate"
+        holders = [executor.submit(hold_until, str(tmp_path / f"h{i}"), str(gate)) for i in (0, 1)]
+        _wait_for(lambda: all((tmp_path / f"h{i}").exists() for i in (0, 1)), "both slots busy")
+        assert all(h.running() for h in holders)
+        queued = [executor.submit(mark, str(tmp_path / f"q{i}")) for i in range(6)]
+        # sent to the workers (there is room at the host), yet none of them has started
+        _wait_for(
+            lambda: executor._scheduler.call(lambda: len(executor._scheduler._running)) == 8,
+            "the queued calls to be sent to the host",
+        )
+        assert not any(f.running() for f in queued)
+        assert queued[0].cancel() and queued[3].cancel()
+        assert executor.cancel_queued() == 4  # the other four: also waiting at the host
+        gate.write_text("open")
+        assert sorted(h.result(WAIT) for h in holders) == sorted(
+            int((tmp_path / f"h{i}").read_text()) for i in (0, 1)
+        )
+        assert all(f.cancelled() for f in queued)
+        # the pool is still whole and nothing cancelled ran
+        assert [executor.submit(mark, str(tmp_path / "after")).result(WAIT)] == [
+            str(tmp_path / "after")
+        ]
+        assert not any((tmp_path / f"q{i}").exists() for i in range(6))
+    finally:
+        executor.shutdown()
+
+
+def test_a_call_waiting_at_the_host_turns_running_when_it_starts(tmp_path: Path) -> None:
+    executor = RemoteExecutor(embedded_pool(1), heartbeat_interval=3600)
+    try:
+        for future in [executor.submit(pid) for _ in range(200)]:
+            future.result(WAIT)
+        assert _depth(executor) > 1
+        gate = tmp_path / "gate"
+        first = executor.submit(hold_until, str(tmp_path / "h0"), str(gate))
+        _wait_for((tmp_path / "h0").exists, "the first call to start")
+        second = executor.submit(hold_until, str(tmp_path / "h1"), str(gate) + "2")
+        _wait_for(
+            lambda: executor._scheduler.call(lambda: len(executor._scheduler._running)) == 2,
+            "the second call to be sent to the host",
+        )
+        assert first.running() and not second.running()
+        gate.write_text("open")
+        first.result(WAIT)
+        _wait_for((tmp_path / "h1").exists, "the second call to start")
+        assert second.running()  # marked when the worker started it, not before
+        Path(str(gate) + "2").write_text("open")
+        second.result(WAIT)
+    finally:
+        executor.shutdown()
