@@ -113,11 +113,14 @@ class Host:
     def free_slots(self) -> int:
         if self.state is not HostState.UP:
             return 0
-        free = len(self._free_ids)
-        if self.depth > 1:
-            queued = self.slots * (_MAX_DEPTH - 1) - len(self._queue_ids)
-            free += max(0, self.slots * (self.depth - 1) - queued)
-        return free
+        return len(self._free_ids) + self._queue_room
+
+    @property
+    def _queue_room(self) -> int:
+        if self.depth == 1:
+            return 0
+        queued = self.slots * (_MAX_DEPTH - 1) - len(self._queue_ids)
+        return max(0, self.slots * (self.depth - 1) - queued)
 
     def take_slot(self) -> int:
         if self._free_ids:
