@@ -6,8 +6,9 @@ by the PROCESS pool as it starts the worker), so lines of different workers neve
 even unbuffered (``PYTHONUNBUFFERED``: ``print`` writes the text and the newline
 apart). One thread copies every pipe to this process's ``sys.stdout`` and
 ``sys.stderr`` until the pipe ends with its worker. A worker flushes its streams before
-it writes a result, and the link calls :meth:`OutputRelay.drain_stdout` before it posts
-that result, so what a call printed is out before its future completes.
+it writes a result, and the PROCESS pool calls :meth:`OutputRelay.drain_stdout` (its
+``drain_stdio``) before it delivers a batch of results, so what a call printed is out
+before its future completes.
 
 ``_lock`` guards the pipe table (read end -> stream, partial line); it is held while
 reading (non-blocking) and writing lines, never while waiting.

@@ -96,6 +96,7 @@ class ProcessLink:
                 max_tasks_per_worker=self.spec.max_tasks_per_worker,
                 max_worker_memory=self.spec.max_worker_memory,
                 stdio=self._relay.new_pipes,
+                drain_stdio=self._relay.drain_stdout,
                 host=self.spec.name,
             )
             # It runs the calls REMOTE's scheduler finishes at exit (RemoteExecutor itself
@@ -155,9 +156,6 @@ class ProcessLink:
         events = self._events
         if events is None or self._closed or future.cancelled():
             return
-        relay = self._relay
-        if relay is not None:
-            relay.drain_stdout()  # what the call printed comes out before its result
         duration = float(getattr(future, "run_seconds", 0.0))
         exc = future.exception()
         if exc is None:

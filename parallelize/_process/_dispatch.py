@@ -127,6 +127,7 @@ class Pool(WorkerLifecycle):
     ) -> None:
         self.max_workers = max_workers
         self.stdio = stdio  # makes each worker's stdout and stderr pipes (None: ours)
+        self.drain_stdio: Callable[[], None] | None = None  # before each batch of results
         self.host = host  # the REMOTE host it serves as (failures name it), or None
         self.shm_threshold = shm_threshold
         self.max_tasks = max_tasks

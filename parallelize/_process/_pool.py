@@ -71,6 +71,8 @@ class ProcessExecutor(BaseExecutor):
     *stdio*: called once per worker started, returns the write ends of two pipes for its
     stdout and stderr (closed by the pool once the worker has them; default: the workers
     write to this process's own). REMOTE's embedded pool uses it to prefix each line.
+    *drain_stdio*: called on the result thread before each batch of results is delivered,
+    so that what the calls printed to those pipes is passed on before their results.
 
     *host*: the name of the REMOTE host these workers are the slots of (the embedded pool):
     a failed call's traceback and ``where_ran`` name it, as for any host; default: the
@@ -88,6 +90,7 @@ class ProcessExecutor(BaseExecutor):
         max_tasks_per_worker: int | None = None,
         max_worker_memory: int | str | None = None,
         stdio: Callable[[], tuple[int, int]] | None = None,
+        drain_stdio: Callable[[], None] | None = None,
         host: str | None = None,
     ) -> None:
         if max_workers is None:
@@ -122,6 +125,7 @@ class ProcessExecutor(BaseExecutor):
             stdio,
             host,
         )
+        self._pool.drain_stdio = drain_stdio
         _live_pools.add(self._pool)
         # If the executor is dropped without shutdown, let its workers go when idle.
         self._finalizer = weakref.finalize(self, self._pool.close)

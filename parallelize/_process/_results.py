@@ -280,6 +280,8 @@ class ResultLoop:
                 spawn = pool.fill()
         host = pool.host
         where = f"worker process {worker.pid}" if host is None else f"host {host!r}"
+        if completions and pool.drain_stdio is not None:
+            pool.drain_stdio()  # (workers flush their output before they answer)
         complete(pool.stats, completions, where, host)
         if spawn:
             pool.start_workers(spawn)
