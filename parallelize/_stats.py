@@ -35,6 +35,10 @@ _PERCENTILES = (50.0, 90.0, 95.0, 99.0)
 class Outcome(enum.Enum):
     """How a task ended."""
 
+    # Members are singletons compared by identity: hash them as such (Enum hashes the
+    # name in Python code; these are dict keys on the hot paths of every call).
+    __hash__ = object.__hash__
+
     SUCCEEDED = "succeeded"
     FAILED = "failed"
     CANCELLED = "cancelled"

@@ -49,6 +49,9 @@ class BundleState(enum.Enum):
     FAILED = "failed"
     POISONED = "poisoned"
     CANCELLED = "cancelled"
+    # Members are singletons compared by identity: hash them as such (Enum hashes the
+    # name in Python code; these are dict keys on the hot paths of every call).
+    __hash__ = object.__hash__
 
     @property
     def terminal(self) -> bool:
@@ -61,6 +64,9 @@ class AttemptState(enum.Enum):
     LOST = "lost"
     CANCELLED = "cancelled"
     TIMED_OUT = "timed_out"
+    # Members are singletons compared by identity: hash them as such (Enum hashes the
+    # name in Python code; these are dict keys on the hot paths of every call).
+    __hash__ = object.__hash__
 
     @property
     def terminal(self) -> bool:

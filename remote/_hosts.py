@@ -52,6 +52,9 @@ class HostState(enum.Enum):
     DOWN = "down"
     BROKEN = "broken"
     CLOSED = "closed"
+    # Members are singletons compared by identity: hash them as such (Enum hashes the
+    # name in Python code; these are dict keys on the hot paths of every call).
+    __hash__ = object.__hash__
 
     @property
     def connected(self) -> bool:

@@ -52,6 +52,10 @@ _SMALL_FRAME = 1 << 16
 class State(enum.Enum):
     """A worker's state; transitions under the pool lock (see ``_dispatch``)."""
 
+    # Members are singletons compared by identity: hash them as such (Enum hashes the
+    # name in Python code; these are dict keys on the hot paths of every call).
+    __hash__ = object.__hash__
+
     STARTING = "starting"  # started, READY frame not yet read: may be sent tasks
     READY = "ready"  # serving
     RETIRING = "retiring"  # sent its max tasks: runs what it has, then exits; gets nothing new
