@@ -1,0 +1,110 @@
+"""The REMOTE scheduler's status: the heartbeat log line, :meth:`status` (per-host rows
+rebuilt only for hosts that changed) and :meth:`snapshot` for ``stats()`` (scheduler
+thread only; see ``_scheduler`` for the threading model).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, cast
+
+from parallelize.ext import AttemptRow, HostRow
+
+from ._bundle import BundleState
+from ._heartbeat import HostStatus, PoolStatus, format_status, percentile
+from ._sched_core import logger
+from ._sched_dispatch import Dispatcher
+
+__all__ = ["StatusReports"]
+
+
+class StatusReports(Dispatcher):
+    """Status and heartbeat (scheduler thread only)."""
+
+    def _heartbeat(self, now: float) -> None:
+        self._next_heartbeat = now + self._heartbeat_interval
+        if not logger.isEnabledFor(logging.INFO):
+            return
+        status = self.status(now)
+        key = (status.done, status.in_flight, status.pending)
+        if self._has_work() or key != self._last_logged:
+            self._last_logged = key
+            logger.info("%s", format_status(self.name, status))
+
+    def status(self, now: float | None = None) -> PoolStatus:
+        """The heartbeat data (scheduler thread only; others use ``call``). A host's row is
+        rebuilt only when the host changed, so a large idle fleet costs little."""
+        if now is None:
+            now = self._clock()
+        hosts = []
+        for h in self._hosts:
+            cached = h.status_cache
+            if cached is not None and cached[0] == h.changes:
+                hosts.append(cast(HostStatus, cached[1]))
+                continue
+            p50, p95 = h.percentiles()
+            row = HostStatus(
+                name=h.name,
+                state=h.state.value,
+                slots=h.slots,
+                in_flight=len(h.running),
+                done=h.done,
+                lost=h.lost,
+                p50=p50,
+                p95=p95,
+                reason=h.reason,
+                in_flight_bundles=tuple(sorted({a.bundle_id for a in h.running.values()})),
+            )
+            h.status_cache = (h.changes, row)
+            hosts.append(row)
+        remaining = self._n_pending + len(self._running)
+        eta: float | None = None
+        rate = self._completions.rate(now)
+        if remaining == 0:
+            eta = 0.0
+        elif rate:
+            eta = remaining / rate
+        durations = sorted(self._durations.values())
+        counts = self._counts
+        return PoolStatus(
+            done=sum(counts.values()),
+            in_flight=len(self._running),
+            pending=self._n_pending,
+            succeeded=counts[BundleState.SUCCEEDED],
+            failed=counts[BundleState.FAILED],
+            poisoned=counts[BundleState.POISONED],
+            cancelled=counts[BundleState.CANCELLED],
+            backups_started=self._backups_started,
+            backups_won=self._backups_won,
+            p50=percentile(durations, 50),
+            p95=percentile(durations, 95),
+            eta=eta,
+            hosts=tuple(hosts),
+        )
+
+    def snapshot(self) -> tuple[dict[str, Any], tuple[AttemptRow, ...], tuple[HostRow, ...]]:
+        """Status as plain data (with the attempts as dicts too, for older readers), the
+        kept attempts and the host rows (scheduler thread only)."""
+        status = self.status()
+        data = status.as_dict()
+        rows = self._attempt_log.rows()
+        data["attempts"] = self._attempt_log.records()
+        data["attempts_total"] = self._attempt_log.total
+        # bytes written to and read from each host's current connection (links that count)
+        for key in ("bytes_sent", "bytes_received"):
+            data[key] = {h.name: int(getattr(h.link, key, 0)) for h in self._hosts if h.link}
+        hosts = tuple(
+            HostRow(
+                name=h.name,
+                state=h.state,
+                slots=h.slots,
+                in_flight=h.in_flight,
+                done=h.done,
+                lost=h.lost,
+                p50=h.p50,
+                p95=h.p95,
+                reason=h.reason or None,
+            )
+            for h in status.hosts
+        )
+        return data, rows, hosts
