@@ -10,14 +10,12 @@ build on it; ``_scheduler.Scheduler`` adds the thread, the loop, status and tear
 from __future__ import annotations
 
 import heapq
-import logging
 import pickle
 import queue
 import threading
 import time
 from collections import OrderedDict, deque
 from collections.abc import Callable, Sequence
-from concurrent.futures import Future, InvalidStateError
 from typing import Any, cast
 
 from parallelize import AttemptRecord, ParallelizeError, PoisonedCallError
@@ -31,43 +29,16 @@ from ._host_table import HostTable
 from ._hosts import Host
 from ._link import Delivered, HostLink, HostSpec, LocalCallLink
 from ._policies import SelectionPolicy
+from ._sched_util import copy_error, logger, settle
 from ._speculation import SpeculationConfig
 
-__all__ = [
-    "FN_IDS",
-    "LinkFactory",
-    "SchedulerCore",
-    "close_quietly",
-    "copy_error",
-    "logger",
-    "warn_visibly",
-]
-
-logger = logging.getLogger("remote")
+__all__ = ["FN_IDS", "LinkFactory", "SchedulerCore"]
 
 LinkFactory = Callable[[HostSpec], HostLink]
 
 _GLOBAL_SAMPLES = 5000
 _RATE_WINDOW = 30.0  # seconds of completions used for the ETA
 FN_IDS = 1024  # distinct function payloads remembered (LRU) for their ids
-
-
-def warn_visibly(log: logging.Logger, message: str, *args: Any) -> None:
-    """Log at WARNING; when no handler is configured anywhere (our loggers carry only a
-    NullHandler, which stops ``logging.lastResort``), print it through lastResort, so a
-    problem that needs a person is never silent in a plain script."""
-    log.warning(message, *args)
-    current: logging.Logger | None = log
-    while current is not None:
-        if any(not isinstance(h, logging.NullHandler) for h in current.handlers):
-            return
-        if not current.propagate:
-            break
-        current = current.parent
-    last = logging.lastResort
-    if last is not None and log.isEnabledFor(logging.WARNING):
-        record = log.makeRecord(log.name, logging.WARNING, "(remote)", 0, message, args, None)
-        last.handle(record)
 
 
 class SchedulerCore:
@@ -390,14 +361,14 @@ class SchedulerCore:
             future.cancel()
             self._stats.task_finished(Outcome.CANCELLED, None)
         elif state is BundleState.SUCCEEDED:
-            if _settle(future, value=value):
+            if settle(future, value=value):
                 self._stats.task_finished(Outcome.SUCCEEDED, duration)
             else:
                 self._stats.task_finished(Outcome.CANCELLED, None)
         else:
             if exc is None:  # a bug: a failed bundle always has its error
                 raise RuntimeError(f"bundle {bundle.id} failed without an exception")
-            if _settle(future, exc=exc):
+            if settle(future, exc=exc):
                 self._stats.task_finished(Outcome.FAILED, duration)
             else:
                 self._stats.task_finished(Outcome.CANCELLED, None)
@@ -413,34 +384,3 @@ class SchedulerCore:
         self._n_pending = 0
         for bundle in pending:
             self._finish(bundle, BundleState.FAILED, now, exc=copy_error(error))
-
-
-def _settle(future: Future[Any], *, value: Any = None, exc: BaseException | None = None) -> bool:
-    """Complete *future* with *value* or *exc*; False if the user cancelled it first.
-
-    A RUNNING future can be stopped (``StoppableFuture.stop``) from the user's thread at
-    any moment, so setting its outcome may find it cancelled: that is not an error."""
-    if future.cancelled():
-        return False
-    if not future.running() and not future.set_running_or_notify_cancel():
-        return False  # cancelled a moment ago (a PENDING future is cancelled, not stopped)
-    try:
-        if exc is not None:
-            future.set_exception(exc)
-        else:
-            future.set_result(value)
-    except InvalidStateError:  # stopped a moment ago; its done-callback tells us
-        return False
-    return True
-
-
-def copy_error(error: HostUnavailableError) -> HostUnavailableError:
-    """A fresh exception per future: a shared instance would collect every caller's frames."""
-    return HostUnavailableError(str(error), error.kind, error.host)
-
-
-def close_quietly(link: HostLink) -> None:
-    try:
-        link.close()
-    except Exception as exc:
-        logger.debug("closing link to %s failed: %s", link.spec.name, exc)

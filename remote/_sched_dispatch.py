@@ -7,8 +7,9 @@ from __future__ import annotations
 
 from ._bundle import Bundle, BundleState
 from ._hosts import Host, HostState
-from ._sched_core import FN_IDS, copy_error
+from ._sched_core import FN_IDS
 from ._sched_hosts import HostHealth
+from ._sched_util import copy_error
 from ._speculation import feeds_slow_host, remaining_time, worth_backup
 
 __all__ = ["Dispatcher"]

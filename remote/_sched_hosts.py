@@ -15,8 +15,8 @@ from ._bundle import AttemptState
 from ._errors import HostErrorKind, HostUnavailableError
 from ._hosts import Host, HostState
 from ._link import Delivered, HostLink
-from ._sched_core import close_quietly, logger, warn_visibly
 from ._sched_timeouts import TimeoutWatch
+from ._sched_util import close_quietly, logger, warn_visibly
 
 __all__ = ["HostEvents", "HostHealth", "describe"]
 

@@ -12,8 +12,8 @@ from parallelize.ext import AttemptRow, HostRow
 
 from ._bundle import BundleState
 from ._heartbeat import HostStatus, PoolStatus, format_status, percentile
-from ._sched_core import logger
 from ._sched_dispatch import Dispatcher
+from ._sched_util import logger
 
 __all__ = ["StatusReports"]
 

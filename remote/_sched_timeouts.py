@@ -16,7 +16,8 @@ from parallelize import TaskTimeoutError
 
 from ._bundle import AttemptState, Bundle, BundleState
 from ._hosts import Host
-from ._sched_core import SchedulerCore, logger
+from ._sched_core import SchedulerCore
+from ._sched_util import logger
 
 __all__ = ["TimeoutWatch"]
 

@@ -8,7 +8,7 @@ rescues, speculation), ``_sched_status`` (status, heartbeat, snapshot) and this 
 What can be pure lives elsewhere: the host state machine and speed estimates
 (``_hosts``), the host indexes (``_host_table``), the speculation policy
 (``_speculation``), selection (``_policies``), status and percentiles
-(``_heartbeat``), the bounded attempt record (``_attempt_log``), the bundle and
+(``_heartbeat``), small helpers (``_sched_util``), the bounded attempt record (``_attempt_log``), the bundle and
 attempt state machines (``_bundle``).
 
 Concurrency design
@@ -96,8 +96,9 @@ from parallelize.ext import (
 from ._bundle import Bundle, BundleState
 from ._heartbeat import PoolStatus
 from ._hosts import HostState
-from ._sched_core import LinkFactory, close_quietly, logger, warn_visibly
+from ._sched_core import LinkFactory
 from ._sched_status import StatusReports
+from ._sched_util import close_quietly, logger, warn_visibly
 
 __all__ = ["LinkFactory", "Scheduler", "warn_visibly"]
 
