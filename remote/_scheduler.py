@@ -8,8 +8,8 @@ rescues, speculation), ``_sched_status`` (status, heartbeat, snapshot) and this 
 What can be pure lives elsewhere: the host state machine and speed estimates
 (``_hosts``), the host indexes (``_host_table``), the speculation policy
 (``_speculation``), selection (``_policies``), status and percentiles
-(``_heartbeat``), small helpers (``_sched_util``), the bounded attempt record (``_attempt_log``), the bundle and
-attempt state machines (``_bundle``).
+(``_heartbeat``), small helpers (``_sched_util``), the bounded attempt record
+(``_attempt_log``), the bundle and attempt state machines (``_bundle``).
 
 Concurrency design
 ------------------
