@@ -256,9 +256,10 @@ class SchedulerCore:
         self._durations.append(elapsed)
         if attempt.is_backup and won:
             self._backups_won += 1
-        for loser in bundle.running_attempts:  # what they ran is a floor on their host's pace
-            self._host_of(loser).record_censored(now - loser.start)
-        self._cancel_attempts(bundle, now, f"lost the race to attempt {attempt_id}")
+        if len(bundle.attempts) > 1:  # backups or retries: copies may still be running
+            for loser in bundle.running_attempts:  # what they ran: a floor on their host's pace
+                self._host_of(loser).record_censored(now - loser.start)
+            self._cancel_attempts(bundle, now, f"lost the race to attempt {attempt_id}")
         if not won:
             self._finish(bundle, BundleState.CANCELLED, now)
             return
