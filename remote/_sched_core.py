@@ -240,6 +240,11 @@ class SchedulerCore:
             return  # a loser or a cancelled attempt that finished anyway
         attempt, bundle, _ = entry
         now = self._clock()
+        if isinstance(payload, Delivered) and host.prefetches:
+            # It may have waited at the host behind other calls since it was sent: it
+            # started about when the worker says (same machine, same clock), which is what
+            # the timeline and the host's speed estimate should see.
+            attempt.start = max(attempt.start, now - duration)
         future = bundle.future
         won = future.running() or (not future.cancelled() and future.set_running_or_notify_cancel())
         self._end_attempt(

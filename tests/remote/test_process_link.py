@@ -248,3 +248,32 @@ def test_a_call_waiting_at_the_host_turns_running_when_it_starts(tmp_path: Path)
         second.result(WAIT)
     finally:
         executor.shutdown()
+
+
+def spin(seconds: float) -> float:
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        pass
+    return seconds
+
+
+def test_calls_that_waited_at_the_host_are_recorded_from_when_they_ran() -> None:
+    """Prefetched calls wait at the host before they run: their attempt records (timeline,
+    host speed) start when they ran, so the slots are never booked past 100%."""
+    executor = RemoteExecutor(embedded_pool(2), heartbeat_interval=3600)
+    try:
+        for future in [executor.submit(spin, 0.0002) for _ in range(300)]:
+            future.result(WAIT)
+        assert _depth(executor) > 1  # these calls are queued several per slot
+        started = time.monotonic()
+        for future in [executor.submit(spin, 0.0002) for _ in range(1500)]:
+            future.result(WAIT)
+        wall = time.monotonic() - started
+        rows = [r for r in executor.stats().attempts if r.bundle > 300 and r.end is not None]
+        assert len(rows) == 1500
+        booked = sum(r.end - r.start for r in rows if r.end is not None)
+        # Counted from when they were sent, calls waiting behind others would book the
+        # two slots about ``depth`` times over; from when they ran, at most about fully.
+        assert booked <= 2 * wall * 1.5, (booked, wall)
+    finally:
+        executor.shutdown()
