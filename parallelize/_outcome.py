@@ -6,7 +6,7 @@ slots, over SSH or in the embedded pool (``remote/worker.py``). So the same fail
 the same exception type and message whichever method ran the call.
 
 This module runs in workers on other machines, where the project is not installed: links
-ship its source with the agent's (``remote/_agent_client.py``). Hence it imports only the
+ship its source with the agent's (``remote/_agent_boot.py``). Hence it imports only the
 standard library at the top, and cloudpickle only when plain pickle cannot do.
 
 Outcomes:

@@ -62,7 +62,7 @@ it must import nothing but the standard library.
 Why one module of more than 400 lines: it is the protocol's specification and
 its only implementation, read side by side (each frame's layout above, its
 encoder and decoder below), and it travels to hosts as one source file that
-``_agent_client`` sends by name. Split, the two sides of a frame would live
+``_agent_boot`` sends by name. Split, the two sides of a frame would live
 apart and the shipping would need a second file kept in step.
 """
 
