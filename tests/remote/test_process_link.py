@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import signal
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import replace
@@ -250,30 +251,30 @@ def test_a_call_waiting_at_the_host_turns_running_when_it_starts(tmp_path: Path)
         executor.shutdown()
 
 
-def spin(seconds: float) -> float:
-    end = time.perf_counter() + seconds
-    while time.perf_counter() < end:
-        pass
-    return seconds
-
-
-def test_calls_that_waited_at_the_host_are_recorded_from_when_they_ran() -> None:
-    """Prefetched calls wait at the host before they run: their attempt records (timeline,
-    host speed) start when they ran, so the slots are never booked past 100%."""
-    executor = RemoteExecutor(embedded_pool(2), heartbeat_interval=3600)
+def test_a_call_that_waited_at_the_host_is_recorded_from_when_it_ran(tmp_path: Path) -> None:
+    """A prefetched call waits at the host behind another before it runs: its attempt
+    record (timeline, host speed) starts when it ran, not when it was sent."""
+    executor = RemoteExecutor(embedded_pool(1), heartbeat_interval=3600)
     try:
-        for future in [executor.submit(spin, 0.0002) for _ in range(300)]:
+        for future in [executor.submit(pid) for _ in range(200)]:
             future.result(WAIT)
-        assert _depth(executor) > 1  # these calls are queued several per slot
-        started = time.monotonic()
-        for future in [executor.submit(spin, 0.0002) for _ in range(1500)]:
-            future.result(WAIT)
-        wall = time.monotonic() - started
-        rows = [r for r in executor.stats().attempts if r.bundle > 300 and r.end is not None]
-        assert len(rows) == 1500
-        booked = sum(r.end - r.start for r in rows if r.end is not None)
-        # Counted from when they were sent, calls waiting behind others would book the
-        # two slots about ``depth`` times over; from when they ran, at most about fully.
-        assert booked <= 2 * wall * 1.5, (booked, wall)
+        assert _depth(executor) > 1
+        gate = tmp_path / "gate"
+        first = executor.submit(hold_until, str(tmp_path / "h0"), str(gate))
+        _wait_for((tmp_path / "h0").exists, "the first call to start")
+        second = executor.submit(pid)
+        _wait_for(
+            lambda: executor._scheduler.call(lambda: len(executor._scheduler._running)) == 2,
+            "the second call to be sent to the host",
+        )
+        waited = threading.Event().wait(1.0)  # the second call waits there, not running
+        assert not waited and not second.running()
+        gate.write_text("open")
+        first.result(WAIT)
+        second.result(WAIT)
+        rows = sorted(executor.stats().attempts, key=lambda r: r.end or 0.0)
+        last = rows[-1]  # the second call's attempt: it ended last
+        assert last.end is not None
+        assert last.end - last.start < 0.5, last  # it ran for microseconds, waited for 1 s
     finally:
         executor.shutdown()
