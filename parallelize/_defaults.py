@@ -9,15 +9,20 @@ belong to the parent), where the next call creates fresh ones.
 
 from __future__ import annotations
 
-import atexit
-import os
 import threading
 from concurrent.futures import Executor
 
 import smart_future
 
 from . import _config
-from ._executor_base import abandon_work_at_exit, live_executors, waits_at_exit
+from ._executor_base import (
+    ExitStage,
+    abandon_work_at_exit,
+    at_fork_in_child,
+    at_threads_exit,
+    live_executors,
+    waits_at_exit,
+)
 from ._method import Method
 from ._registry import method_factory
 from ._thread_executor import ThreadExecutor
@@ -163,9 +168,9 @@ def _cancel_all_queued() -> None:
 def _after_fork_in_child() -> None:
     global _lock
     _lock = threading.Lock()
-    # The executors themselves were made inert by the one fork hook of
-    # _executor_base (registered earlier, so it has already run); forget them
-    # here so that the child's first call creates fresh ones.
+    # The executors themselves were made inert by the one fork hook of _executor_base
+    # (before it calls this); forget them here so that the child's first call creates
+    # fresh ones.
     _executors.clear()
 
 
@@ -175,7 +180,8 @@ def _shutdown_at_exit() -> None:
     shutdown_default_executors(wait=waits_at_exit())
 
 
-atexit.register(_shutdown_at_exit)
+# Last at exit: the stages before have finished the default executors' work (their
+# threads, schedulers and pools), so this only releases them (and the cluster engines').
+at_threads_exit(_shutdown_at_exit, ExitStage.DEFAULTS)
+at_fork_in_child(_after_fork_in_child, ExitStage.DEFAULTS)
 smart_future.register_interrupt_hook(_cancel_all_queued)
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_after_fork_in_child)

@@ -6,11 +6,21 @@ pool wants to see: how many tasks are live, how long they took
 :meth:`BaseExecutor.shutdown_if_idle`. Subclasses implement ``submit`` (calling
 ``_check_open`` and recording into ``self._stats``), ``_shutdown_impl`` and
 ``_cancel_queued``.
+
+The lifecycle of every executor lives here too: one registry of live executors
+(:func:`live_executors`), one exit hook (a threading exit hook, so before ``atexit``
+handlers, as concurrent.futures) and one fork hook for the whole process. In a forked
+child each live executor makes itself inert (``_after_fork_in_child``); module state that
+outlives executors or belongs to none (worker threads, pools and schedulers of executors
+dropped without shutdown, the default executors, the timer) plugs into the two hooks by
+:class:`ExitStage` (:func:`at_threads_exit`, :func:`at_fork_in_child`), which fixes their
+order.
 """
 
 from __future__ import annotations
 
 import abc
+import enum
 import os
 import sys
 import threading
@@ -24,7 +34,9 @@ from ._stats import ExecutorStats, TaskStats
 
 __all__ = [
     "BaseExecutor",
+    "ExitStage",
     "abandon_work_at_exit",
+    "at_fork_in_child",
     "at_threads_exit",
     "interpreter_exiting",
     "live_executors",
@@ -43,7 +55,30 @@ _wait_at_exit = True
 # Set when the interpreter starts to exit (before atexit handlers run), as
 # concurrent.futures does: from then on submit() raises RuntimeError.
 _exiting = False
-_exit_hooks: list[Callable[[], None]] = []
+
+
+class ExitStage(enum.IntEnum):
+    """When a module's hook runs in the one exit hook (and the one fork hook), in order.
+
+    The order is what makes calls finish exactly once: an executor that runs its calls on
+    another one (REMOTE's embedded pool runs on a ProcessExecutor) finishes before the
+    pools under it close, and the default executors go last, when they are idle.
+    """
+
+    THREADS = 10  #: THREAD workers finish their queues (first, as ThreadPoolExecutor's)
+    SCHEDULERS = 20  #: REMOTE schedulers finish their calls, over links still open
+    POOLS = 30  #: process pools finish their queues and reap their workers
+    DEFAULTS = 40  #: the default executors of @parallelize are shut down (idle by now)
+    TIMERS = 50  #: module state that any of the above may still use (fork only)
+
+
+# The one ordered list of module-level hooks each of the two process-wide hooks below
+# calls: (stage, order of registration, hook). Module-level, not per executor, because
+# what they finish outlives the executors (the threads, pools and schedulers of an
+# executor dropped without shutdown still run its queue, as concurrent.futures does) or
+# belongs to no executor (the default executors' table, the timer thread).
+_exit_hooks: list[tuple[int, int, Callable[[], None]]] = []
+_fork_hooks: list[tuple[int, int, Callable[[], None]]] = []
 
 
 def interpreter_exiting() -> bool:
@@ -51,20 +86,45 @@ def interpreter_exiting() -> bool:
     return _exiting
 
 
-def at_threads_exit(hook: Callable[[], None]) -> None:
-    """Run *hook* when the interpreter exits, before non-daemon threads are joined.
+def at_threads_exit(hook: Callable[[], None], stage: ExitStage = ExitStage.SCHEDULERS) -> None:
+    """Run *hook* when the interpreter exits, before non-daemon threads are joined, at
+    *stage* (hooks of one stage run in the order they were registered).
 
-    That is where ``ThreadPoolExecutor`` waits for its work: before any
-    ``atexit`` handler, so that a late ``atexit`` submission is refused.
+    That is where ``ThreadPoolExecutor`` and ``ProcessPoolExecutor`` wait for their work:
+    before any ``atexit`` handler, so that a late ``atexit`` submission is refused, and
+    before other libraries' ``atexit`` handlers (paramiko's closes every SSH connection).
     """
-    _exit_hooks.append(hook)
+    _exit_hooks.append((stage, len(_exit_hooks), hook))
+    _exit_hooks.sort()
+
+
+def at_fork_in_child(hook: Callable[[], None], stage: ExitStage) -> None:
+    """Run *hook* in a forked child, after every live executor has made itself inert there
+    (:meth:`BaseExecutor._after_fork_in_child`), at *stage*."""
+    _fork_hooks.append((stage, len(_fork_hooks), hook))
+    _fork_hooks.sort()
 
 
 def _on_threads_exit() -> None:
+    """The one exit hook: refuse new work, then each stage's hooks in order.
+
+    A Ctrl-C while a hook waits must not skip the stages after it (their workers would
+    be left to die with the interpreter): the rest stop at once instead of waiting."""
     global _exiting
     _exiting = True
-    for hook in _exit_hooks:
-        hook()
+    interrupted: KeyboardInterrupt | None = None
+    for _, _, hook in list(_exit_hooks):
+        try:
+            hook()
+        except KeyboardInterrupt as exc:
+            interrupted = exc
+            abandon_work_at_exit()
+        except Exception:  # a bug in one hook: report it, and still run the others
+            import traceback
+
+            traceback.print_exc()
+    if interrupted is not None:
+        raise interrupted
 
 
 def abandon_work_at_exit() -> None:
@@ -99,6 +159,8 @@ def _after_fork_in_child() -> None:
     _live_lock = threading.Lock()  # another thread of the parent may have held it
     for executor in list(_live_executors):
         executor._after_fork_in_child()
+    for _, _, hook in list(_fork_hooks):
+        hook()
 
 
 def live_executors() -> list[BaseExecutor]:

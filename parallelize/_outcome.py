@@ -1,9 +1,11 @@
-"""The one codec for what a call produced in a worker: its value, or why it failed.
+"""The one call runner and codec of every worker: run a call, and encode what it produced
+(its value, or why it failed).
 
-Every worker runtime encodes a call's outcome here, and every controller decodes it with
-:mod:`parallelize._outcome_errors`: PROCESS workers (``_process/_worker.py``) and REMOTE
-slots, over SSH or in the embedded pool (``remote/worker.py``). So the same failure gives
-the same exception type and message whichever method ran the call.
+Every worker runtime runs its calls with :func:`run_call`, which encodes their outcome
+here, and every controller decodes it with :mod:`parallelize._outcome_errors`: PROCESS
+workers (``_process/_worker.py``) and REMOTE slots, over SSH or in the embedded pool
+(``remote/worker.py``). So the same failure gives the same exception type and message
+whichever method ran the call.
 
 This module runs in workers on other machines, where the project is not installed: links
 ship its source with the agent's (``remote/_agent_boot.py``). Hence it imports only the
@@ -24,12 +26,19 @@ Outcomes:
 
 Nothing here raises, whatever the user's objects do when pickled or printed: a worker
 must survive any call.
+
+What stays with each runtime is transport: how tasks and results are framed, where the
+arguments' bytes come from (PROCESS maps shared-memory segments, agents' slots resolve
+blobs: both through the ``load_args`` they give :func:`run_call`), how a value is pickled
+to travel (``dump``), cancellation, compression and memory recycling.
 """
 
 from __future__ import annotations
 
 import pickle
-from typing import Any
+from collections.abc import Callable
+from time import perf_counter
+from typing import Any, TypeVar
 
 __all__ = [
     "RAISED",
@@ -40,6 +49,7 @@ __all__ = [
     "dumps_failure",
     "dumps_unpicklable_result",
     "dumps_value",
+    "run_call",
     "type_name",
 ]
 
@@ -48,6 +58,10 @@ UNPICKLABLE_RESULT = "unpicklable_result"
 STAGE_LOADING = "loading the function and its arguments"
 STAGE_RUNNING = "running the call"
 _PROTOCOL = 5
+
+_Key = TypeVar("_Key")
+_Data = TypeVar("_Data")
+_Payload = TypeVar("_Payload")
 
 
 def cloudpickle_dumps(obj: Any, **options: Any) -> bytes:
@@ -131,3 +145,48 @@ def _safe_type_name(obj: Any) -> str:
         return type_name(type(obj))
     except BaseException:
         return "<unknown type>"
+
+
+def run_call(
+    functions: dict[_Key, Callable[..., Any]],
+    function_bytes: dict[_Key, bytes],
+    fn_id: _Key,
+    load_args: Callable[[_Data], tuple[tuple[Any, ...], dict[str, Any]]],
+    args_data: _Data,
+    dump: Callable[[Any], _Payload],
+) -> tuple[_Payload | None, bytes | None, float]:
+    """Run one call in a worker -> ``(payload, failure, duration)``, exactly one of the
+    first two not None.
+
+    The function is ``functions[fn_id]``, or else unpickled from ``function_bytes[fn_id]``
+    and kept in *functions*: both caches are the caller's, which fills and evicts them. Its
+    bytes stay until it loads, so a function that fails to load fails every call to it
+    with the same error (and not the worker). The arguments are ``load_args(args_data)``,
+    an ``(args, kwargs)`` pair. *duration* times the call alone (0.0 if it never started).
+
+    On success *payload* is ``dump(value)``; when *dump* raises (anything, ``SystemExit``
+    included), *failure* encodes the unpicklable result instead. When loading or the call
+    raises, *failure* encodes the exception and the stage. Nothing escapes: the worker
+    survives any call.
+
+    On the hot path of every worker (PROCESS's no-op round trips): no allocation but the
+    returned tuple, one frame between the worker's loop and the call.
+    """
+    started = 0.0
+    try:
+        fn = functions.get(fn_id)
+        if fn is None:
+            fn = functions[fn_id] = pickle.loads(function_bytes[fn_id])
+        args, kwargs = load_args(args_data)
+        started = perf_counter()
+        value = fn(*args, **kwargs)
+        duration = perf_counter() - started
+    except BaseException as exc:  # SystemExit/KeyboardInterrupt too: the worker survives
+        if started:  # the traceback starts at the call: this frame is left out of its text
+            return None, dumps_failure(exc, STAGE_RUNNING, 1), perf_counter() - started
+        return None, dumps_failure(exc, STAGE_LOADING), 0.0
+    del args, kwargs  # before the value is dumped: shared-memory arguments unmap now
+    try:
+        return dump(value), None, duration
+    except BaseException as exc:  # SystemExit in a __reduce__ too: the worker survives
+        return None, dumps_unpicklable_result(value, exc), duration

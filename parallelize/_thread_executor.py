@@ -26,7 +26,7 @@ from typing import Any, TypeVar
 from . import _share
 from ._call_options import CallOptions
 from ._errors import TaskTimeoutError
-from ._executor_base import BaseExecutor, at_threads_exit, waits_at_exit
+from ._executor_base import BaseExecutor, ExitStage, at_threads_exit, waits_at_exit
 from ._pickling import callable_name
 from ._stats import Outcome, TaskStats
 from ._timer import call_later
@@ -83,7 +83,8 @@ def _worker_loop(
 
 
 # Every worker thread ever started and its queue, so that interpreter exit can
-# wait for all of them, also those of executors dropped without shutdown().
+# wait for all of them, also those of executors dropped without shutdown(): threads
+# outlive their executor, so this cannot be the registry of live executors.
 _worker_queues: weakref.WeakKeyDictionary[threading.Thread, queue.SimpleQueue[Any]] = (
     weakref.WeakKeyDictionary()
 )
@@ -120,11 +121,13 @@ def _join_unless_overrunning(thread: threading.Thread) -> None:
 
 
 # Threads running a call past its timeout (see _Timed); only the thread itself and the
-# timer thread touch an entry, and set operations are atomic under the GIL.
+# timer thread touch an entry, and set operations are atomic under the GIL. A mark on a
+# thread, not a registry of executors: what joins a thread (shutdown, exit) reads it to
+# give up on a call nobody waits for any more.
 _overrunning: weakref.WeakSet[threading.Thread] = weakref.WeakSet()
 
 
-at_threads_exit(_stop_workers_at_exit)
+at_threads_exit(_stop_workers_at_exit, ExitStage.THREADS)
 
 
 class ThreadExecutor(BaseExecutor):

@@ -20,10 +20,11 @@ from __future__ import annotations
 import heapq
 import itertools
 import logging
-import os
 import threading
 import time
 from collections.abc import Callable
+
+from ._executor_base import ExitStage, at_fork_in_child
 
 __all__ = ["TimerHandle", "call_later"]
 
@@ -112,8 +113,8 @@ class _Timers:
 
 _timers = _Timers()
 
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_timers.after_fork_in_child)
+# Last in the one fork hook: a hook before it (or an executor) may schedule a timer.
+at_fork_in_child(_timers.after_fork_in_child, ExitStage.TIMERS)
 
 
 def call_later(delay: float, fn: Callable[[], object]) -> TimerHandle:

@@ -28,7 +28,7 @@ from ._config import (
     validate_failure_setting,
 )
 from ._errors import TaskTimeoutError, attach_remote_traceback, where_ran
-from ._executor_base import BaseExecutor, at_threads_exit, waits_at_exit
+from ._executor_base import BaseExecutor, ExitStage, at_threads_exit, waits_at_exit
 from ._outcome_errors import failure_exception
 from ._pickling import callable_name, dumps_args, dumps_function, split_bound_method
 from ._pickling import dumps as dumps_value
@@ -49,6 +49,7 @@ __all__ = [
     "BaseExecutor",
     "CallOptions",
     "ExecutorStats",
+    "ExitStage",
     "HostRow",
     "Outcome",
     "PickledCall",

@@ -87,6 +87,7 @@ from typing import Any, TypeVar
 
 from parallelize import TaskLostError
 from parallelize.ext import (
+    ExitStage,
     Outcome,
     at_threads_exit,
     release_memory,
@@ -111,6 +112,8 @@ _TRIM_DELAY = 0.5  # seconds idle before it does
 _PUBLISH = 0.2  # seconds between two status snapshots for progress bars
 
 
+# The schedulers to finish at exit. Schedulers, not executors: one keeps running the calls
+# of a RemoteExecutor dropped without shutdown, and exit still waits for them.
 _live_schedulers: weakref.WeakSet[Scheduler] = weakref.WeakSet()
 
 
@@ -137,8 +140,8 @@ def _finish_all_at_exit() -> None:
 # The one exit hook of parallelize runs this. It is a threading exit hook, which runs
 # before atexit's (concurrent.futures relies on the same): paramiko's atexit handler
 # closes every SSH connection, and if it ran first the calls in flight would be lost
-# and run again.
-at_threads_exit(_finish_all_at_exit)
+# and run again. Before the process pools' stage: the embedded pool runs on one.
+at_threads_exit(_finish_all_at_exit, ExitStage.SCHEDULERS)
 
 
 class Scheduler(StatusReports):

@@ -5,9 +5,9 @@ over pipes) and spoken to on stdin/stdout with the framed protocol of
 ``remote/_wire.py``. It can also be run by hand as ``python -m remote.worker NAME
 SLOTS [SILENCE_LIMIT [MAX_TASKS [MAX_MEMORY]]]``, but links do not need the project
 installed on the host: they send the source of this module, of ``_wire`` and of the
-outcome codec every worker runtime shares (``parallelize/_outcome.py``, also PROCESS's) over
-the connection and start it with a short ``python -c`` bootstrap, so any POSIX
-host with Python and cloudpickle works. Hence this module imports only the
+call runner and outcome codec every worker runtime shares (``parallelize/_outcome.py``,
+also PROCESS's) over the connection and start it with a short ``python -c`` bootstrap,
+so any POSIX host with Python and cloudpickle works. Hence this module imports only the
 standard library and cloudpickle.
 
 Why one module above the usual size: it is the whole agent program, shipped to hosts as
@@ -40,7 +40,8 @@ Design:
   its result (it exits when its task pipe closes) and a fresh one is forked:
   nothing queued is lost and nothing is reported.
 - Functions are cached by ``fn_id`` in the agent (bytes) and in each slot
-  (unpickled); a slot receives the bytes with the first task that uses them.
+  (unpickled, and their bytes: one that fails to load fails each call to it); a slot
+  receives the bytes with the first task that uses them.
   The caches are bounded in lockstep with the controller's LRU: the agent
   keeps what it is sent and drops what an EVICT names (see ``_wire``).
 - Large arguments arrive as blobs (BLOB frames, see ``_wire`` and ``remote/_blobs.py``):
@@ -1012,7 +1013,10 @@ def _task_frame_error(result_fd: int, reason: str) -> int:
 
 
 def _slot_loop(task_fd: int, result_fd: int, compress: bool) -> int:
-    fns: dict[int, Any] = {}
+    fns: dict[int, Any] = {}  # loaded functions by id
+    # Their pickles, kept until evicted: one that fails to load fails each call to it (the
+    # agent sends a function's bytes to a slot once), as in PROCESS workers.
+    fn_bytes: dict[int, bytes] = {}
     heavy = False  # a large call ran since the slot last gave memory back
     _release_memory_if_grown()  # records the fresh slot's size
     # Blob references in arguments unpickle through this module (see resolve_blob), by the
@@ -1038,6 +1042,7 @@ def _slot_loop(task_fd: int, result_fd: int, compress: bool) -> int:
             if kind == _wire.EVICT:
                 for fn_id in _wire.decode_evict(body):
                     fns.pop(fn_id, None)
+                    fn_bytes.pop(fn_id, None)
                 continue
             if kind in (_wire.BLOB, _wire.BLOB_DROP):
                 _slot_blob_frame(kind, body)
@@ -1045,7 +1050,9 @@ def _slot_loop(task_fd: int, result_fd: int, compress: bool) -> int:
             if kind != _wire.SUBMIT:
                 raise _wire.ProtocolError(f"unexpected {_wire.message_name(kind)} frame")
             attempt_id, fn_id, fn_payload, args_payload = _wire.decode_submit(body)
-            if fn_payload is None and fn_id not in fns:
+            if fn_payload is not None:
+                fn_bytes[fn_id] = fn_payload
+            elif fn_id not in fn_bytes:
                 raise _wire.ProtocolError(
                     f"SUBMIT of attempt {attempt_id} names function {fn_id} without sending "
                     "it, and the slot does not have it"
@@ -1053,7 +1060,7 @@ def _slot_loop(task_fd: int, result_fd: int, compress: bool) -> int:
         except _wire.ProtocolError as exc:
             return _task_frame_error(result_fd, str(exc))
         began = time.perf_counter()
-        frame = _run(attempt_id, fn_id, fn_payload, args_payload, fns, compress)
+        frame = _run(attempt_id, fn_id, args_payload, fns, fn_bytes, compress)
         heavy = heavy or time.perf_counter() - began >= _HEAVY_SECONDS
         for stream in (sys.stdout, sys.stderr):  # the task's output before its result
             with contextlib.suppress(BaseException):
@@ -1149,36 +1156,20 @@ def resolve_blob(digest: bytes) -> Any:
 def _run(
     attempt_id: int,
     fn_id: int,
-    fn_payload: bytes | None,
     args_payload: bytes,
     fns: dict[int, Any],
+    fn_bytes: dict[int, bytes],
     compress: bool = False,
 ) -> bytes:
-    """Run one attempt; its RESULT frame, encoded by the outcome codec every worker
-    runtime shares (``parallelize/_outcome.py``, shipped beside this module)."""
-    started = 0.0
-    try:
-        fn = fns.get(fn_id)
-        if fn is None:
-            if fn_payload is None:
-                raise RuntimeError(f"the agent sent no function for id {fn_id}")
-            fn = pickle.loads(fn_payload)
-            fns[fn_id] = fn
-        args, kwargs = pickle.loads(args_payload)
-        started = time.perf_counter()
-        value = fn(*args, **kwargs)
-    except BaseException as exc:  # SystemExit/KeyboardInterrupt too: the slot survives
-        duration = time.perf_counter() - started if started else 0.0
-        stage = _outcome.STAGE_RUNNING if started else _outcome.STAGE_LOADING
-        body = _outcome.dumps_failure(exc, stage, 1 if started else 0)
-        return _wire.encode_result(attempt_id, False, body, duration)
-    duration = time.perf_counter() - started
-    try:
-        payload = _outcome.dumps_value(value)
-    except BaseException as exc:  # SystemExit in a __reduce__ too: the slot survives
-        body = _outcome.dumps_unpicklable_result(value, exc)
-        return _wire.encode_result(attempt_id, False, body, duration)
-    del value
+    """Run one attempt with the call runner every worker runtime shares
+    (``parallelize/_outcome.py``, shipped beside this module) -> its RESULT frame.
+
+    Blob references in the arguments unpickle to the slot's objects (:func:`resolve_blob`)."""
+    payload, failure, duration = _outcome.run_call(
+        fns, fn_bytes, fn_id, pickle.loads, args_payload, _outcome.dumps_value
+    )
+    if payload is None:
+        return _wire.encode_result(attempt_id, False, failure or b"", duration)
     if compress and len(payload) >= _COMPRESS_MIN:
         packed = _compressed(payload)
         if packed is not None:

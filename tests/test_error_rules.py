@@ -80,6 +80,20 @@ def pid() -> int:
     return os.getpid()
 
 
+def refuse_to_load(reason: str) -> None:
+    raise LookupError(reason)
+
+
+class FailsToLoad:
+    """A callable that pickles, but does not unpickle where it runs."""
+
+    def __reduce__(self) -> Any:
+        return (refuse_to_load, ("not loadable here",))
+
+    def __call__(self) -> None:
+        pass
+
+
 def kill_own_process() -> None:
     os.kill(os.getpid(), signal.SIGKILL)
 
@@ -178,6 +192,35 @@ def test_same_failure_same_error_under_process_and_remote(
             expected = _failure(process, fn)
             assert _failure(embedded, fn) == expected, fn.__name__
             assert _failure(agent, fn) == expected, fn.__name__
+
+
+def test_a_function_that_fails_to_load_fails_each_call_the_same_way(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The call runner keeps a function's bytes until it loads: each call to a function that
+    does not load fails at the loading stage with the same error, in every runtime, and the
+    worker keeps serving (an agent's slot gets the bytes only with the first call)."""
+    monkeypatch.delenv("PARALLELIZE_POOL_FILE", raising=False)
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "no-config"))
+    from remote import RemoteExecutor
+    from remote._executor import default_link_factory
+    from remote._pool_config import embedded_pool
+
+    agents = functools.partial(default_link_factory, process_workers=False)
+    fn = FailsToLoad()
+    with (
+        ProcessExecutor(1) as process,
+        RemoteExecutor() as embedded,
+        RemoteExecutor(list(embedded_pool(1).hosts), link_factory=agents) as agent,
+    ):
+        expected = _failure(process, fn)
+        assert expected[:2] == (LookupError, "not loadable here"), expected
+        assert expected[2].startswith("loading the function and its arguments"), expected
+        for ex in (process, embedded, agent):
+            before = ex.submit(pid).result(timeout=60)
+            for _ in range(2):
+                assert _failure(ex, fn) == expected
+            assert ex.submit(pid).result(timeout=60) == before
 
 
 @pytest.mark.parametrize("method", ["process", "remote"])

@@ -18,7 +18,6 @@ The pool is split by job:
 
 from __future__ import annotations
 
-import atexit
 import os
 import threading
 import weakref
@@ -28,7 +27,7 @@ from typing import Any, ParamSpec, TypeVar
 
 from .._call_options import CallOptions
 from .._config import parse_memory_size, validate_max_tasks
-from .._executor_base import BaseExecutor, waits_at_exit
+from .._executor_base import BaseExecutor, ExitStage, at_threads_exit, waits_at_exit
 from .._pickling import dumps_function, split_bound_method
 from . import _shm
 from ._calls import PickledCall, dumps_call
@@ -40,6 +39,9 @@ __all__ = ["ProcessExecutor"]
 P = ParamSpec("P")
 T = TypeVar("T")
 
+# The pools to finish at exit. Pools, not executors: a ProcessExecutor dropped without
+# shutdown leaves its pool running its queue (the finaliser closes it), and exit still
+# waits for that work, as ProcessPoolExecutor does.
 _live_pools: weakref.WeakSet[Pool] = weakref.WeakSet()
 
 
@@ -215,13 +217,21 @@ class ProcessExecutor(BaseExecutor):
 def _at_exit() -> None:
     # Like the standard library: let queued and running tasks finish, then reap;
     # after a Ctrl-C during a wait the user wants out: stop the workers now.
+    # A Ctrl-C while joining: stop the rest now (the one exit hook then moves on).
     for pool in list(_live_pools):
         if waits_at_exit():
             pool.close()
         else:
             pool.terminate()
-    for pool in list(_live_pools):
-        pool.join()
+    try:
+        for pool in list(_live_pools):
+            pool.join()
+    except KeyboardInterrupt:
+        for pool in list(_live_pools):
+            pool.terminate()
+        raise
 
 
-atexit.register(_at_exit)
+# In the one exit hook, where ProcessPoolExecutor also waits (before atexit handlers):
+# after REMOTE's schedulers, whose embedded pool runs on a ProcessExecutor.
+at_threads_exit(_at_exit, ExitStage.POOLS)

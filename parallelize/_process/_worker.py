@@ -34,16 +34,8 @@ import pickle  # noqa: E402
 import select  # noqa: E402
 import sys  # noqa: E402
 import threading  # noqa: E402
-from time import perf_counter  # noqa: E402
 
-from .._outcome import (  # noqa: E402
-    STAGE_LOADING,
-    STAGE_RUNNING,
-    cloudpickle_dumps,
-    dumps_failure,
-    dumps_unpicklable_result,
-    dumps_value,
-)
+from .._outcome import cloudpickle_dumps, dumps_value, run_call  # noqa: E402
 from . import _memory, _shm  # noqa: E402
 from ._protocol import (  # noqa: E402
     CANCEL_POSITIONS,
@@ -121,40 +113,46 @@ def _watchdog(task_fd: int) -> None:
             os._exit(WORKER_EXIT_ON_EOF)
 
 
-def _error_body(task_id: int, duration: float, exc: BaseException, skip_frames: int) -> bytes:
-    stage = STAGE_RUNNING if skip_frames else STAGE_LOADING
-    return RESULT_HEAD.pack(KIND_ERROR, task_id, duration) + dumps_failure(exc, stage, skip_frames)
+def _dump_result(result: Any) -> tuple[bytes, _shm.Segment | None]:
+    """The result's pickle, its large buffers in a shared-memory segment when there are any
+    (``run_call``'s *dump*: what it raises makes the result unpicklable)."""
+    if _large is not None:
+        try:
+            return _shm.dumps_with_buffers(
+                (pickle.dumps, cloudpickle_dumps),
+                _shm.wrap_top_level(result, _large[1]),
+                _large[1],
+                f"parallelize:{os.getppid()}:result",
+            )
+        except OSError:  # no descriptor or memory left for a segment: use the pipe
+            pass
+    return dumps_value(result), None
 
 
-def _result_body(task_id: int, duration: float, result: Any) -> bytes:
-    segment = None
-    payload: bytes | None = None
-    try:
-        if _large is not None:
-            try:
-                payload, segment = _shm.dumps_with_buffers(
-                    (pickle.dumps, cloudpickle_dumps),
-                    _shm.wrap_top_level(result, _large[1]),
-                    _large[1],
-                    f"parallelize:{os.getppid()}:result",
-                )
-            except OSError:  # no descriptor or memory left for a segment: use the pipe
-                payload = None
-        if payload is None:
-            payload = dumps_value(result)
-    except BaseException as exc:  # SystemExit in a __reduce__ too: the worker survives
-        body = dumps_unpicklable_result(result, exc)
-        return RESULT_HEAD.pack(KIND_ERROR, task_id, duration) + body
-    if segment is not None and _large is not None:
+def _result_body(
+    task_id: int, duration: float, payload: bytes, segment: _shm.Segment | None
+) -> bytes:
+    if segment is None:
+        return RESULT_HEAD.pack(KIND_OK, task_id, duration) + payload
+    if _large is not None:
         try:
             _large[0].send([segment.fd])  # before the frame that refers to it
         except OSError:
             os._exit(WORKER_EXIT_ON_EOF)  # the parent is gone
         finally:
             segment.close()  # the message in flight holds the segment now
-        head = RESULT_HEAD.pack(KIND_OK_SHM, task_id, duration)
-        return head + _shm.encode_layout(segment.layout) + payload
-    return RESULT_HEAD.pack(KIND_OK, task_id, duration) + payload
+    head = RESULT_HEAD.pack(KIND_OK_SHM, task_id, duration)
+    return head + _shm.encode_layout(segment.layout) + payload
+
+
+def _load_shared_args(
+    data: tuple[bytes, int, tuple[tuple[int, int], ...]],
+) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    """``run_call``'s *load_args* for arguments with buffers in a shared-memory segment."""
+    args_bytes, segment, layout = data
+    loaded: tuple[tuple[Any, ...], dict[str, Any]]
+    loaded = _shm.loads_with_segment(args_bytes, segment, layout, writable=False)
+    return loaded
 
 
 def _receive_segments(tasks: list[tuple[Any, ...]]) -> list[int]:
@@ -221,7 +219,6 @@ def _serve(stream: BinaryIO, result_fd: int, cancels: mmap.mmap | None) -> None:
         for task_id, fid, fn_bytes, args_bytes, layout in tasks:
             if fn_bytes is not None:
                 function_bytes[fid] = fn_bytes  # (later tasks may need it: kept even if skipped)
-            started = 0.0
             segment = -1 if layout is None else next(segments)
             number += 1
             if cancels is not None and cancels[number % CANCEL_POSITIONS]:
@@ -231,31 +228,29 @@ def _serve(stream: BinaryIO, result_fd: int, cancels: mmap.mmap | None) -> None:
                     os.close(segment)
                 _send(result_fd, RESULT_HEAD.pack(KIND_SKIPPED, task_id, 0.0))
                 continue
+            # The call runner every worker runtime shares (parallelize/_outcome.py).
             try:
-                fn = functions.get(fid)
-                if fn is None:
-                    # Kept as bytes until it loads, so a failing load fails each task.
-                    fn = functions[fid] = loads(function_bytes[fid])
                 if segment < 0:
-                    args, kwargs = loads(args_bytes)
-                else:
-                    args, kwargs = _shm.loads_with_segment(
-                        args_bytes, segment, layout, writable=False
+                    outcome, failure, duration = run_call(
+                        functions, function_bytes, fid, loads, args_bytes, _dump_result
                     )
-                started = perf_counter()
-                result = fn(*args, **kwargs)
-                duration = perf_counter() - started
-            except BaseException as exc:  # SystemExit/KeyboardInterrupt too: the worker survives
-                duration = perf_counter() - started if started else 0.0
-                body = _error_body(task_id, duration, exc, 1 if started else 0)
-                del exc
-            else:
-                body = _result_body(task_id, duration, result)
-                del result
+                else:
+                    outcome, failure, duration = run_call(
+                        functions,
+                        function_bytes,
+                        fid,
+                        _load_shared_args,
+                        (args_bytes, segment, layout),
+                        _dump_result,
+                    )
             finally:
                 if segment >= 0:
                     os.close(segment)  # a mapping holds its own reference
-            args = kwargs = None  # unmap shared arguments now, not at the next task
+            if outcome is not None:
+                body = _result_body(task_id, duration, *outcome)
+                outcome = None  # the result's pickle is in the body now
+            else:
+                body = RESULT_HEAD.pack(KIND_ERROR, task_id, duration) + (failure or b"")
             heavy = heavy or layout is not None or duration >= _HEAVY_SECONDS
             _flush_stdio()
             if limit is not None and _over_memory_limit(limit):
