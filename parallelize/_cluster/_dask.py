@@ -4,12 +4,12 @@ Each call is one Dask task with a unique key (calls are never deduplicated). A c
 with a keyword that ``Client.submit`` would take for itself (``key``,
 ``workers``, ``priority``, ``retries``...) is submitted as ``run_call(fn,
 args, kwargs)``, so every user keyword reaches the function. The SmartFuture's
-inner future is completed when Dask reports the task done, with its value: the
-coroutine on Dask's event loop that saw the task finish gathers it there (gathers
-started while another is on its way are merged by Dask), so no thread of ours
-waits for a gather. A SmartFuture of this executor passed to another call is
-handed to Dask as its Dask future, so the value moves between workers only; such
-a call's own value is not brought back unless asked for.
+inner future is completed when Dask reports the task done: a fetcher thread
+brings the values of finished calls in batches (one ``gather`` for all that
+finished meanwhile, as ``client.gather`` would). A SmartFuture of this
+executor passed to another call is handed to Dask as its Dask future, so the
+value moves between workers only; such a call's own value is not brought back
+unless asked for.
 
 Failures: a worker dying under a call is retried by the scheduler itself (its
 ``allowed-failures`` setting); when Dask gives up (``KilledWorker``) the call
@@ -34,21 +34,20 @@ This module submits, completes and fetches; ``_dask_scheduler`` (its base class)
 reads the scheduler: backups, ``stats()`` and when timed calls start.
 
 Threads and locks: user threads submit; Dask's event loop watches attempts
-(handed over in batches), gathers the values of finished ones and hands them back
-in batches (``_finished``, a deque: one wake-up of the completion thread per
-batch, not per call); the completion thread finishes them; the heartbeat thread
-looks for stragglers; the deadline thread (``_engine_base``) times calls out.
-``_lock`` guards ``_calls``, every call's attempt list and the ``_to_watch``
-hand-off, and is never held across a call into Dask.
+(handed over in batches); the completion thread finishes them; the fetcher
+thread gathers values; the heartbeat thread looks for stragglers; the deadline
+thread (``_engine_base``) times calls out. ``_lock`` guards ``_calls``, every
+call's attempt list and the ``_ready`` and ``_to_watch`` hand-offs, and is never
+held across a call into Dask.
 """
 
 from __future__ import annotations
 
 import asyncio
-import collections
 import inspect
 import itertools
 import logging
+import queue
 import threading
 import time
 import traceback
@@ -68,6 +67,7 @@ __all__ = ["DaskExecutor"]
 
 logger = logging.getLogger("parallelize")
 _executor_ids = itertools.count()
+_FETCH_BATCH = 1024  # values gathered at most per round trip
 
 
 class DaskExecutor(DaskScheduler):
@@ -115,6 +115,8 @@ class DaskExecutor(DaskScheduler):
         self._prefix = f"parallelize-{self.name}-{uuid.uuid4().hex[:8]}"
         self._ids = itertools.count()
         self._calls: dict[int, Call] = {}
+        self._ready: list[EngineFuture] = []  # finished calls whose value the fetcher brings
+        self._ready_wake = threading.Event()
         # Run times of finished calls from the scheduler's task stream (heartbeat thread only).
         self._durations: list[float] = []
         self._durations_read: set[str] = set()
@@ -131,14 +133,15 @@ class DaskExecutor(DaskScheduler):
         self._threads_checked = -1e9
         self._to_watch: list[tuple[Call, Attempt]] = []
         self._watchers: set[asyncio.Future[None]] = set()  # touched on the event loop only
-        # Finished attempts, appended on the event loop, drained by the completion thread
-        # (deque appends and pops are atomic: no lock on the loop's side).
-        self._finished: collections.deque[tuple[Call, Attempt, Any]] = collections.deque()
-        self._finished_wake = threading.Event()
+        self._completed: queue.SimpleQueue[tuple[Call, Attempt] | None] = queue.SimpleQueue()
         self._completer = threading.Thread(
             target=self._completion_loop, name=f"{self.name}-completion", daemon=True
         )
         self._completer.start()
+        self._fetcher = threading.Thread(
+            target=self._fetch_loop, name=f"{self.name}-fetcher", daemon=True
+        )
+        self._fetcher.start()
         if backups:
             self._start_heartbeat(heartbeat_interval)
 
@@ -159,8 +162,7 @@ class DaskExecutor(DaskScheduler):
             self._calls[call_id] = call
         self._stats.task_submitted()
         self._start_attempt(call, None)
-        if self._heartbeat is not None and not self._wake.is_set():
-            self._wake.set()
+        self._wake.set()
         return future
 
     def _start_attempt(self, call: Call, worker: str | None) -> None:
@@ -215,50 +217,28 @@ class DaskExecutor(DaskScheduler):
             task.add_done_callback(self._watchers.discard)
 
     async def _await_attempt(self, call: Call, attempt: Attempt) -> None:  # on the loop
-        engine = attempt.engine
-        state = getattr(engine, "_state", None)
-        if state is None or not hasattr(state, "wait"):  # a Dask without FutureState.wait
-            engine.add_done_callback(lambda _: self._hand_over(call, attempt, UNFETCHED))
-            return
-        await state.wait()
-        value = UNFETCHED
-        if engine.status == "finished" and not call.future.used_as_argument and not call.finished:
-            # Bring the value here, on the loop: gathers started while another is on its
-            # way join the next one (Dask merges them), and no thread waits for a gather.
-            try:
-                value = await self.client.gather(engine, asynchronous=True)
-            except Exception:  # lost meanwhile, or cancelled: result() asks again alone
-                logger.debug("%s: gathering call %d failed", self.name, call.id, exc_info=True)
-        self._hand_over(call, attempt, value)
-
-    def _hand_over(self, call: Call, attempt: Attempt, value: Any) -> None:
-        """Queue a finished attempt (and its value, if brought) for the completion thread;
-        wake it only if it sleeps (attempts that finish while it works are taken in the
-        same round)."""
-        self._finished.append((call, attempt, value))
-        # Appended before the check: if the flag is still set, the thread has not cleared
-        # it yet, so its next drain (after the clear) takes this attempt too.
-        if not self._finished_wake.is_set():
-            self._finished_wake.set()
+        state = getattr(attempt.engine, "_state", None)
+        if state is not None and hasattr(state, "wait"):
+            await state.wait()
+            self._completed.put((call, attempt))
+        else:  # a Dask without FutureState.wait: its public callback
+            attempt.engine.add_done_callback(lambda _: self._completed.put((call, attempt)))
 
     def _completion_loop(self) -> None:
-        finished = self._finished
         while True:
-            self._finished_wake.wait()
-            self._finished_wake.clear()
-            while finished:
-                call, attempt, value = finished.popleft()
-                try:
-                    self._attempt_done(call, attempt, attempt.engine, value)
-                except Exception:  # never lose the thread; the call's future says what failed
-                    logger.exception("%s: finishing call %d failed", self.name, call.id)
-                    set_outcome(
-                        call.future, None, TaskLostError(f"call {call.id}: could not be finished")
-                    )
-            if self._stop.is_set():
+            item = self._completed.get()
+            if item is None:
                 return
+            call, attempt = item
+            try:
+                self._attempt_done(call, attempt, attempt.engine)
+            except Exception:  # never lose the thread; the call's future says what failed
+                logger.exception("%s: finishing call %d failed", self.name, call.id)
+                set_outcome(
+                    call.future, None, TaskLostError(f"call {call.id}: could not be finished")
+                )
 
-    def _attempt_done(self, call: Call, attempt: Attempt, engine: Any, value: Any) -> None:
+    def _attempt_done(self, call: Call, attempt: Attempt, engine: Any) -> None:
         status = engine.status
         exc: BaseException | None = None
         if status == "error":
@@ -279,6 +259,9 @@ class DaskExecutor(DaskScheduler):
             losers = [a for a in call.attempts if not a.done]
             if status == "finished":
                 call.future.engine_future = engine
+                if not call.future.used_as_argument:
+                    self._ready.append(call.future)
+                    self._ready_wake.set()
                 self._winners.add(attempt.key)
                 if attempt.is_backup:
                     self._backups_won += 1
@@ -288,9 +271,8 @@ class DaskExecutor(DaskScheduler):
             self.client.cancel([a.engine for a in losers], reason="another copy finished first")
         if status == "finished":
             self._stats.task_finished(Outcome.SUCCEEDED)
-            if value is not UNFETCHED:
-                call.future.fetched = value
-            set_outcome(call.future, value)  # UNFETCHED: result() brings it
+            if chained:  # its value is wanted on workers: leave it there until asked for
+                set_outcome(call.future, UNFETCHED)
         elif exc is not None and not lost:
             self._stats.task_finished(Outcome.FAILED)
             set_outcome(call.future, None, exc)
@@ -324,9 +306,31 @@ class DaskExecutor(DaskScheduler):
 
     # -- values ---------------------------------------------------------------------
 
+    def _fetch_loop(self) -> None:
+        while True:
+            self._ready_wake.wait()
+            with self._lock:
+                self._ready_wake.clear()
+                batch, self._ready = self._ready[:_FETCH_BATCH], self._ready[_FETCH_BATCH:]
+                if self._ready:
+                    self._ready_wake.set()
+            if not batch:
+                if self._stop.is_set():
+                    return
+                continue
+            try:
+                values = self.client.gather([f.engine_future for f in batch])
+            except Exception:  # e.g. a value lost with its worker: each result() fetches alone
+                logger.debug("%s: batched gather failed", self.name, exc_info=True)
+                for future in batch:
+                    set_outcome(future, UNFETCHED)
+                continue
+            for future, value in zip(batch, values, strict=True):
+                future.fetched = value
+                set_outcome(future, value)
+
     def _fetch(self, future: EngineFuture) -> Any:
-        """The value of a finished call left in the cluster (chained into another call, or
-        its gather on the loop failed)."""
+        """The value of a finished call that was left in the cluster."""
         return self.client.gather(future.engine_future)
 
     def _cancel_call(self, future: EngineFuture) -> None:
@@ -361,8 +365,10 @@ class DaskExecutor(DaskScheduler):
             self._join()
         self._stop_threads()
         self._wake.set()
-        self._finished_wake.set()
+        self._ready_wake.set()
+        self._completed.put(None)
         if wait:
+            self._fetcher.join()
             self._completer.join()
         if wait and self._heartbeat is not None:
             self._heartbeat.join()
@@ -376,7 +382,7 @@ class DaskExecutor(DaskScheduler):
 
     def _live_futures(self) -> list[EngineFuture]:
         with self._lock:
-            return [c.future for c in self._calls.values()]
+            return [c.future for c in self._calls.values()] + list(self._ready)
 
 
 def _dropped(*_: Any, **__: Any) -> None:  # what a finished call keeps instead of its function
