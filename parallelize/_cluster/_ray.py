@@ -3,10 +3,14 @@
 (Over 400 lines: submitting, completing, cancelling and backing up a call share
 one call table and its lock; split, each part would reach into the others.)
 
-Each call is one Ray task of the function itself (``ray.remote(fn)``, made once
-per function; Ray has no reserved keywords in ``.remote()``, so every user
-keyword reaches it). Other callables (bound methods, callable objects) run
-through ``run_call_spread(fn, *args, **kwargs)``, the function positional-only.
+Each call is one Ray task of the function itself, run by ``recorded(fn)`` (a Ray
+remote function made once per function; Ray has no reserved keywords in
+``.remote()``, so every user keyword reaches it). Other callables (bound methods,
+callable objects) run through ``run_call_spread(fn, *args, **kwargs)``, the
+function positional-only. Both return two objects (``num_returns=2``): the value,
+and where and when the call ran as the worker saw it (its node and pid, start and
+end), which arrives in the same reply; ``stats()`` and the timeline are built from
+these records.
 The SmartFuture's inner future is completed by one completion thread that waits
 for all live ObjectRefs at once (``ray.wait``) and fetches the ready ones' values
 in one ``ray.get``: a callback per ref would run Ray's callback thread once per
@@ -62,7 +66,7 @@ from .._records import AttemptRow
 from .._stats import ExecutorStats, Outcome
 from ._engine_base import EngineExecutor, poisoned_error, set_outcome
 from ._engine_future import EngineFuture
-from ._remote_side import run_call_spread
+from ._remote_side import recorded, run_call_spread
 from ._speculation import Running, choose_backup
 
 __all__ = ["RayExecutor"]
@@ -119,7 +123,11 @@ class RayExecutor(EngineExecutor):
         self.max_retries = max_retries
         self.backups = backups
         self.max_backups_per_call = max_backups_per_call
-        self._options: dict[str, Any] = {"max_retries": max_retries, "retry_exceptions": False}
+        self._options: dict[str, Any] = {
+            "max_retries": max_retries,
+            "retry_exceptions": False,
+            "num_returns": 2,  # the value, and the worker's record of the run
+        }
         # Our options are the remote functions' defaults: ``.options()`` would wrap them
         # and merge the options again on every call.
         self._remote = ray.remote(**self._options)(run_call_spread)
@@ -129,6 +137,7 @@ class RayExecutor(EngineExecutor):
         self._ids = itertools.count()
         self._calls: dict[int, _Call] = {}
         self._epoch = time.monotonic()
+        self._epoch_wall = time.time()  # the workers' records are wall-clock times
         self._attempts: list[AttemptRow] = []
         # Run times of the latest finished calls, for the backup rules.
         self._durations: collections.deque[float] = collections.deque(maxlen=_RECENT)
@@ -137,7 +146,8 @@ class RayExecutor(EngineExecutor):
         self._cluster_checked = -1e9
         self._backups_started = 0
         self._backups_won = 0
-        self._to_watch: list[tuple[Any, _Call, str | None]] = []  # new attempts, for the completer
+        # New attempts for the completion thread: (value ref, record ref, call, pinned node).
+        self._to_watch: list[tuple[Any, Any, _Call, str | None]] = []
         self._watch_wake = threading.Event()
         self._completer = threading.Thread(
             target=self._completion_loop, name=f"{self.name}-completion", daemon=True
@@ -157,15 +167,15 @@ class RayExecutor(EngineExecutor):
     ) -> EngineFuture:
         remote = self._remote_for(fn)
         if remote is None:
-            ref = self._remote.remote(fn, *args, **kwargs)
+            ref, record = self._remote.remote(fn, *args, **kwargs)
         else:
-            ref = remote.remote(*args, **kwargs)
+            ref, record = remote.remote(*args, **kwargs)
         future = EngineFuture(self, next(self._ids), ref)
         call = _Call(future, remote, fn, args, kwargs, time.monotonic(), [ref], live=1)
         call.backups = options.backups is not False
         with self._lock:
             self._calls[future.call_id] = call
-            self._to_watch.append((ref, call, None))
+            self._to_watch.append((ref, record, call, None))
             first = len(self._to_watch) == 1
         if first:
             self._watch_wake.set()
@@ -174,11 +184,11 @@ class RayExecutor(EngineExecutor):
             self._wake.set()
         return future
 
-    def _watch(self, call: _Call, ref: Any, node: str | None) -> None:
+    def _watch(self, call: _Call, ref: Any, record: Any, node: str | None) -> None:
         """Hand *ref* to the completion thread (one waiter for all refs: a callback per ref
         would run on Ray's own thread once per call and compete with submission)."""
         with self._lock:
-            self._to_watch.append((ref, call, node))
+            self._to_watch.append((ref, record, call, node))
             first = len(self._to_watch) == 1
         if first:
             self._watch_wake.set()
@@ -190,7 +200,7 @@ class RayExecutor(EngineExecutor):
         if remote is None:
             import ray
 
-            remote = self._remotes[fn] = ray.remote(**self._options)(fn)
+            remote = self._remotes[fn] = ray.remote(**self._options)(recorded(fn))
         return remote
 
     # -- completion (the completion thread) ----------------------------------------------
@@ -201,12 +211,12 @@ class RayExecutor(EngineExecutor):
         import ray
 
         # This thread alone owns the refs being waited for (the hand-off is ``_to_watch``).
-        watched: dict[Any, tuple[_Call, str | None]] = {}
+        watched: dict[Any, tuple[Any, _Call, str | None]] = {}
         while True:
             with self._lock:
                 new, self._to_watch = self._to_watch, []
-            for ref, call, node in new:
-                watched[ref] = (call, node)
+            for ref, record, call, node in new:
+                watched[ref] = (record, call, node)
             if not watched:
                 if self._stop.is_set():
                     return
@@ -224,10 +234,10 @@ class RayExecutor(EngineExecutor):
                 continue
             if not ready:
                 continue
-            for ref, value, exc in self._outcomes(ready):
-                call, node = watched.pop(ref)
+            batch = [(ref, *watched.pop(ref)) for ref in ready]
+            for ref, call, node, value, record, exc in self._outcomes(batch):
                 try:
-                    self._attempt_done(call, ref, node, value, exc)
+                    self._attempt_done(call, ref, node, value, record, exc)
                 except Exception:  # never lose the thread; the caller's future says why
                     logger.exception("%s: finishing call %d failed", self.name, call.future.call_id)
                     set_outcome(
@@ -236,26 +246,40 @@ class RayExecutor(EngineExecutor):
                         TaskLostError(f"call {call.future.call_id}: could not be finished"),
                     )
 
-    def _outcomes(self, ready: list[Any]) -> list[tuple[Any, Any, BaseException | None]]:
-        """(ref, value, error) of each ready ref: one ``ray.get`` for the batch, each ref
-        alone only if one of them failed."""
+    def _outcomes(
+        self, batch: list[tuple[Any, Any, _Call, str | None]]
+    ) -> list[tuple[Any, _Call, str | None, Any, Any, BaseException | None]]:
+        """(ref, call, node, value, record, error) of each ready attempt of *batch* (value
+        ref, record ref, call, node): one ``ray.get`` for the values and records of the
+        batch, each attempt alone only if one of them failed."""
         import ray
 
+        n = len(batch)
         try:
-            values = ray.get(ready)
-            return [(ref, value, None) for ref, value in zip(ready, values, strict=True)]
+            got = ray.get([b[0] for b in batch] + [b[1] for b in batch])
+            return [
+                (ref, call, node, got[i], got[n + i], None)
+                for i, (ref, _, call, node) in enumerate(batch)
+            ]
         except Exception:
             pass
-        out: list[tuple[Any, Any, BaseException | None]] = []
-        for ref in ready:
+        out: list[tuple[Any, _Call, str | None, Any, Any, BaseException | None]] = []
+        for ref, record, call, node in batch:
             try:
-                out.append((ref, ray.get(ref), None))
+                value, where = ray.get([ref, record])
+                out.append((ref, call, node, value, where, None))
             except Exception as exc:  # the call's own error (a RayTaskError) or Ray's
-                out.append((ref, None, exc))
+                out.append((ref, call, node, None, None, exc))
         return out
 
     def _attempt_done(
-        self, call: _Call, ref: Any, node: str | None, value: Any, exc: BaseException | None
+        self,
+        call: _Call,
+        ref: Any,
+        node: str | None,
+        value: Any,
+        record: tuple[str, float, float] | None,
+        exc: BaseException | None,
     ) -> None:
         end = time.monotonic()
         lost = exc is not None and self._is_lost(exc)
@@ -264,10 +288,10 @@ class RayExecutor(EngineExecutor):
         with self._lock:  # one critical section per completion: it is on every call's path
             call.live -= 1
             if call.finished:  # another copy won, or the caller gave up (cancel, timeout)
-                self._record(call, end, call.ended, node, backup)
+                self._record(call, end, call.ended, node, backup, record)
                 return
             if lost and call.live > 0:  # another copy carries on
-                self._record(call, end, "lost", node, backup)
+                self._record(call, end, "lost", node, backup, record)
                 return
             call.finished = True
             del self._calls[call.future.call_id]
@@ -276,9 +300,8 @@ class RayExecutor(EngineExecutor):
             chained = call.future.used_as_argument
             if exc is None and backup:
                 self._backups_won += 1
-            self._record(
-                call, end, "won" if exc is None else ("lost" if lost else "failed"), node, backup
-            )
+            outcome = "won" if exc is None else ("lost" if lost else "failed")
+            self._record(call, end, outcome, node, backup, record)
         call.fn, call.args, call.kwargs = _dropped, (), {}
         if losers and not chained:
             self._kill(losers)
@@ -314,19 +337,34 @@ class RayExecutor(EngineExecutor):
         return exc
 
     def _record(
-        self, call: _Call, end: float, outcome: str, node: str | None, backup: bool
+        self,
+        call: _Call,
+        end: float,
+        outcome: str,
+        node: str | None,
+        backup: bool,
+        record: tuple[str, float, float] | None,
     ) -> None:
-        """Record an attempt (``_lock`` held). Ray keeps no per-task records a driver can
-        read without its dashboard: the client-side span (submitted -> completed) is what
-        we show, one row per node a copy was pinned to, else one row "ray"."""
+        """Record an attempt (``_lock`` held). With the worker's record (every attempt that
+        returned) the row names the worker (``node/pid``) and spans the run as the worker
+        timed it; an attempt that never returned (lost with its worker, killed) has only
+        the client-side span (submitted -> seen finished), on the node a copy was pinned
+        to, else on "ray"."""
+        if record is not None:
+            where, start_wall, end_wall = record
+            host = where.split("/", 1)[0]
+            start, stop = start_wall - self._epoch_wall, end_wall - self._epoch_wall
+        else:
+            where = host = node or "ray"
+            start, stop = call.submitted - self._epoch, end - self._epoch
         self._attempts.append(
             AttemptRow(
                 bundle=call.future.call_id,
                 attempt=0,
-                host=node or "ray",
-                slot=node or "ray",
-                start=call.submitted - self._epoch,
-                end=end - self._epoch,
+                host=host,
+                slot=where,
+                start=start,
+                end=stop,
                 outcome=outcome,
                 is_backup=backup,
             )
@@ -423,9 +461,9 @@ class RayExecutor(EngineExecutor):
         if node != _ONE_NODE:
             options["scheduling_strategy"] = NodeAffinitySchedulingStrategy(node, soft=False)
         if remote is None:
-            ref = self._remote.options(**options).remote(fn, *args, **kwargs)
+            ref, record = self._remote.options(**options).remote(fn, *args, **kwargs)
         else:
-            ref = remote.options(**options).remote(*args, **kwargs)
+            ref, record = remote.options(**options).remote(*args, **kwargs)
         with self._lock:
             late = self._calls.get(call_id) is not call  # finished meanwhile
             if not late:
@@ -437,13 +475,14 @@ class RayExecutor(EngineExecutor):
             self._kill([ref])
             return
         logger.info("%s: backup of call %d on %s", self.name, call_id, node)
-        self._watch(call, ref, None if node == _ONE_NODE else node)
+        self._watch(call, ref, record, None if node == _ONE_NODE else node)
 
     # -- introspection and lifecycle ------------------------------------------------------
 
     def stats(self) -> ExecutorStats:
-        """Counters and client-side durations (submit to completion); ``extra``:
-        ``attempts`` (for the timeline), ``hosts``, ``backups_started``, ``backups_won``."""
+        """Counters, run times and per-worker rows from the workers' records of each
+        attempt (see ``_record``); ``extra``: ``attempts`` (for the timeline), ``hosts``
+        (one row per worker, ``node/pid``), ``backups_started``, ``backups_won``."""
         with self._lock:
             attempts = list(self._attempts)
             started, won = self._backups_started, self._backups_won

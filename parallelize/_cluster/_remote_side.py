@@ -7,6 +7,9 @@ they import nothing else from it.
 
 from __future__ import annotations
 
+import functools
+import os
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -17,10 +20,45 @@ def run_call(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, An
     return fn(*args, **kwargs)
 
 
-def run_call_spread(fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
-    """Ray: run one call. Ray resolves only top-level ObjectRef arguments, so they are spread;
+def _ray_where() -> str:
+    """On a Ray worker: ``node/pid`` (the node id's first 8 hex digits), asked once per
+    worker process (a worker never moves)."""
+    global _WHERE
+    if _WHERE is None:
+        import ray
+
+        node = ray.get_runtime_context().get_node_id()
+        _WHERE = f"{node[:8]}/pid {os.getpid()}"
+    return _WHERE
+
+
+_WHERE: str | None = None
+
+
+def recorded(fn: Callable[..., Any]) -> Callable[..., tuple[Any, tuple[str, float, float]]]:
+    """Ray: *fn* run so that it also returns where and when it ran, ``(value, (worker,
+    start, end))`` (wall-clock seconds), split by Ray into two objects (``num_returns=2``):
+    the first ref holds the plain value (chained calls and ``ray.get`` see only it), the
+    second the record, which comes back in the same reply."""
+
+    @functools.wraps(fn)
+    def run(*args: Any, **kwargs: Any) -> tuple[Any, tuple[str, float, float]]:
+        start = time.time()
+        value = fn(*args, **kwargs)
+        return value, (_ray_where(), start, time.time())
+
+    return run
+
+
+def run_call_spread(
+    fn: Callable[..., Any], /, *args: Any, **kwargs: Any
+) -> tuple[Any, tuple[str, float, float]]:
+    """Ray: run one call of a callable that is not a plain function, with its record (see
+    ``recorded``). Ray resolves only top-level ObjectRef arguments, so they are spread;
     *fn* is positional-only so no user keyword can collide with it."""
-    return fn(*args, **kwargs)
+    start = time.time()
+    value = fn(*args, **kwargs)
+    return value, (_ray_where(), start, time.time())
 
 
 def lost_attempts(dask_scheduler: Any, key: str) -> list[tuple[str, float, float]]:

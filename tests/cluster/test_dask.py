@@ -148,6 +148,27 @@ def test_stats_and_timeline_rows_per_worker(dask: DaskCluster, tmp_path: Path) -
     assert image.stat().st_size > 0
 
 
+def test_each_row_names_the_worker_that_ran_the_call(dask: DaskCluster) -> None:
+    """The rows come from the scheduler's records: a call's row is on the worker that ran it
+    (as the worker itself says), and spans at least the time the call slept there."""
+
+    @parallelize.parallelize(method=Method.DASK)
+    def address(i: int) -> str:
+        from distributed import get_worker
+
+        time.sleep(0.05)
+        return str(get_worker().address)
+
+    futures = [address(i) for i in range(8)]
+    ran_on = {f.future.call_id: f.result(TIMEOUT) for f in futures}
+    rows = {row.bundle: row for row in _executor().stats().attempts if row.bundle in ran_on}
+    assert set(rows) == set(ran_on)
+    for call_id, worker in ran_on.items():
+        row = rows[call_id]
+        assert row.host == row.slot == worker
+        assert row.end is not None and row.end - row.start >= 0.05
+
+
 def test_application_error_keeps_type_and_traceback_and_is_not_retried(
     dask: DaskCluster, tmp_path: Path
 ) -> None:

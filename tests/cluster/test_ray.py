@@ -141,6 +141,36 @@ def test_wait_any_and_stats(ray_runtime: RayCluster, tmp_path: Path) -> None:
     assert len(stats.extra["attempts"]) == 5
 
 
+def test_each_row_names_the_worker_that_ran_the_call(ray_runtime: RayCluster) -> None:
+    """The rows come from the workers' own records: a call's row names the Ray worker that
+    ran it (node and pid, as the worker itself says) and spans at least the time the call
+    slept there; the value a caller (or a chained call) sees is the plain value."""
+
+    @parallelize.parallelize(method=Method.RAY)
+    def where(i: int) -> tuple[str, int]:
+        import ray
+
+        time.sleep(0.05)
+        return ray.get_runtime_context().get_node_id()[:8], os.getpid()
+
+    @parallelize.parallelize(method=Method.RAY)
+    def first(pair: tuple[str, int]) -> str:
+        return pair[0]
+
+    futures = [where(i) for i in range(6)]
+    chained = first(futures[0])
+    ran_on = {f.future.call_id: f.result(TIMEOUT) for f in futures}
+    assert chained.result(TIMEOUT) == ran_on[futures[0].future.call_id][0]
+    rows = {row.bundle: row for row in _executor().stats().attempts if row.bundle in ran_on}
+    assert set(rows) == set(ran_on)
+    for call_id, (node, pid) in ran_on.items():
+        row = rows[call_id]
+        assert (row.host, row.slot, row.outcome) == (node, f"{node}/pid {pid}", "won")
+        assert row.end is not None and row.end - row.start >= 0.05
+    hosts = {h.name: h.done for h in _executor().stats().hosts}
+    assert {f"{node}/pid {pid}" for node, pid in ran_on.values()} <= set(hosts)
+
+
 def test_application_error_keeps_type_and_traceback_and_is_not_retried(
     ray_runtime: RayCluster, tmp_path: Path
 ) -> None:
