@@ -29,7 +29,7 @@ from ._host_table import HostTable
 from ._hosts import Host
 from ._link import Delivered, HostLink, HostSpec, LocalCallLink
 from ._policies import SelectionPolicy
-from ._sched_util import copy_error, logger, settle
+from ._sched_util import copy_error, logger, settle, start
 from ._speculation import SpeculationConfig
 
 __all__ = ["FN_IDS", "LinkFactory", "SchedulerCore"]
@@ -246,7 +246,7 @@ class SchedulerCore:
             # the timeline and the host's speed estimate should see.
             attempt.start = max(attempt.start, now - duration)
         future = bundle.future
-        won = future.running() or (not future.cancelled() and future.set_running_or_notify_cancel())
+        won = not future.cancelled() and start(future)
         self._end_attempt(
             attempt,
             host,

@@ -9,10 +9,12 @@ import logging
 from concurrent.futures import Future, InvalidStateError
 from typing import Any
 
+from smart_future import StoppableFuture
+
 from ._errors import HostUnavailableError
 from ._link import HostLink
 
-__all__ = ["close_quietly", "copy_error", "logger", "settle", "warn_visibly"]
+__all__ = ["close_quietly", "copy_error", "logger", "settle", "start", "warn_visibly"]
 
 logger = logging.getLogger("remote")
 
@@ -42,7 +44,7 @@ def settle(future: Future[Any], *, value: Any = None, exc: BaseException | None 
     any moment, so setting its outcome may find it cancelled: that is not an error."""
     if future.cancelled():
         return False
-    if not future.running() and not future.set_running_or_notify_cancel():
+    if not start(future):
         return False  # cancelled a moment ago (a PENDING future is cancelled, not stopped)
     try:
         if exc is not None:
@@ -52,6 +54,17 @@ def settle(future: Future[Any], *, value: Any = None, exc: BaseException | None 
     except InvalidStateError:  # stopped a moment ago; its done-callback tells us
         return False
     return True
+
+
+def start(future: Future[Any]) -> bool:
+    """Mark *future* running unless it already is; False if it was cancelled.
+
+    An embedded-pool host marks its calls' futures running from the PROCESS pool's result
+    thread as they start in a worker (``ProcessLink``), so the check and the marking must be
+    one step: the standard method raises on a future that turned running in between."""
+    if isinstance(future, StoppableFuture):
+        return future.mark_running()
+    return future.running() or future.set_running_or_notify_cancel()
 
 
 def copy_error(error: HostUnavailableError) -> HostUnavailableError:
