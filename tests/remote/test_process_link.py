@@ -4,12 +4,14 @@ shared memory, share() handles, stop() of a running call, and which link a host 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import sys
 import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import Future
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -226,7 +228,13 @@ def test_short_calls_wait_at_the_host_without_running_and_can_be_cancelled(
         executor.shutdown()
 
 
-def test_a_call_waiting_at_the_host_turns_running_when_it_starts(tmp_path: Path) -> None:
+@contextlib.contextmanager
+def _held_then_waiting(
+    tmp_path: Path, fn: Any, *args: Any
+) -> Iterator[tuple[RemoteExecutor, Future[Any], Future[Any], Path]]:
+    """One slot, short calls run first (so the host queues several per slot); then a call
+    held in the worker until the yielded gate file exists, and ``fn(*args)`` sent to the
+    host behind it."""
     executor = RemoteExecutor(embedded_pool(1), heartbeat_interval=3600)
     try:
         for future in [executor.submit(pid) for _ in range(200)]:
@@ -235,38 +243,37 @@ def test_a_call_waiting_at_the_host_turns_running_when_it_starts(tmp_path: Path)
         gate = tmp_path / "gate"
         first = executor.submit(hold_until, str(tmp_path / "h0"), str(gate))
         _wait_for((tmp_path / "h0").exists, "the first call to start")
-        second = executor.submit(hold_until, str(tmp_path / "h1"), str(gate) + "2")
+        second = executor.submit(fn, *args)
         _wait_for(
             lambda: executor._scheduler.call(lambda: len(executor._scheduler._running)) == 2,
             "the second call to be sent to the host",
         )
+        yield executor, first, second, gate
+    finally:
+        executor.shutdown()
+
+
+def test_a_call_waiting_at_the_host_turns_running_when_it_starts(tmp_path: Path) -> None:
+    second_gate = tmp_path / "gate2"
+    with _held_then_waiting(tmp_path, hold_until, str(tmp_path / "h1"), str(second_gate)) as (
+        _,
+        first,
+        second,
+        gate,
+    ):
         assert first.running() and not second.running()
         gate.write_text("open")
         first.result(WAIT)
         _wait_for((tmp_path / "h1").exists, "the second call to start")
         assert second.running()  # marked when the worker started it, not before
-        Path(str(gate) + "2").write_text("open")
+        second_gate.write_text("open")
         second.result(WAIT)
-    finally:
-        executor.shutdown()
 
 
 def test_a_call_that_waited_at_the_host_is_recorded_from_when_it_ran(tmp_path: Path) -> None:
     """A prefetched call waits at the host behind another before it runs: its attempt
     record (timeline, host speed) starts when it ran, not when it was sent."""
-    executor = RemoteExecutor(embedded_pool(1), heartbeat_interval=3600)
-    try:
-        for future in [executor.submit(pid) for _ in range(200)]:
-            future.result(WAIT)
-        assert _depth(executor) > 1
-        gate = tmp_path / "gate"
-        first = executor.submit(hold_until, str(tmp_path / "h0"), str(gate))
-        _wait_for((tmp_path / "h0").exists, "the first call to start")
-        second = executor.submit(pid)
-        _wait_for(
-            lambda: executor._scheduler.call(lambda: len(executor._scheduler._running)) == 2,
-            "the second call to be sent to the host",
-        )
+    with _held_then_waiting(tmp_path, pid) as (executor, first, second, gate):
         waited = threading.Event().wait(1.0)  # the second call waits there, not running
         assert not waited and not second.running()
         gate.write_text("open")
@@ -276,5 +283,3 @@ def test_a_call_that_waited_at_the_host_is_recorded_from_when_it_ran(tmp_path: P
         last = rows[-1]  # the second call's attempt: it ended last
         assert last.end is not None
         assert last.end - last.start < 0.5, last  # it ran for microseconds, waited for 1 s
-    finally:
-        executor.shutdown()
