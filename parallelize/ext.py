@@ -9,9 +9,10 @@ first time a method without a registered factory is asked for::
     remote = "remote._default:register"
 
 Shared with REMOTE's embedded pool (one local worker runtime): :class:`ProcessExecutor`
-with ``submit_pickled``/``terminate``, :func:`pickle_call` (a :class:`PickledCall`, pickled
-once the PROCESS way with large buffers in shared memory, runnable more than once) and
-``SHM_THRESHOLD`` (the default size from which buffers go by shared memory).
+with ``submit_run``/``terminate``, :func:`pickle_call` (a :class:`PickledCall`, pickled
+once the PROCESS way with large buffers in shared memory, runnable more than once), the
+:class:`RunHandle` a ``submit_run`` call reports to, and ``SHM_THRESHOLD`` (the default
+size from which buffers go by shared memory).
 
 Everything an executor needs from ``parallelize`` is here; executors should import
 nothing else of it but its top-level public names.
@@ -35,6 +36,7 @@ from ._pickling import dumps as dumps_value
 from ._process._calls import PickledCall, pickle_call
 from ._process._memory import trim_c_heap as release_memory
 from ._process._pool import ProcessExecutor
+from ._process._run_handle import RunHandle, RunState
 from ._process._shm import DEFAULT_THRESHOLD as SHM_THRESHOLD
 from ._records import AttemptRow, HostRow
 from ._registry import method_factory, register_info_section, register_method
@@ -54,6 +56,8 @@ __all__ = [
     "Outcome",
     "PickledCall",
     "ProcessExecutor",
+    "RunHandle",
+    "RunState",
     "TaskStats",
     "TaskTimeoutError",
     "at_threads_exit",

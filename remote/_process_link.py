@@ -20,17 +20,18 @@ How a call goes: ``RemoteExecutor.submit`` pickles it once, the PROCESS way
 included, go into one shared-memory segment written once), because every host
 of the executor has this link. The scheduler thread starts an attempt with
 :meth:`ProcessLink.submit_local`, which queues it on the PROCESS pool (never
-blocks: the pool's pipes are non-blocking). The pool's result thread completes
-the attempt's future and its done-callback posts one event to the scheduler's
-queue: the value or exception itself (:class:`~remote._link.Delivered`),
-nothing pickled again; :class:`~parallelize.WorkerDiedError` becomes a lost
-attempt and :class:`~parallelize.TaskTimeoutError` a timed-out one.
+blocks: the pool's pipes are non-blocking) with a :class:`~parallelize.ext.RunHandle`
+(no future per attempt: the scheduler completes the caller's). The pool's result
+thread completes the handle, which posts one event to the scheduler's queue: the
+value or exception itself (:class:`~remote._link.Delivered`), nothing pickled again;
+:class:`~parallelize.WorkerDiedError` becomes a lost attempt and
+:class:`~parallelize.TaskTimeoutError` a timed-out one.
 
 Threads: ``submit_local``/``cancel`` run on the scheduler thread, events on the
 PROCESS pool's result thread (or, for a call killed by ``close``, on the
 closing thread). What the workers print is passed on with the host's name in
-front (``remote/_output_relay.py``). ``_lock`` guards ``_running`` (attempt id -> future) only and
-is never held while calling into the pool or posting an event.
+front (``remote/_output_relay.py``). ``_lock`` guards ``_running`` (attempt id ->
+handle) only and is never held while calling into the pool or posting an event.
 
 The pipe-based :class:`~remote._local_link.LocalLink` (a real agent process on
 this machine) stays for local hosts that name another Python, and for tests
@@ -43,13 +44,12 @@ import os
 import sys
 import threading
 import time
-from concurrent.futures import Future
 from typing import Any
 
 import cloudpickle
 
 from parallelize import RemoteTraceback, TaskTimeoutError, WorkerDiedError
-from parallelize.ext import PickledCall, ProcessExecutor
+from parallelize.ext import PickledCall, ProcessExecutor, RunHandle
 from smart_future import StoppableFuture
 
 from ._errors import HostErrorKind, HostUnavailableError
@@ -83,7 +83,7 @@ class ProcessLink:
         self._events: LinkEvents | None = None
         self._executor: ProcessExecutor | None = None
         self._lock = threading.Lock()
-        self._running: dict[int, Future[Any]] = {}
+        self._running: dict[int, RunHandle] = {}
         self._closed = False
         self._relay: OutputRelay | None = None
 
@@ -142,24 +142,27 @@ class ProcessLink:
         # pool then batches them). *caller*, the call's future when it is not running yet,
         # turns running when the attempt really starts in a worker, so that until then
         # the caller can still cancel() it the standard way.
-        on_start = None if caller is None else caller.mark_running
-        future = executor.submit_pickled(call, timeout, on_start)
+        handle = RunHandle(
+            lambda value, error, seconds: self._done(attempt_id, value, error, seconds),
+            None if caller is None else caller.mark_running,
+        )
         with self._lock:
-            self._running[attempt_id] = future
-        future.add_done_callback(lambda f: self._done(attempt_id, f))
+            self._running[attempt_id] = handle
+        executor.submit_run(call, handle, timeout)
 
-    def _done(self, attempt_id: int, future: Future[Any]) -> None:
+    def _done(
+        self, attempt_id: int, value: Any, exc: BaseException | None, duration: float
+    ) -> None:
         # The pool's result thread: post one event and return (the scheduler owns the rest).
+        # A cancelled handle never gets here (RunHandle drops its answer).
         with self._lock:
             if self._running.pop(attempt_id, None) is None:
-                return  # cancelled by the scheduler: no event follows
+                return  # the link was closed
         events = self._events
-        if events is None or self._closed or future.cancelled():
+        if events is None or self._closed:
             return
-        duration = float(getattr(future, "run_seconds", 0.0))
-        exc = future.exception()
         if exc is None:
-            events.on_result(self, attempt_id, True, Delivered(future.result()), duration)
+            events.on_result(self, attempt_id, True, Delivered(value), duration)
         elif isinstance(exc.__cause__, RemoteTraceback):  # raised by the call itself
             events.on_result(self, attempt_id, False, Delivered(exc), duration)
         elif isinstance(exc, WorkerDiedError):
@@ -171,13 +174,9 @@ class ProcessLink:
 
     def cancel(self, attempt_id: int) -> None:
         with self._lock:
-            future = self._running.pop(attempt_id, None)
-        if future is not None:
-            stop = getattr(future, "stop", None)
-            if stop is not None:
-                stop()  # kills the worker if the attempt is running
-            else:
-                future.cancel()
+            handle = self._running.pop(attempt_id, None)
+        if handle is not None:
+            handle.stop()  # kills the worker if the attempt is running
 
     def close(self) -> None:
         with self._lock:

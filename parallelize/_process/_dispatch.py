@@ -60,7 +60,6 @@ import sys
 import threading
 from collections import deque
 from collections.abc import Callable
-from concurrent.futures import Future
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from smart_future import StoppableFuture
@@ -69,6 +68,7 @@ from .._stats import Outcome, TaskStats
 from . import _handles, _shm
 from ._handles import State, Task, Worker
 from ._lifecycle import Failed, WorkerLifecycle
+from ._run_handle import TaskFuture
 
 if TYPE_CHECKING:
     from ._results import ResultLoop
@@ -90,17 +90,6 @@ class ProcessFuture(StoppableFuture[T]):
 
     _pool: Pool | None = None
     run_seconds = 0.0  # how long the call ran in its worker, set before it completes
-    # Called (under the pool's lock, on the thread that starts it) when the call starts in
-    # its worker: REMOTE's embedded pool marks its caller's future running then.
-    on_start: Callable[[], object] | None = None
-
-    def set_running_or_notify_cancel(self) -> bool:
-        if not super().set_running_or_notify_cancel():
-            return False
-        on_start = self.on_start
-        if on_start is not None:
-            on_start()
-        return True
 
     def stop(self) -> bool:
         if not super().stop():
@@ -158,7 +147,7 @@ class Pool(WorkerLifecycle):
 
     def submit(
         self,
-        future: Future[Any],
+        future: TaskFuture,
         fn: Callable[..., Any],
         fn_bytes: bytes,
         args_bytes: bytes,

@@ -18,11 +18,11 @@ import subprocess
 import sys
 from collections import OrderedDict, deque
 from collections.abc import Callable
-from concurrent.futures import Future
 from typing import Any
 
 from . import _shm
 from ._protocol import CANCEL_POSITIONS, FRAME_HEAD
+from ._run_handle import TaskFuture
 
 __all__ = ["State", "Task", "Worker", "complete_future", "death_message", "start_worker"]
 
@@ -85,7 +85,7 @@ class Task:
     def __init__(
         self,
         task_id: int,
-        future: Future[Any],
+        future: TaskFuture,
         fn: Callable[..., Any],
         fid: int,
         fn_bytes: bytes,
@@ -206,7 +206,7 @@ class Worker:
         position = number % CANCEL_POSITIONS
         cancels[position] = 0  # a task CANCEL_POSITIONS back held it: long finished
 
-        def flag(future: Future[Any]) -> None:
+        def flag(future: TaskFuture) -> None:
             if future.cancelled():
                 cancels[position] = 1
 
@@ -328,7 +328,7 @@ def death_message(pid: int, returncode: int, name: str, starting: bool) -> str:
     return f"worker process {pid} {how} {when}"
 
 
-def complete_future(future: Future[Any], value: Any, error: BaseException | None) -> None:
+def complete_future(future: TaskFuture, value: Any, error: BaseException | None) -> None:
     try:
         if error is None:
             future.set_result(value)

@@ -13,14 +13,14 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from concurrent.futures import Future
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, cast
 
 from .._errors import TaskTimeoutError, WorkerDiedError
 from .._pickling import callable_name
 from .._stats import Outcome, TaskStats
 from . import _handles
 from ._handles import SERVING, State, Task, Worker
+from ._run_handle import TaskFuture
 
 if TYPE_CHECKING:
     from ._dispatch import Pool
@@ -62,7 +62,7 @@ class WorkerLifecycle:
         def fail_pending(self, failed: Failed, error: BaseException) -> None: ...
         def fail(self, failed: Failed) -> None: ...
 
-    def stop_running(self, future: Future[Any]) -> None:
+    def stop_running(self, future: TaskFuture) -> None:
         """*future* was stopped (``stop()``): kill the worker if it is running it."""
         failed: Failed = []
         with self.lock:

@@ -13,6 +13,7 @@ from . import _shm
 from ._dispatch import ProcessFuture
 from ._handles import Task, complete_future
 from ._protocol import KIND_ERROR, KIND_OK, KIND_OK_SHM, KIND_SKIPPED
+from ._run_handle import RunHandle
 
 __all__ = ["Completion", "complete"]
 
@@ -53,7 +54,7 @@ def complete(
         else:  # pragma: no cover - protocol bug
             error = RuntimeError(f"unknown result kind {kind}")
         stats.task_finished(Outcome.SUCCEEDED if error is None else Outcome.FAILED, duration)
-        if isinstance(task.future, ProcessFuture):
+        if isinstance(task.future, (ProcessFuture, RunHandle)):
             task.future.run_seconds = duration
         complete_future(task.future, value, error)
         del value, error

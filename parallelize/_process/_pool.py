@@ -33,6 +33,7 @@ from . import _shm
 from ._calls import PickledCall, dumps_call
 from ._dispatch import Pool, ProcessFuture
 from ._handles import State
+from ._run_handle import RunHandle
 
 __all__ = ["ProcessExecutor"]
 
@@ -156,25 +157,17 @@ class ProcessExecutor(BaseExecutor):
         self._pool.submit(future, function, fn_bytes, args_bytes, segment, timeout)
         return future
 
-    def submit_pickled(
-        self,
-        call: PickledCall,
-        timeout: float | None = None,
-        on_start: Callable[[], object] | None = None,
-    ) -> ProcessFuture[Any]:
+    def submit_run(
+        self, call: PickledCall, handle: RunHandle, timeout: float | None = None
+    ) -> None:
         """Run a call pickled by :func:`~parallelize.ext.pickle_call` (it may be run again:
-        each run gets its own descriptor of the call's shared memory). The shared API of
-        REMOTE's embedded pool; ``run_seconds`` of the returned future is set before it
-        completes with a worker's answer. *on_start* is called when the call starts in a
-        worker (on the thread that starts it, holding the pool's lock: it must not block
-        or call back into the pool), not when it is queued behind another one."""
+        each run gets its own descriptor of the call's shared memory), reporting to
+        *handle* instead of a future. The shared API of REMOTE's embedded pool: see
+        :class:`~parallelize.ext.RunHandle` for when it is told what."""
         self._check_open()
-        future: ProcessFuture[Any] = ProcessFuture()
-        future._pool = self._pool
-        future.on_start = on_start
+        handle._pool = self._pool
         segment = call.segment_for_run()
-        self._pool.submit(future, call.fn, call.fn_bytes, call.args_bytes, segment, timeout)
-        return future
+        self._pool.submit(handle, call.fn, call.fn_bytes, call.args_bytes, segment, timeout)
 
     def terminate(self) -> None:
         """Kill every worker now: queued and running calls fail (``WorkerDiedError``)."""
