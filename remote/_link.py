@@ -159,3 +159,7 @@ class LocalCallLink(HostLink, Protocol):
         """Start an attempt of *call* (never blocks; it may be started again elsewhere).
         *caller*: the call's future, not running yet, which the link marks running
         (``StoppableFuture.mark_running``) once the attempt starts rather than waits."""
+
+    def flush_local(self) -> None:
+        """Hand over the attempts started since the last flush. The scheduler calls it
+        after each round of starts, so that a link can send a round as one batch."""

@@ -27,7 +27,7 @@ value or exception itself (:class:`~remote._link.Delivered`), nothing pickled ag
 :class:`~parallelize.WorkerDiedError` becomes a lost attempt and
 :class:`~parallelize.TaskTimeoutError` a timed-out one.
 
-Threads: ``submit_local``/``cancel`` run on the scheduler thread, events on the
+Threads: ``submit_local``/``flush_local``/``cancel`` run on the scheduler thread, events on the
 PROCESS pool's result thread (or, for a call killed by ``close``, on the
 closing thread). What the workers print is passed on with the host's name in
 front (``remote/_output_relay.py``). ``_lock`` guards ``_running`` (attempt id ->
@@ -84,6 +84,8 @@ class ProcessLink:
         self._executor: ProcessExecutor | None = None
         self._lock = threading.Lock()
         self._running: dict[int, RunHandle] = {}
+        # Started, not yet handed to the pool (scheduler thread only).
+        self._outgoing: list[tuple[PickledCall, RunHandle, float | None]] = []
         self._closed = False
         self._relay: OutputRelay | None = None
 
@@ -148,7 +150,16 @@ class ProcessLink:
         )
         with self._lock:
             self._running[attempt_id] = handle
-        executor.submit_run(call, handle, timeout)
+        # Held until flush_local: the scheduler starts attempts in batches, and the pool
+        # takes a batch under one lock and sends it to a worker as one frame.
+        self._outgoing.append((call, handle, timeout))
+
+    def flush_local(self) -> None:
+        outgoing, self._outgoing = self._outgoing, []
+        executor = self._executor
+        if not outgoing or executor is None or self._closed:
+            return
+        executor.submit_runs(outgoing)
 
     def _done(
         self, attempt_id: int, value: Any, exc: BaseException | None, duration: float

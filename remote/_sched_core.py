@@ -100,6 +100,7 @@ class SchedulerCore:
         self._rescue: deque[Bundle] = deque()  # running only on SUSPECT hosts: back up first
         self._running: dict[int, Bundle] = {}  # bundle id -> RUNNING bundle
         self._attempts: dict[int, tuple[Attempt, Bundle, Host]] = {}
+        self._to_flush: set[Host] = set()  # hosts whose local link has attempts to send
         self._deadlines: list[tuple[float, int]] = []  # heap: (fallback deadline, attempt id)
         self._next_attempt_id = 1
         self._fn_ids: OrderedDict[bytes, int] = OrderedDict()
@@ -191,6 +192,7 @@ class SchedulerCore:
                 # from when the attempt starts (there is no network to stall), and an
                 # attempt may wait behind others there first.
                 cast(LocalCallLink, link).submit_local(attempt_id, bundle.local_call, limit, caller)
+                self._to_flush.add(host)
             elif limit is None:
                 link.submit(attempt_id, bundle.fn_id, bundle.fn_payload, bundle.args_payload)
             else:
@@ -200,6 +202,18 @@ class SchedulerCore:
                 )
         except Exception as exc:
             self._host_down(host, f"could not send an attempt: {type(exc).__name__}: {exc}", now)
+
+    def _flush_links(self, now: float) -> None:
+        """Hand each local link the attempts started on it this round (one batch each)."""
+        while self._to_flush:
+            host = self._to_flush.pop()
+            link = host.link
+            if link is None or not host.state.connected:
+                continue  # went down meanwhile: its attempts were ended with it
+            try:
+                cast(LocalCallLink, link).flush_local()
+            except Exception as exc:
+                self._host_down(host, f"could not send attempts: {type(exc).__name__}: {exc}", now)
 
     def _end_attempt(
         self, attempt: Attempt, host: Host, state: AttemptState, now: float, reason: str = ""

@@ -141,9 +141,10 @@ class Dispatcher(HostHealth):
         Bundles that a free slot can take right now are started first, as a worker of
         a standard pool would already have picked them up. A call queued again after its
         attempt was lost has started (its future is running): it stays queued."""
-        self._dispatch(self._clock())
-        count = 0
         now = self._clock()
+        self._dispatch(now)
+        self._flush_links(now)  # the attempts free workers take start now (marked running)
+        count = 0
         kept = []
         for bundle in self._pending:
             if bundle.state is not BundleState.PENDING:

@@ -62,6 +62,8 @@ def start(future: Future[Any]) -> bool:
     An embedded-pool host marks its calls' futures running from the PROCESS pool's result
     thread as they start in a worker (``ProcessLink``), so the check and the marking must be
     one step: the standard method raises on a future that turned running in between."""
+    if future.running():  # the usual case by now: no lock (a finished future says False)
+        return True
     if isinstance(future, StoppableFuture):
         return future.mark_running()
     return future.running() or future.set_running_or_notify_cancel()

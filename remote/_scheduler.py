@@ -261,6 +261,7 @@ class Scheduler(StatusReports):
             self._check_deadlines(now)
             self._dispatch(now)
             self._speculate(now)
+            self._flush_links(now)
             self._idle_memory(now)
             self._publish_status(now)
             if self._stopping and not self._n_pending and not self._running:

@@ -73,7 +73,7 @@ from ._run_handle import TaskFuture
 if TYPE_CHECKING:
     from ._results import ResultLoop
 
-__all__ = ["Pool", "ProcessFuture"]
+__all__ = ["Pool", "ProcessFuture", "Submission"]
 
 T = TypeVar("T")
 
@@ -83,6 +83,11 @@ _MAX_DEPTH = 64
 _FUNCTION_CACHE_SIZE = 1024  # functions a worker keeps unpickled (mirrored by the parent)
 _FUNCTION_IDS_SIZE = 4096  # distinct function pickles the parent keeps ids for
 _INF = float("inf")
+
+# What submit_many takes per call: future, fn, fn_bytes, args_bytes, segment, timeout.
+Submission = tuple[
+    TaskFuture, Callable[..., Any], bytes, bytes, _shm.Segment | None, float | None
+]
 
 
 class ProcessFuture(StoppableFuture[T]):
@@ -178,6 +183,40 @@ class Pool(WorkerLifecycle):
                         self._send_batch(worker, 1)
                         return
             spawn = self._reserve()
+        if spawn:
+            self.start_workers(spawn)
+
+    def submit_many(
+        self,
+        calls: list[Submission],
+    ) -> None:
+        """``submit`` for a batch (future, fn, fn_bytes, args_bytes, segment, timeout) under
+        one lock: the batch goes to the workers as few frames, not one write per call."""
+        with self.lock:
+            if self.closing:
+                for call in calls:
+                    if call[4] is not None:
+                        call[4].close()
+                raise RuntimeError(
+                    f"cannot submit to ProcessExecutor {self.name!r}: it has been shut down"
+                )
+            if sys.path != self.sent_path:
+                self.sent_path = list(sys.path)
+                self.path_version += 1
+            function_ids = self.function_ids
+            pending = self.pending
+            task_id = self.next_task_id
+            for future, fn, fn_bytes, args_bytes, segment, timeout in calls:
+                fid = function_ids.get(fn_bytes)
+                if fid is None:
+                    fid = self._new_function_id(fn_bytes)
+                pending.append(
+                    Task(task_id, future, fn, fid, fn_bytes, args_bytes, segment, timeout)
+                )
+                task_id += 1
+            self.next_task_id = task_id
+            self.stats.task_submitted(len(calls))
+            spawn = self.fill()
         if spawn:
             self.start_workers(spawn)
 

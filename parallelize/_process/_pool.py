@@ -31,7 +31,7 @@ from .._executor_base import BaseExecutor, ExitStage, at_threads_exit, waits_at_
 from .._pickling import dumps_function, split_bound_method
 from . import _shm
 from ._calls import PickledCall, dumps_call
-from ._dispatch import Pool, ProcessFuture
+from ._dispatch import Pool, ProcessFuture, Submission
 from ._handles import State
 from ._run_handle import RunHandle
 
@@ -168,6 +168,19 @@ class ProcessExecutor(BaseExecutor):
         handle._pool = self._pool
         segment = call.segment_for_run()
         self._pool.submit(handle, call.fn, call.fn_bytes, call.args_bytes, segment, timeout)
+
+    def submit_runs(self, runs: list[tuple[PickledCall, RunHandle, float | None]]) -> None:
+        """``submit_run`` for a batch of (call, handle, timeout), handed to the workers
+        together (the embedded pool's scheduler starts attempts in batches)."""
+        self._check_open()
+        pool = self._pool
+        batch: list[Submission] = []
+        for call, handle, timeout in runs:
+            handle._pool = pool
+            batch.append(
+                (handle, call.fn, call.fn_bytes, call.args_bytes, call.segment_for_run(), timeout)
+            )
+        pool.submit_many(batch)
 
     def terminate(self) -> None:
         """Kill every worker now: queued and running calls fail (``WorkerDiedError``)."""
