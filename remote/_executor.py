@@ -57,6 +57,7 @@ from ._heartbeat import format_summary
 from ._link import HostLink, HostSpec
 from ._policies import SelectionPolicy, make_policy
 from ._process_link import ProcessLink, runs_in_process
+from ._remote_future import RemoteFuture
 from ._scheduler import LinkFactory, Scheduler
 
 if TYPE_CHECKING:
@@ -302,7 +303,7 @@ class RemoteExecutor(BaseExecutor):
                 "(the interpreter is exiting, or the executor was torn down)"
             )
         target, call_args = split_bound_method(fn, args)
-        future: Future[Any] = StoppableFuture()
+        future = RemoteFuture(self._scheduler)
         if self._local_calls:
             call = pickle_call(target, call_args, kwargs, SHM_THRESHOLD)
             bundle = Bundle(
@@ -317,7 +318,7 @@ class RemoteExecutor(BaseExecutor):
                 avoid_hosts=options.avoid_hosts,
                 local_call=call,
             )
-            return self._post(bundle)
+            return self._post(bundle, future)
         fn_payload = dumps_function(target)
         args_payload = prepare_args(
             target, call_args, kwargs, self.blob_threshold, compress=self._compress
@@ -340,19 +341,12 @@ class RemoteExecutor(BaseExecutor):
             allow_backups=options.backups is not False,
             avoid_hosts=options.avoid_hosts,
         )
-        return self._post(bundle)
+        return self._post(bundle, future)
 
-    def _post(self, bundle: Bundle) -> Future[Any]:
-        future = bundle.future
-        scheduler = self._scheduler
-
-        def _on_done(f: Future[Any]) -> None:
-            if f.cancelled():
-                scheduler.cancel(bundle)
-
-        future.add_done_callback(_on_done)
+    def _post(self, bundle: Bundle, future: RemoteFuture) -> Future[Any]:
+        future.bundle = bundle  # from now on a cancel reaches the scheduler
         self._stats.task_submitted()
-        scheduler.submit(bundle)
+        self._scheduler.submit(bundle)
         return future
 
     def cancel(self, future: Future[Any]) -> bool:

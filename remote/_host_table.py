@@ -84,6 +84,8 @@ class HostTable:
 
     def take_idle(self) -> list[Host]:
         """Hosts never connected yet (each returned once)."""
+        if not self._idle:  # (asked on every submit)
+            return []
         idle, self._idle = self._idle, []
         return [h for h in idle if h.state is HostState.IDLE]
 

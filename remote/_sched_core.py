@@ -41,6 +41,9 @@ _RATE_WINDOW = 30.0  # seconds of completions used for the ETA
 FN_IDS = 1024  # distinct function payloads remembered (LRU) for their ids
 
 
+# The attempt log stores outcomes by name (an enum member's .value is a slow property).
+_OUTCOME_NAMES = {state: state.value for state in AttemptState}
+
 class SchedulerCore:
     """Scheduler state and bundle/attempt bookkeeping (scheduler thread only)."""
 
@@ -229,7 +232,7 @@ class SchedulerCore:
             attempt.slot % host.slots,  # (ids past ``slots`` are queue places: see _hosts)
             attempt.start - self._t0,
             now - self._t0,
-            state.value,
+            _OUTCOME_NAMES[state],
             attempt.is_backup,
             reason,
         )

@@ -216,6 +216,14 @@ class Pool(WorkerLifecycle):
                 task_id += 1
             self.next_task_id = task_id
             self.stats.task_submitted(len(calls))
+            # As in submit: idle workers take the oldest calls, one each, before anything
+            # queues behind a busy worker (a call must not wait behind a long one while a
+            # worker is idle, and the first calls submitted start first).
+            for worker in self.workers:
+                if not pending:
+                    break
+                if not worker.in_flight:
+                    self._send_batch(worker, 1)
             spawn = self.fill()
         if spawn:
             self.start_workers(spawn)
