@@ -206,18 +206,6 @@ class SchedulerCore:
         except Exception as exc:
             self._host_down(host, f"could not send an attempt: {type(exc).__name__}: {exc}", now)
 
-    def _flush_links(self, now: float) -> None:
-        """Hand each local link the attempts started on it this round (one batch each)."""
-        while self._to_flush:
-            host = self._to_flush.pop()
-            link = host.link
-            if link is None or not host.state.connected:
-                continue  # went down meanwhile: its attempts were ended with it
-            try:
-                cast(LocalCallLink, link).flush_local()
-            except Exception as exc:
-                self._host_down(host, f"could not send attempts: {type(exc).__name__}: {exc}", now)
-
     def _end_attempt(
         self, attempt: Attempt, host: Host, state: AttemptState, now: float, reason: str = ""
     ) -> None:

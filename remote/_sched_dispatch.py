@@ -1,12 +1,16 @@
 """Dispatch and speculation for the REMOTE scheduler: which queued call starts on which
 free slot, calls rescued from SUSPECT hosts, and backups of stragglers (the policy itself
-is in ``_speculation``). Runs on the scheduler thread only.
+is in ``_speculation``), and handing local links each round of attempts as one batch.
+Runs on the scheduler thread only.
 """
 
 from __future__ import annotations
 
+from typing import cast
+
 from ._bundle import Bundle, BundleState
 from ._hosts import Host, HostState
+from ._link import LocalCallLink
 from ._sched_core import FN_IDS
 from ._sched_hosts import HostHealth
 from ._sched_util import copy_error
@@ -88,6 +92,18 @@ class Dispatcher(HostHealth):
             self._start_attempt(bundle, host, now, is_backup=False)
             if host.free_slots == 0 and candidates is not self._table.free:
                 candidates.remove(host)  # (the table's own list updates itself)
+
+    def _flush_links(self, now: float) -> None:
+        """Hand each local link the attempts started on it this round (one batch each)."""
+        while self._to_flush:
+            host = self._to_flush.pop()
+            link = host.link
+            if link is None or not host.state.connected:
+                continue  # went down meanwhile: its attempts were ended with it
+            try:
+                cast(LocalCallLink, link).flush_local()
+            except Exception as exc:
+                self._host_down(host, f"could not send attempts: {type(exc).__name__}: {exc}", now)
 
     def _feedable_hosts(self, now: float) -> list[Host]:
         """Hosts with a free slot, less those much slower than the rest while the faster

@@ -4,7 +4,8 @@ The scheduler is split by concern along one chain of classes: ``_sched_core``
 (state, bundles and attempts), ``_sched_timeouts`` (per-call timeouts),
 ``_sched_hosts`` (connections and host health), ``_sched_dispatch`` (dispatch,
 rescues, speculation), ``_sched_status`` (status, heartbeat, snapshot) and this module
-(the thread, the loop and teardown).
+(the thread, the loop and teardown). It is a little over 400 lines because this
+description of the threading model, which every part of the chain relies on, lives here.
 What can be pure lives elsewhere: the host state machine and speed estimates
 (``_hosts``), the host indexes (``_host_table``), the speculation policy
 (``_speculation``), selection (``_policies``), status and percentiles
