@@ -44,6 +44,7 @@ FN_IDS = 1024  # distinct function payloads remembered (LRU) for their ids
 # The attempt log stores outcomes by name (an enum member's .value is a slow property).
 _OUTCOME_NAMES = {state: state.value for state in AttemptState}
 
+
 class SchedulerCore:
     """Scheduler state and bundle/attempt bookkeeping (scheduler thread only)."""
 
