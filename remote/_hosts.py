@@ -39,7 +39,7 @@ _EWMA = 0.3  # weight of the newest duration in a host's speed estimate
 # measured run time, as the PROCESS pool's own does: about _PREFETCH_WINDOW seconds of
 # work queued per slot, never more than _MAX_DEPTH attempts, none for calls that take long
 # (a queued call cannot move to another host that frees up first).
-_MAX_DEPTH = 16
+_MAX_DEPTH = 64
 _PREFETCH_WINDOW = 0.002  # seconds
 _PER_CALL = 15e-6  # seconds a call costs a worker beyond its run time (unmeasured)
 
@@ -94,6 +94,9 @@ class Host:
         self.prefetches = False
         self.depth = 1
         self._queue_ids: list[int] = []
+        # Queue places the current depth does not allow (the host may use
+        # ``len(_queue_ids) - _unused_queue_ids`` more: slots * (depth - 1) in all).
+        self._unused_queue_ids = 0
         self.run_estimate: float | None = None  # EWMA of run times the workers measured
         self.backoff = 0.0
         self.retry_at = 0.0
@@ -114,16 +117,12 @@ class Host:
 
     @property
     def free_slots(self) -> int:
+        # Asked several times per call on the scheduler's hot path: one subtraction. Queue
+        # places beyond the current depth stay in reserve (``_unused_queue_ids``).
         if self.state is not HostState.UP:
             return 0
-        return len(self._free_ids) + self._queue_room
-
-    @property
-    def _queue_room(self) -> int:
-        if self.depth == 1:
-            return 0
-        queued = self.slots * (_MAX_DEPTH - 1) - len(self._queue_ids)
-        return max(0, self.slots * (self.depth - 1) - queued)
+        room = len(self._queue_ids) - self._unused_queue_ids
+        return len(self._free_ids) + room if room > 0 else len(self._free_ids)
 
     def take_slot(self) -> int:
         if self._free_ids:
@@ -139,6 +138,7 @@ class Host:
         self.prefetches = prefetches
         self.depth = 1
         self._queue_ids = list(range(self.slots, self.slots * _MAX_DEPTH)) if prefetches else []
+        self._unused_queue_ids = len(self._queue_ids)
 
     def record_run(self, seconds: float) -> bool:
         """A run time measured by a worker of a prefetching host; True if ``depth``
@@ -152,6 +152,7 @@ class Host:
         if depth == self.depth:
             return False
         self.depth = depth
+        self._unused_queue_ids = self.slots * (_MAX_DEPTH - depth)
         return True
 
     def record_duration(self, seconds: float) -> None:

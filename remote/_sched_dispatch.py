@@ -90,7 +90,7 @@ class Dispatcher(HostHealth):
             pending.popleft()
             self._n_pending -= 1
             self._start_attempt(bundle, host, now, is_backup=False)
-            if host.free_slots == 0 and candidates is not self._table.free:
+            if candidates is not self._table.free and host.free_slots == 0:
                 candidates.remove(host)  # (the table's own list updates itself)
 
     def _flush_links(self, now: float) -> None:

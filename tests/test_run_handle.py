@@ -69,3 +69,27 @@ def test_finished_calls_do_not_keep_cancel_hooks() -> None:
     handle.set_result(None)
     handle.add_done_callback(lambda _: pytest.fail("a finished call is never cancelled"))
     assert not handle.stop()
+
+
+def test_the_skip_flag_is_set_when_a_waiting_call_is_cancelled_whenever_it_was_given() -> None:
+    flags = bytearray(8)
+    _, waiting, _ = _recorder()
+    waiting.set_skip_flag(flags, 3)
+    assert flags == bytearray(8)  # not cancelled: the worker runs it
+    assert waiting.cancel()
+    assert flags[3] == 1
+
+    # Cancelled on another thread before the pool handed over the flag: set at once.
+    flags = bytearray(8)
+    _, early, _ = _recorder()
+    assert early.cancel()
+    early.set_skip_flag(flags, 5)
+    assert flags[5] == 1
+
+    # Answered: a later stop() sets nothing (the position may serve another call).
+    flags = bytearray(8)
+    _, answered, _ = _recorder()
+    answered.set_skip_flag(flags, 1)
+    answered.set_result(None)
+    assert not answered.stop()
+    assert flags == bytearray(8)

@@ -22,7 +22,7 @@ from typing import Any
 
 from . import _shm
 from ._protocol import CANCEL_POSITIONS, FRAME_HEAD
-from ._run_handle import TaskFuture
+from ._run_handle import RunHandle, TaskFuture
 
 __all__ = ["State", "Task", "Worker", "complete_future", "death_message", "start_worker"]
 
@@ -205,6 +205,10 @@ class Worker:
             return
         position = number % CANCEL_POSITIONS
         cancels[position] = 0  # a task CANCEL_POSITIONS back held it: long finished
+        future = task.future
+        if type(future) is RunHandle:  # REMOTE's attempts: no closure per call
+            future.set_skip_flag(cancels, position)
+            return
 
         def flag(future: TaskFuture) -> None:
             if future.cancelled():

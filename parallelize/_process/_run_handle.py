@@ -19,6 +19,7 @@ thread starts the call; ``cancel``/``stop`` on the owner's thread; ``set_result`
 from __future__ import annotations
 
 import enum
+import mmap
 import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol
@@ -66,7 +67,16 @@ class RunHandle:
     worker (under the pool's lock: it must not block or call back into the pool).
     """
 
-    __slots__ = ("_cancel_hooks", "_lock", "_on_done", "_on_start", "_pool", "run_seconds", "state")
+    __slots__ = (
+        "_cancel_hooks",
+        "_lock",
+        "_on_done",
+        "_on_start",
+        "_pool",
+        "_skip_flag",
+        "run_seconds",
+        "state",
+    )
 
     def __init__(
         self,
@@ -78,6 +88,7 @@ class RunHandle:
         self._on_start = on_start
         self._cancel_hooks: list[Callable[[Any], object]] | None = None
         self._pool: Pool | None = None
+        self._skip_flag: tuple[bytearray | mmap.mmap, int] | None = None
         self.run_seconds = 0.0  # set by the pool before it completes the call
         self.state = RunState.PENDING
 
@@ -149,7 +160,20 @@ class RunHandle:
             pool.stop_running(self)
         return True
 
+    def set_skip_flag(self, flags: bytearray | mmap.mmap, position: int) -> None:
+        """Where the pool wants a byte set to 1 if this call is cancelled while it waits in
+        a worker behind another (the worker then skips it). The same as registering a
+        callback that sets it, without a closure and a list per call on the hot path."""
+        self._skip_flag = (flags, position)
+        # A cancel on another thread between the pool's own check and this line read no
+        # flag: look again (the byte may be set twice, which is harmless).
+        if self.state is RunState.CANCELLED:
+            flags[position] = 1
+
     def _run_cancel_hooks(self) -> None:
+        skip = self._skip_flag
+        if skip is not None:
+            skip[0][skip[1]] = 1
         with self._lock:
             hooks, self._cancel_hooks = self._cancel_hooks, None
         for hook in hooks or ():
