@@ -92,10 +92,15 @@ class WeightedRandomPolicy(SelectionPolicy):
             # Rejection sampling: a uniform pick kept with probability weight x free / bound
             # has exactly the weighted distribution, in O(1) expected tries when slots and
             # weights are alike, instead of a pass over every candidate per call.
-            rng = self._rng
+            # One draw per try: its integer part picks the host and its fraction, uniform
+            # and independent of it, decides (randrange costs more than the whole test).
+            draw = self._rng.random
+            count = len(hosts)
             for _ in range(64):
-                host = hosts[rng.randrange(len(hosts))]
-                if rng.random() * bound < max(host.weight, 0.0) * host.free_slots:
+                point = draw() * count
+                index = int(point)
+                host = hosts[index]
+                if (point - index) * bound < max(host.weight, 0.0) * host.free_slots:
                     return host
         weights = [max(h.weight, 0.0) * h.free_slots for h in hosts]
         total = sum(weights)

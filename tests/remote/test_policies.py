@@ -40,6 +40,22 @@ def test_weighted_respects_weight_times_free_slots() -> None:
         assert counts[name] / n == pytest.approx(share, abs=0.01)
 
 
+def test_weighted_keeps_its_distribution_on_large_pools() -> None:
+    # Over 16 candidates the policy samples by rejection, one random draw per try.
+    hosts = [
+        H(f"h{i}", i, weight=(1.0, 2.0)[i % 2], slots=4, free_slots=1 + i % 4) for i in range(40)
+    ]
+    policy = WeightedRandomPolicy(seed=99)
+    policy.prepare(hosts)
+    n = 200_000
+    counts = Counter(policy.select(hosts).name for _ in range(n))  # type: ignore[union-attr]
+    total = sum(h.weight * h.free_slots for h in hosts)
+    for host in hosts:
+        assert counts[host.name] / n == pytest.approx(
+            host.weight * host.free_slots / total, abs=0.004
+        )
+
+
 def test_weighted_is_deterministic_with_a_seed() -> None:
     hosts = [H("a", 0), H("b", 1), H("c", 2)]
     picks1 = [WeightedRandomPolicy(seed=7).select(hosts) for _ in range(1)]
