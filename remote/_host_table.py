@@ -17,7 +17,7 @@ import heapq
 from collections.abc import Sequence
 
 from ._hosts import Host, HostState
-from ._speculation import pool_estimate
+from ._speculation import MIN_SAVING, pool_estimate
 
 __all__ = ["HostTable"]
 
@@ -36,6 +36,7 @@ class HostTable:
         self.fastest: float | None = None
         self.fast_rate = 0.0
         self.spread = False  # some host is slower than slow_factor x the fastest
+        self.slow: list[Host] = []  # with spread: hosts that were that slow at the refresh
         self.median: float | None = None
 
     # -- states and slots -------------------------------------------------------------
@@ -128,14 +129,30 @@ class HostTable:
         self.median = pool_estimate(h.estimate for h in self.hosts)
         if not known:
             self.fastest, self.fast_rate, self.spread = None, 0.0, False
+            self.slow = []
             return
         fastest = min(known)
         self.fastest = fastest
-        self.spread = max(known) > slow_factor * fastest
+        slowest = max(known)
+        # Hosts that differ by less than a backup must save (calls of microseconds, where
+        # the scheduler's own latency is most of what it measures) are not told apart.
+        self.spread = slowest > slow_factor * fastest and slowest - fastest > MIN_SAVING
         self.fast_rate = sum(
             h.slots / h.estimate
             for h in self.hosts
             if h.state.connected
             and h.estimate is not None
             and 0 < h.estimate <= slow_factor * fastest
+        )
+        # Dispatch looks only at these (not at every free host per pass): the estimate of a
+        # host whose running attempt ages past the bound is seen at the next refresh.
+        bound = slow_factor * fastest
+        self.slow = (
+            [
+                h
+                for h in self.hosts
+                if h.state.connected and (est := h.speed_estimate(now)) is not None and est > bound
+            ]
+            if self.spread
+            else []
         )

@@ -182,7 +182,8 @@ class Host:
         """Expected seconds per attempt: the EWMA of finished attempts, raised to the
         longest elapsed time of a running one (a host that has finished nothing for a
         long while is at least that slow)."""
-        longest = max((now - a.start for a in self.running.values()), default=0.0)
+        running = self.running  # in start order: the first is the oldest
+        longest = now - next(iter(running.values())).start if running else 0.0
         if self.estimate is None:
             return longest if longest > 0 else None
         return max(self.estimate, longest) if longest > 3 * self.estimate else self.estimate

@@ -19,6 +19,7 @@ from ._speculation import feeds_slow_host, remaining_time, worth_backup
 __all__ = ["Dispatcher"]
 
 _SCAN = 0.02  # seconds between two speculation scans at most
+_STALE = 0.5  # seconds speculation waits for a busy queue to drain, at most
 
 
 class Dispatcher(HostHealth):
@@ -110,23 +111,29 @@ class Dispatcher(HostHealth):
         ones can drain the queue sooner (see ``_speculation``). A slow host that has had
         nothing to do for a while gets one call, so that its estimate can recover.
 
-        Usually this is the host table's own list of free hosts (no copy)."""
+        Usually this is the host table's own list of free hosts (no copy); only the hosts
+        the table last found slow are looked at, so a pass costs O(slow hosts)."""
         table = self._table
         free = table.free
         if not free or not self._spec.enabled:
             return free
         factor = self._spec.slow_factor
         table.refresh_speeds(now, factor)
-        if not table.spread:
+        if not table.spread or not table.slow:
             return free
-        keep = []
-        for host in free:
+        held: set[int] = set()
+        for host in table.slow:
+            if host.free_slots == 0:
+                continue
             est = host.speed_estimate(now)
             if feeds_slow_host(est, table.fastest, table.fast_rate, self._n_pending, factor):
-                keep.append(host)
-            elif est is not None and not host.running and now - host.last_start > 2 * est:
-                keep.append(host)  # a probe: the host may have recovered
-        return keep
+                continue
+            if est is not None and not host.running and now - host.last_start > 2 * est:
+                continue  # a probe: the host may have recovered
+            held.add(host.index)
+        if not held:
+            return free
+        return [host for host in free if host.index not in held]
 
     def _serve_rescue(self, now: float) -> None:
         rescue = self._rescue
@@ -201,6 +208,11 @@ class Dispatcher(HostHealth):
             return
         if now < self._speculation_scan_at:
             self._next_speculation = self._speculation_scan_at
+            return
+        if not self._q.empty() and now - self._speculation_scan_at < _STALE:
+            # Messages wait (a burst the loop handles in batches): some may finish the very
+            # attempts that would look like stragglers. Handle them first (the loop comes
+            # straight back), but not for longer than _STALE of a saturated queue.
             return
         self._speculation_scan_at = now + _SCAN
         table.refresh_speeds(now, cfg.slow_factor)
