@@ -7,7 +7,7 @@ import importlib
 import inspect
 from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import Executor
-from typing import Any, ParamSpec, TypeVar, overload
+from typing import Any, ParamSpec, TypeVar, cast, overload
 
 import wrapt
 
@@ -163,7 +163,7 @@ def _wrap(
         ) -> SmartFuture[Any]:
             return dispatch.submit(wrapped, args, kwargs)
 
-        wrapper = _ParallelFunction(func, call_with_options)
+        wrapper = _ParallelFunction(cast(Any, func), call_with_options)
         wrapper._self_options = (method, executor)
         wrapper._self_dispatch = dispatch
         return wrapper
@@ -195,7 +195,7 @@ def _wrap(
             return submit_call(target, wrapped, args, kwargs)
         return SmartFuture(target.submit(wrapped, *args, **kwargs))
 
-    wrapper = _ParallelFunction(func, call)
+    wrapper = _ParallelFunction(cast(Any, func), call)
     wrapper._self_options = (method, executor)
     wrapper._self_dispatch = dispatch
     return wrapper

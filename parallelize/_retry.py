@@ -163,6 +163,7 @@ class _Retrier:
         if exc is None:
             outer.settle_from(attempt)
             return
+        retry_number = 0
         with self.lock:
             retry = (
                 isinstance(exc, self.options.retry_on) and len(self.failures) < self.options.retries

@@ -49,7 +49,7 @@ def _worker_loop(
     finished = stats.task_finished
     while True:
         item = work_queue.get()
-        if item is _STOP:
+        if item is None:  # _STOP
             work_queue.put(_STOP)
             return
         future, fn, args, kwargs = item
@@ -222,7 +222,7 @@ class ThreadExecutor(BaseExecutor):
                 item = self._queue.get_nowait()
             except queue.Empty:
                 break
-            if item is _STOP:
+            if item is None:  # _STOP
                 stop_seen = True
                 continue
             if item[0].cancel():

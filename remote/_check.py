@@ -279,7 +279,7 @@ def check_pool(
 def format_report(reports: Sequence[HostReport]) -> str:
     """The table, then one ``host: problem`` line with its fix per problem."""
     header = ("HOST", "ADDRESS", "REACHABLE", "PYTHON", "CLOUDPICKLE", "SLOTS", "LATENCY", "STATUS")
-    rows = [header]
+    rows: list[tuple[str, ...]] = [header]
     for r in reports:
         rows.append(
             (
@@ -328,7 +328,7 @@ def run(
     pings: int = PINGS,
 ) -> int:
     """Load the pool, check it, print the report; returns the exit code."""
-    out = out if out is not None else sys.stdout
+    stream: TextIO = out if out is not None else sys.stdout
     err = err if err is not None else sys.stderr
     try:
         config = load_pool(path)
@@ -343,15 +343,15 @@ def run(
             f"No pool configured (no POOL_FILE argument, ${ENV_VAR} unset, no "
             f"{default_pool_path()}): checking the embedded local pool "
             "(local agents on this machine).",
-            file=out,
+            file=stream,
         )
     else:
         print(
             f"Pool file {config.path}: {len(config.hosts)} host(s), "
             f"connect timeout {config.connect_timeout:g} s.",
-            file=out,
+            file=stream,
         )
-    out.flush()
+    stream.flush()
     reports = check_pool(config, pings=pings)
-    print(format_report(reports), file=out, flush=True)
+    print(format_report(reports), file=stream, flush=True)
     return EXIT_OK if all(r.usable for r in reports) else EXIT_UNUSABLE

@@ -75,7 +75,9 @@ class GatewayTunnel:
             ssh_username=self.gw_user or user,
             ssh_pkey=identity,
             ssh_host_key=gateway_key,
-            ssh_config_file=None,
+            # None: never read ~/.ssh/config (the pool file is the whole configuration);
+            # the library's annotation says str, its code takes None.
+            ssh_config_file=None,  # pyright: ignore[reportArgumentType]
             allow_agent=True,
             remote_bind_address=target,
             local_bind_address=("127.0.0.1", 0),

@@ -35,6 +35,7 @@ class HostInfo(Protocol):
     @property
     def index(self) -> int:
         """Position of the host in the pool configuration."""
+        ...
 
     @property
     def weight(self) -> float: ...

@@ -368,7 +368,9 @@ class SSHLink(AgentLink):
             return
         view = memoryview(data)
         for start in range(0, len(data), _CHUNK):
-            channel.sendall(view[start : start + _CHUNK])
+            # paramiko's annotation says bytes; it slices and writes what it is given,
+            # and a view saves a copy of every chunk of a large payload.
+            channel.sendall(view[start : start + _CHUNK])  # pyright: ignore[reportArgumentType]
             self._progress()
 
     def _failure_detail(self) -> str:

@@ -87,7 +87,7 @@ import sys
 import tempfile
 import time
 import traceback
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 if TYPE_CHECKING:
     from parallelize.ext import outcome_codec as _outcome
@@ -222,9 +222,9 @@ def _remove_stale_dirs() -> None:
     for entry in names:
         if not entry.startswith(_TMP_PREFIX):
             continue
+        path = os.path.join(base, entry)
         try:
             pid = int(entry[len(_TMP_PREFIX) :].split("-", 1)[0])
-            path = os.path.join(base, entry)
             if os.lstat(path).st_uid != uid:
                 continue
             os.kill(pid, 0)
@@ -407,7 +407,7 @@ class Agent:
     def _on_term(self, signum: int, frame: Any) -> None:
         self.shutdown()
 
-    def shutdown(self, code: int = 0) -> None:
+    def shutdown(self, code: int = 0) -> NoReturn:
         """Kill every slot's process group, remove the temp dir, exit. Never returns."""
         self.closing = True
         for slot in list(self.children.values()):
@@ -420,7 +420,7 @@ class Agent:
             shutil.rmtree(self.tmpdir, ignore_errors=True)
         os._exit(code)
 
-    def _fail(self, code: int, message: str) -> None:
+    def _fail(self, code: int, message: str) -> NoReturn:
         """Exit with *code* after one line on stderr. Never returns."""
         line = f"parallelize agent {self.name!r} (pid {os.getpid()}): {message}\n"
         with contextlib.suppress(OSError):

@@ -230,7 +230,7 @@ def _serve(stream: BinaryIO, result_fd: int, cancels: mmap.mmap | None) -> None:
                 continue
             # The call runner every worker runtime shares (parallelize/_outcome.py).
             try:
-                if segment < 0:
+                if layout is None:  # (segment < 0)
                     outcome, failure, duration = run_call(
                         functions, function_bytes, fid, loads, args_bytes, _dump_result
                     )
