@@ -29,6 +29,7 @@ from ._host_table import HostTable
 from ._hosts import Host
 from ._link import Delivered, HostLink, HostSpec, LocalCallLink
 from ._policies import SelectionPolicy
+from ._remote_future import RemoteFuture
 from ._sched_util import copy_error, logger, settle, start
 from ._speculation import SpeculationConfig
 
@@ -386,6 +387,13 @@ class SchedulerCore:
                 self._stats.task_finished(Outcome.CANCELLED, None)
         # drop payloads early: the bundle may be referenced by the attempt log's users
         bundle.args_payload = b""
+        if type(future) is RemoteFuture:
+            # The future and its bundle point at each other (its cancel() tells the
+            # scheduler). Finished, it no longer needs the bundle: without this cycle both
+            # are freed by reference counting when the caller drops the future, instead of
+            # piling up for the cyclic GC, whose full passes then walked every finished call
+            # (16 us per call of GC time, 10,000 embedded no-op calls, 2026-12-01).
+            future.bundle = None
         if bundle.local_call is not None:
             bundle.local_call.close()  # attempts still queued hold their own descriptors
             bundle.local_call = None
