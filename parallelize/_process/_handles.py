@@ -206,7 +206,7 @@ class Worker:
         position = number % CANCEL_POSITIONS
         cancels[position] = 0  # a task CANCEL_POSITIONS back held it: long finished
         future = task.future
-        if type(future) is RunHandle:  # REMOTE's attempts: no closure per call
+        if isinstance(future, RunHandle):  # REMOTE's attempts: no closure per call
             future.set_skip_flag(cancels, position)
             return
 

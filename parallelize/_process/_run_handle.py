@@ -110,19 +110,27 @@ class RunHandle:
     def set_running_or_notify_cancel(self) -> bool:
         if not self._move(RunState.RUNNING, RunState.PENDING):
             return False  # cancelled (or answered by a dead worker's last frames)
-        if self._on_start is not None:
-            self._on_start()
+        self._started()
         return True
 
     def set_result(self, result: Any) -> None:
         if self._move(RunState.FINISHED, RunState.PENDING, RunState.RUNNING):
-            self._on_done(result, None, self.run_seconds)
+            self._report(result, None)
 
     def set_exception(self, exception: BaseException | None) -> None:
         if exception is None:  # (the Future signature allows it; the pool never does it)
             exception = RuntimeError("the call failed without an exception")
         if self._move(RunState.FINISHED, RunState.PENDING, RunState.RUNNING):
-            self._on_done(None, exception, self.run_seconds)
+            self._report(None, exception)
+
+    # -- what a subclass may override: one object per call instead of a closure ----------
+
+    def _started(self) -> None:
+        if self._on_start is not None:
+            self._on_start()
+
+    def _report(self, value: Any, error: BaseException | None) -> None:
+        self._on_done(value, error, self.run_seconds)
 
     def add_done_callback(self, fn: Callable[[Any], object]) -> None:
         """Run *fn(self)* if the call is cancelled or stopped (the pool's only use: the
