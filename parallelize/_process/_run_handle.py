@@ -73,7 +73,8 @@ class RunHandle:
         "_on_done",
         "_on_start",
         "_pool",
-        "_skip_flag",
+        "_skip_flags",
+        "_skip_position",
         "run_seconds",
         "state",
     )
@@ -88,7 +89,8 @@ class RunHandle:
         self._on_start = on_start
         self._cancel_hooks: list[Callable[[Any], object]] | None = None
         self._pool: Pool | None = None
-        self._skip_flag: tuple[bytearray | mmap.mmap, int] | None = None
+        self._skip_flags: bytearray | mmap.mmap | None = None
+        self._skip_position = 0
         self.run_seconds = 0.0  # set by the pool before it completes the call
         self.state = RunState.PENDING
 
@@ -172,16 +174,17 @@ class RunHandle:
         """Where the pool wants a byte set to 1 if this call is cancelled while it waits in
         a worker behind another (the worker then skips it). The same as registering a
         callback that sets it, without a closure and a list per call on the hot path."""
-        self._skip_flag = (flags, position)
+        self._skip_position = position
+        self._skip_flags = flags
         # A cancel on another thread between the pool's own check and this line read no
         # flag: look again (the byte may be set twice, which is harmless).
         if self.state is RunState.CANCELLED:
             flags[position] = 1
 
     def _run_cancel_hooks(self) -> None:
-        skip = self._skip_flag
-        if skip is not None:
-            skip[0][skip[1]] = 1
+        flags = self._skip_flags
+        if flags is not None:
+            flags[self._skip_position] = 1
         with self._lock:
             hooks, self._cancel_hooks = self._cancel_hooks, None
         for hook in hooks or ():
