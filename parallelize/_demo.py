@@ -63,7 +63,13 @@ def _section(
     how = f"median of {rounds} interleaved rounds" if rounds > 1 else "one round"
     print(f"  one after another in this process   {seq:7.2f} s")
     print(f"  through @parallelize                {par:7.2f} s")
-    print(f"  same results, {seq / par:.1f}x faster ({how})\n")
+    if seq >= par:
+        print(f"  same results, {seq / par:.1f}x faster ({how})\n")
+    else:  # a machine busy with other work: say so rather than print "0.5x faster"
+        print(
+            f"  same results, {par / seq:.1f}x SLOWER ({how}): the CPUs are busy with other "
+            "programs, so the workers got no CPU of their own\n"
+        )
 
 
 def _warm(call: Callable[[int], Any], count: int) -> None:

@@ -76,3 +76,15 @@ def test_demo_section_reports_medians_of_interleaved_rounds(
     assert order == ["s", "p", "s", "p", "s", "p"]
     assert "one after another in this process" in out and "through @parallelize" in out
     assert "median of 3 interleaved rounds" in out
+
+
+def test_demo_says_slower_when_the_parallel_run_loses(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # On a machine busy with other work the workers may get no CPU: "0.5x faster" would be
+    # nonsense to a newcomer; the demo says it was slower, and why.
+    times = iter([1.0, 2.0])  # sequential 1 s, parallel 2 s
+    monkeypatch.setattr(_demo, "_time", lambda run: (next(times), run()))
+    _demo._section("TITLE", lambda: 1, lambda: 1)
+    out = capsys.readouterr().out
+    assert "2.0x SLOWER" in out and "faster" not in out
