@@ -74,7 +74,8 @@ def test_done_callbacks_read_the_value_without_a_round_trip(
 
     def read(future: SmartFuture[list[int]]) -> None:
         here = _inner(future).fetched is not UNFETCHED  # gathered before completing
-        seen[futures.index(future)] = (here, future.result())
+        index = next(i for i, f in enumerate(futures) if f is future)  # == would wait
+        seen[index] = (here, future.result())
         if len(seen) == len(futures):
             all_seen.set()
 
