@@ -10,11 +10,13 @@ callable objects) run through ``run_call_spread(fn, *args, **kwargs)``, the
 function positional-only. Both return two objects (``num_returns=2``): the value,
 and where and when the call ran as the worker saw it (its node and pid, start and
 end), which arrives in the same reply; ``stats()`` and the timeline are built from
-these records.
+these records, which stay Ray objects until ``stats()`` reads them all in one
+``ray.get``.
 The SmartFuture's inner future is completed by one completion thread that waits
-for all live ObjectRefs at once (``ray.wait``) and fetches the ready ones' values
-in one ``ray.get``: a callback per ref would run Ray's callback thread once per
-call, competing with the threads that submit. A SmartFuture of this executor
+for the live ObjectRefs in batches (``ray.wait`` every 10 ms on the oldest refs
+and a slice of the others in turn, see ``_WINDOW``) and fetches the ready ones'
+values in one ``ray.get``: a callback per ref would run Ray's callback thread
+once per call, competing with the threads that submit. A SmartFuture of this executor
 passed to another call is handed to Ray as its ObjectRef (top-level arguments
 are resolved by Ray on the worker: the value stays in the cluster).
 
@@ -565,6 +567,7 @@ class RayExecutor(EngineExecutor):
         if wait:
             self._completer.join()
         if self._owns_runtime:
+            self._read_records()  # stats() after shutdown still names the workers
             ray.shutdown()
 
 
