@@ -4,12 +4,17 @@ Each call is one Dask task with a unique key (calls are never deduplicated). A c
 with a keyword that ``Client.submit`` would take for itself (``key``,
 ``workers``, ``priority``, ``retries``...) is submitted as ``run_call(fn,
 args, kwargs)``, so every user keyword reaches the function. The SmartFuture's
-inner future is completed when Dask reports the task done: a fetcher thread
-brings the values of finished calls in batches (one ``gather`` for all that
-finished meanwhile, as ``client.gather`` would). A SmartFuture of this
-executor passed to another call is handed to Dask as its Dask future, so the
-value moves between workers only; such a call's own value is not brought back
-unless asked for.
+inner future is completed when Dask reports the task done, and its value stays
+on the worker, as a Dask future's does, until it is read: a done future's value
+then needs a round trip, shared by all finished calls not read yet (one
+``gather``; see ``_dask_values``, which also coalesces reads in a stream). A
+call that someone waits on with a done-callback when it finishes (``await``,
+``wait_all``, ``add_done_callback``, calls with retries) has its value gathered
+before it completes, one ``gather`` per batch of completions. A SmartFuture of
+this executor passed to another call is handed to Dask as its Dask future, so
+the value moves between workers only; such a call's own value is not brought
+back unless asked for. Values not read when the executor shuts down its own
+client are gathered first (one batch), so none is lost.
 
 Failures: a worker dying under a call is retried by the scheduler itself (its
 ``allowed-failures`` setting); when Dask gives up (``KilledWorker``) the call
@@ -30,15 +35,18 @@ running task: at the deadline the call's future fails with
 :class:`TaskTimeoutError` and its Dask task is cancelled, but the worker thread
 runs the function on to its end (its result is dropped).
 
-This module submits, completes and fetches; ``_dask_scheduler`` (its base class)
-reads the scheduler: backups, ``stats()`` and when timed calls start.
+This module submits and completes; ``_dask_values`` (its base class) gathers
+values; ``_dask_scheduler`` (the base below) reads the scheduler: backups,
+``stats()`` and when timed calls start.
 
 Threads and locks: user threads submit; Dask's event loop watches attempts
-(handed over in batches); the completion thread finishes them; the fetcher
-thread gathers values; the heartbeat thread looks for stragglers; the deadline
-thread (``_engine_base``) times calls out. ``_lock`` guards ``_calls``, every
-call's attempt list and the ``_ready`` and ``_to_watch`` hand-offs, and is never
-held across a call into Dask.
+(handed over in batches); the completion thread finishes them (and gathers the
+values of those with done-callbacks); the thread that first reads an unread
+value gathers the batch; the heartbeat thread looks for stragglers; the
+deadline thread (``_engine_base``) times calls out. ``_lock`` guards ``_calls``,
+every call's attempt list, ``_unread`` and the ``_to_watch`` hand-off, and is
+never held across a call into Dask; ``_fetch_lock`` (see ``_dask_values``)
+makes gathers one at a time, so that no value is gathered twice.
 """
 
 from __future__ import annotations
@@ -58,7 +66,8 @@ from typing import Any
 from .._call_options import CallOptions
 from .._errors import PoisonedCallError, TaskLostError, attach_remote_traceback
 from .._stats import Outcome
-from ._dask_scheduler import Attempt, Call, DaskScheduler
+from ._dask_scheduler import Attempt, Call
+from ._dask_values import DaskValues
 from ._engine_base import poisoned_error, set_outcome
 from ._engine_future import UNFETCHED, EngineFuture
 from ._remote_side import lost_attempts, run_call
@@ -67,10 +76,9 @@ __all__ = ["DaskExecutor"]
 
 logger = logging.getLogger("parallelize")
 _executor_ids = itertools.count()
-_FETCH_BATCH = 1024  # values gathered at most per round trip
 
 
-class DaskExecutor(DaskScheduler):
+class DaskExecutor(DaskValues):
     """Runs calls on a Dask cluster; a :class:`concurrent.futures.Executor`.
 
     *client*: a ``distributed.Client`` to use (not closed by this executor); else
@@ -115,8 +123,7 @@ class DaskExecutor(DaskScheduler):
         self._prefix = f"parallelize-{self.name}-{uuid.uuid4().hex[:8]}"
         self._ids = itertools.count()
         self._calls: dict[int, Call] = {}
-        self._ready: list[EngineFuture] = []  # finished calls whose value the fetcher brings
-        self._ready_wake = threading.Event()
+        self._init_values()
         # Run times of finished calls from the scheduler's task stream (heartbeat thread only).
         self._durations: list[float] = []
         self._durations_read: set[str] = set()
@@ -138,10 +145,6 @@ class DaskExecutor(DaskScheduler):
             target=self._completion_loop, name=f"{self.name}-completion", daemon=True
         )
         self._completer.start()
-        self._fetcher = threading.Thread(
-            target=self._fetch_loop, name=f"{self.name}-fetcher", daemon=True
-        )
-        self._fetcher.start()
         if backups:
             self._start_heartbeat(heartbeat_interval)
 
@@ -226,19 +229,46 @@ class DaskExecutor(DaskScheduler):
 
     def _completion_loop(self) -> None:
         while True:
-            item = self._completed.get()
-            if item is None:
+            batch = self._drain(block=True)
+            watched = self._finish(batch)
+            if watched:  # their values are gathered first: with those finishing meanwhile
+                self._wait_for_window()
+                more = self._drain(block=False)
+                watched += self._finish(more)
+                batch += more
+                self._complete_watched(watched)
+            if None in batch:
                 return
+
+    def _drain(self, *, block: bool) -> list[tuple[Call, Attempt] | None]:
+        """The completed attempts waiting (at least one if *block*); None: stop."""
+        batch = [self._completed.get()] if block else []
+        while not self._completed.empty():
+            batch.append(self._completed.get())
+        return batch
+
+    def _finish(self, batch: list[tuple[Call, Attempt] | None]) -> list[EngineFuture]:
+        """Finish the calls *batch* decides; those to complete once their values are here."""
+        watched = []
+        for item in batch:
+            if item is None:
+                continue
             call, attempt = item
             try:
-                self._attempt_done(call, attempt, attempt.engine)
+                future = self._attempt_done(call, attempt, attempt.engine)
             except Exception:  # never lose the thread; the call's future says what failed
                 logger.exception("%s: finishing call %d failed", self.name, call.id)
                 set_outcome(
                     call.future, None, TaskLostError(f"call {call.id}: could not be finished")
                 )
+                continue
+            if future is not None:
+                watched.append(future)
+        return watched
 
-    def _attempt_done(self, call: Call, attempt: Attempt, engine: Any) -> None:
+    def _attempt_done(self, call: Call, attempt: Attempt, engine: Any) -> EngineFuture | None:
+        """Finish *call* if *attempt* decides it; its future if it finished with a value
+        that someone waits on with a done-callback (the caller gathers and completes it)."""
         status = engine.status
         exc: BaseException | None = None
         if status == "error":
@@ -248,31 +278,35 @@ class DaskExecutor(DaskScheduler):
                 if tb is not None:
                     attach_remote_traceback(exc, "".join(traceback.format_tb(tb)))
         lost = status != "finished" and (exc is None or _is_killed_worker(exc))
+        future = call.future
         with self._lock:
             attempt.done = True
             if call.finished:
-                return
+                return None
             if lost and any(not a.done for a in call.attempts):
-                return  # another copy carries on
+                return None  # another copy carries on
             call.finished = True
             del self._calls[call.id]
             losers = [a for a in call.attempts if not a.done]
+            chained = future.used_as_argument
+            # Callbacks would read the value at once (await, wait_all, retries): gather
+            # it before completing. (A callback added from now on reads it itself.)
+            watched = bool(future._done_callbacks) and not chained  # type: ignore[attr-defined]
             if status == "finished":
-                call.future.engine_future = engine
-                if not call.future.used_as_argument:
-                    self._ready.append(call.future)
-                    self._ready_wake.set()
+                future.engine_future = engine
+                if not chained and not watched:
+                    self._unread[call.id] = future
                 self._winners.add(attempt.key)
                 if attempt.is_backup:
                     self._backups_won += 1
-            chained = call.future.used_as_argument
         call.fn, call.args, call.kwargs = _dropped, (), {}
         if losers and not chained:
             self.client.cancel([a.engine for a in losers], reason="another copy finished first")
         if status == "finished":
             self._stats.task_finished(Outcome.SUCCEEDED)
-            if chained:  # its value is wanted on workers: leave it there until asked for
-                set_outcome(call.future, UNFETCHED)
+            if watched:
+                return future
+            set_outcome(future, UNFETCHED)  # the value stays on its worker until read
         elif exc is not None and not lost:
             self._stats.task_finished(Outcome.FAILED)
             set_outcome(call.future, None, exc)
@@ -289,6 +323,7 @@ class DaskExecutor(DaskScheduler):
                     "(by another client, or the scheduler lost it)"
                 ),
             )
+        return None
 
     def _poisoned(self, call: Call, exc: BaseException) -> PoisonedCallError:
         records: list[tuple[str, float, float]] = []
@@ -305,33 +340,6 @@ class DaskExecutor(DaskScheduler):
         )
 
     # -- values ---------------------------------------------------------------------
-
-    def _fetch_loop(self) -> None:
-        while True:
-            self._ready_wake.wait()
-            with self._lock:
-                self._ready_wake.clear()
-                batch, self._ready = self._ready[:_FETCH_BATCH], self._ready[_FETCH_BATCH:]
-                if self._ready:
-                    self._ready_wake.set()
-            if not batch:
-                if self._stop.is_set():
-                    return
-                continue
-            try:
-                values = self.client.gather([f.engine_future for f in batch])
-            except Exception:  # e.g. a value lost with its worker: each result() fetches alone
-                logger.debug("%s: batched gather failed", self.name, exc_info=True)
-                for future in batch:
-                    set_outcome(future, UNFETCHED)
-                continue
-            for future, value in zip(batch, values, strict=True):
-                future.fetched = value
-                set_outcome(future, value)
-
-    def _fetch(self, future: EngineFuture) -> Any:
-        """The value of a finished call that was left in the cluster."""
-        return self.client.gather(future.engine_future)
 
     def _cancel_call(self, future: EngineFuture) -> None:
         with self._lock:
@@ -365,10 +373,8 @@ class DaskExecutor(DaskScheduler):
             self._join()
         self._stop_threads()
         self._wake.set()
-        self._ready_wake.set()
         self._completed.put(None)
         if wait:
-            self._fetcher.join()
             self._completer.join()
         if wait and self._heartbeat is not None:
             self._heartbeat.join()
@@ -376,13 +382,14 @@ class DaskExecutor(DaskScheduler):
             if not wait:
                 for future in self._live_futures():
                     future.cancel()
+            self._fetch_unread()
             self.client.close()
             if self._cluster is not None:
                 self._cluster.close()
 
     def _live_futures(self) -> list[EngineFuture]:
         with self._lock:
-            return [c.future for c in self._calls.values()] + list(self._ready)
+            return [c.future for c in self._calls.values()]
 
 
 def _dropped(*_: Any, **__: Any) -> None:  # what a finished call keeps instead of its function

@@ -1,10 +1,11 @@
 """The concurrent.futures.Future a cluster engine completes, and the argument translation.
 
-An :class:`EngineFuture` is driven by the engine's own completion events (Dask
-future callbacks, Ray object-ref callbacks): ``wait_all``/``wait_any``/progress
+An :class:`EngineFuture` is driven by the engine's own completion events (the
+Dask futures' completion, batched ``ray.wait``): ``wait_all``/``wait_any``/progress
 see it finish when the engine says so. ``cancel()`` cancels on the engine.
-Its value may stay in the cluster until asked for: the owner then fetches it
-(Dask fetches every finished value it holds in one batch).
+Its value may stay in the cluster until asked for (completed with
+``UNFETCHED``): the first ``result()`` then has the owner fetch it (Dask gathers
+every finished value not read yet in the same round trip), and keeps it.
 """
 
 from __future__ import annotations

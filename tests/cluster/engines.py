@@ -1,19 +1,25 @@
 """Real Dask and Ray clusters on loopback for tests and benchmarks.
 
 :class:`DaskCluster` runs ``dask scheduler`` and N ``dask worker`` processes as
-subprocesses (real TCP on 127.0.0.1, explicit free ports, no dashboard);
-:class:`RayCluster` runs ``ray start --head`` bound to 127.0.0.1 with usage
-stats and the dashboard off (the Ray tests run it inside a loopback-only network
-namespace: see ``ray_netns.py``). Both stop everything they started on ``stop()``
-and can tell whether any of their processes is still alive.
+subprocesses (real TCP on 127.0.0.1, no dashboard); :class:`RayCluster` runs
+``ray start --head`` bound to 127.0.0.1 with usage stats and the dashboard off
+(the Ray tests run it inside a loopback-only network namespace: see
+``ray_netns.py``). Both stop everything they started on ``stop()`` and can tell
+whether any of their processes is still alive.
+
+Ports: every server binds port 0 itself and the address is read back from what
+it publishes (Dask's ``--scheduler-file``, Ray's ``ray_current_cluster`` file).
+Picking a "free" port here (bind 0, close, pass the number on) races with every
+other process on a loaded machine, which may take the port between the close and
+the server's bind ("Address already in use").
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -24,12 +30,6 @@ BIN = Path(sys.executable).parent
 LOOPBACK = "127.0.0.1"
 
 TIMEOUT = 60.0  # generous guard for waits on a cluster
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((LOOPBACK, 0))
-        return int(sock.getsockname()[1])
 
 
 def _wait_for(predicate: object, timeout: float, what: str) -> None:
@@ -96,6 +96,24 @@ def _env(extra: dict[str, str] | None = None) -> dict[str, str]:
     return env
 
 
+def _published_address(path: Path, scheduler: subprocess.Popen[bytes], timeout: float) -> str:
+    """The address in the scheduler file *path*, once the scheduler has written it (it binds
+    before writing; the file may be seen half-written, so it is read until it parses)."""
+    found: list[str] = []
+
+    def read() -> bool:
+        if scheduler.poll() is not None:
+            raise RuntimeError(f"dask scheduler exited ({scheduler.returncode}) before listening")
+        try:
+            found.append(str(json.loads(path.read_text())["address"]))
+        except (OSError, ValueError, KeyError):
+            return False
+        return True
+
+    _wait_for(read, timeout, f"the dask scheduler to write {path}")
+    return found[-1]
+
+
 class DaskCluster:
     """A scheduler and workers (one thread each) started with the ``dask`` command."""
 
@@ -108,8 +126,7 @@ class DaskCluster:
         worker_names: Sequence[str] | None = None,
     ) -> None:
         self.log_dir = log_dir
-        self.port = free_port()
-        self.address = f"tcp://{LOOPBACK}:{self.port}"
+        self.address = ""  # known once the scheduler has published it (start)
         self._env = _env(
             {
                 "DASK_DISTRIBUTED__SCHEDULER__ALLOWED_FAILURES": str(allowed_failures),
@@ -135,20 +152,26 @@ class DaskCluster:
 
     def start(self, timeout: float = 60.0) -> DaskCluster:
         dask = str(BIN / "dask")
-        self._spawn(
+        scheduler_file = self.log_dir / "scheduler.json"
+        scheduler_file.unlink(missing_ok=True)  # a stale one would name a dead scheduler
+        scheduler = self._spawn(
             [
                 dask,
                 "scheduler",
                 "--host",
                 LOOPBACK,
                 "--port",
-                str(self.port),
+                "0",
+                "--scheduler-file",
+                str(scheduler_file),
                 "--no-dashboard",
+                # Never started (--no-dashboard); should it be, on loopback and any port.
                 "--dashboard-address",
-                f"{LOOPBACK}:{free_port()}",
+                f"{LOOPBACK}:0",
             ],
             "scheduler.log",
         )
+        self.address = _published_address(scheduler_file, scheduler, timeout)
         for name in self.worker_names:
             self._spawn(
                 [
@@ -165,9 +188,9 @@ class DaskCluster:
                     name,
                     "--no-dashboard",
                     "--worker-port",
-                    str(free_port()),
+                    "0",
                     "--nanny-port",
-                    str(free_port()),
+                    "0",
                     "--death-timeout",
                     "30",
                 ],
@@ -215,8 +238,7 @@ class RayCluster:
     """``ray start --head`` on 127.0.0.1 (no dashboard, no usage stats), stopped by pid."""
 
     def __init__(self, temp_dir: Path, num_cpus: int = 2) -> None:
-        self.port = free_port()
-        self.address = f"{LOOPBACK}:{self.port}"
+        self.address = ""  # known once the head has published it (start)
         # Ray's socket paths must stay short (AF_UNIX limit): use a short temp dir.
         self.temp_dir = temp_dir
         self.num_cpus = num_cpus
@@ -233,23 +255,22 @@ class RayCluster:
                 "--node-ip-address",
                 LOOPBACK,
                 "--port",
-                str(self.port),
+                "0",  # the GCS binds any free port and publishes it (read below)
                 "--include-dashboard=false",
                 "--num-cpus",
                 str(self.num_cpus),
                 "--temp-dir",
                 str(self.temp_dir),
                 "--disable-usage-stats",
-                "--min-worker-port",
-                str(20000),
-                "--max-worker-port",
-                str(20100),
+                # No worker port range: each worker then binds port 0 itself.
             ],
             env=self._env,
             check=True,
             capture_output=True,
             timeout=120,
         )
+        # ``ray start`` returns once the head runs, having written its GCS address there.
+        self.address = (self.temp_dir / "ray_current_cluster").read_text().strip()
         return self
 
     def _scan(self) -> set[int]:
