@@ -80,6 +80,9 @@ def ray_runtime() -> Iterator[None]:
     assert cluster.alive() == []
 
 
+# Five interleaved rounds of 2,000 calls each way take about two minutes on a busy
+# two-core machine (the suite's default limit is 120 s); the smoke run takes seconds.
+@pytest.mark.timeout(600)
 def test_dask_no_op_calls_vs_client_submit(
     ratio_benchmark: RatioBenchmark, dask_two: DaskCluster
 ) -> None:
@@ -107,6 +110,7 @@ def test_dask_no_op_calls_vs_client_submit(
 
 
 @pytest.mark.ray
+@pytest.mark.timeout(600)
 def test_ray_no_op_calls_vs_remote_and_get(
     ratio_benchmark: RatioBenchmark, ray_runtime: None
 ) -> None:

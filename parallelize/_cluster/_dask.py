@@ -273,7 +273,7 @@ class DaskExecutor(DaskValues):
         exc: BaseException | None = None
         if status == "error":
             exc = engine.exception()
-            if not _is_killed_worker(exc):
+            if exc is not None and not _is_killed_worker(exc):
                 tb = engine.traceback()
                 if tb is not None:
                     attach_remote_traceback(exc, "".join(traceback.format_tb(tb)))

@@ -180,7 +180,8 @@ class RayExecutor(EngineExecutor):
     ) -> EngineFuture:
         remote = self._remote_for(fn)
         if remote is None:
-            ref, record = self._remote.remote(fn, *args, **kwargs)
+            # num_returns=2: two refs, where Ray's annotation says one.
+            ref, record = self._remote.remote(fn, *args, **kwargs)  # pyright: ignore[reportGeneralTypeIssues]
         else:
             ref, record = remote.remote(*args, **kwargs)
         future = EngineFuture(self, next(self._ids), ref)
@@ -487,7 +488,8 @@ class RayExecutor(EngineExecutor):
         if node != _ONE_NODE:
             options["scheduling_strategy"] = NodeAffinitySchedulingStrategy(node, soft=False)
         if remote is None:
-            ref, record = self._remote.options(**options).remote(fn, *args, **kwargs)
+            # num_returns=2: two refs, where Ray's annotation says one.
+            ref, record = self._remote.options(**options).remote(fn, *args, **kwargs)  # pyright: ignore[reportGeneralTypeIssues]
         else:
             ref, record = remote.options(**options).remote(*args, **kwargs)
         with self._lock:
