@@ -53,7 +53,6 @@ from smart_future import StoppableFuture, register_status_provider
 from ._agent_client import LinkTiming
 from ._blobs import prepare_args, resolve_threshold, zstd_version
 from ._bundle import Bundle
-from ._heartbeat import format_summary
 from ._link import HostLink, HostSpec
 from ._policies import SelectionPolicy, make_policy
 from ._process_link import ProcessLink, runs_in_process
@@ -124,7 +123,7 @@ def resolve_options(
 class _StatusLine:
     """The executor's status provider for progress bars (``smart_future`` status providers).
 
-    Returns :func:`~remote._heartbeat.format_summary` of the status the scheduler thread
+    Returns the :func:`~remote._heartbeat.format_summary` line the scheduler thread
     publishes (at most every 0.2 s while it has work), or None while the executor has no
     work. Reading a published snapshot never waits for the scheduler, so a busy scheduler
     cannot leave the bar showing a stale line (it used to show the connecting phase's
@@ -138,10 +137,10 @@ class _StatusLine:
         scheduler = self._scheduler()
         if scheduler is None or not scheduler.alive:
             return None
-        status = scheduler.published_status
-        if scheduler.published_idle or status is None:
+        summary = scheduler.published_summary
+        if scheduler.published_idle or summary is None:
             return None
-        return format_summary(scheduler.name, status)
+        return summary
 
 
 def _resolve_pool(

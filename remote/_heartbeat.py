@@ -23,6 +23,7 @@ __all__ = [
     "format_summary",
     "percentile",
     "pick_backup",
+    "summary_line",
 ]
 
 
@@ -181,17 +182,43 @@ def _short(seconds: float) -> str:
 def format_summary(name: str, status: PoolStatus) -> str:
     """One line for a progress bar, e.g.
     ``remote: 3/3 hosts up, 12 in flight, 40 pending, p50 0.8s, ETA 35s``."""
-    up = sum(1 for h in status.hosts if h.state == "up")
-    suspect = sum(1 for h in status.hosts if h.state == "suspect")
+    return summary_line(
+        name,
+        up=sum(1 for h in status.hosts if h.state == "up"),
+        suspect=sum(1 for h in status.hosts if h.state == "suspect"),
+        hosts=len(status.hosts),
+        in_flight=status.in_flight,
+        pending=status.pending,
+        p50=status.p50,
+        eta=status.eta,
+        poisoned=status.poisoned,
+    )
+
+
+def summary_line(
+    name: str,
+    *,
+    up: int,
+    suspect: int,
+    hosts: int,
+    in_flight: int,
+    pending: int,
+    p50: float | None,
+    eta: float | None,
+    poisoned: int,
+) -> str:
+    """:func:`format_summary` from the figures themselves (the scheduler publishes it every
+    0.2 s without building a whole :class:`PoolStatus`, whose per-host rows cost
+    milliseconds at a thousand hosts)."""
     parts = [
-        f"{up}/{len(status.hosts)} hosts up" + (f" ({suspect} not answering)" if suspect else ""),
-        f"{status.in_flight} in flight",
-        f"{status.pending} pending",
+        f"{up}/{hosts} hosts up" + (f" ({suspect} not answering)" if suspect else ""),
+        f"{in_flight} in flight",
+        f"{pending} pending",
     ]
-    if status.p50 is not None:
-        parts.append(f"p50 {_short(status.p50)}")
-    if status.eta is not None:
-        parts.append(f"ETA {_short(status.eta)}")
-    if status.poisoned:
-        parts.append(f"{status.poisoned} poisoned")
+    if p50 is not None:
+        parts.append(f"p50 {_short(p50)}")
+    if eta is not None:
+        parts.append(f"ETA {_short(eta)}")
+    if poisoned:
+        parts.append(f"{poisoned} poisoned")
     return f"{name}: " + ", ".join(parts)

@@ -11,7 +11,8 @@ from typing import Any, cast
 from parallelize.ext import AttemptRow, HostRow
 
 from ._bundle import BundleState
-from ._heartbeat import HostStatus, PoolStatus, format_status, percentile
+from ._heartbeat import HostStatus, PoolStatus, format_status, percentile, summary_line
+from ._hosts import HostState
 from ._sched_dispatch import Dispatcher
 from ._sched_util import logger
 
@@ -57,13 +58,7 @@ class StatusReports(Dispatcher):
             )
             h.status_cache = (h.changes, row)
             hosts.append(row)
-        remaining = self._n_pending + len(self._running)
-        eta: float | None = None
-        rate = self._completions.rate(now)
-        if remaining == 0:
-            eta = 0.0
-        elif rate:
-            eta = remaining / rate
+        eta = self._eta(now)
         durations = sorted(self._durations.values())
         counts = self._counts
         return PoolStatus(
@@ -80,6 +75,29 @@ class StatusReports(Dispatcher):
             p95=percentile(durations, 95),
             eta=eta,
             hosts=tuple(hosts),
+        )
+
+    def _eta(self, now: float) -> float | None:
+        remaining = self._n_pending + len(self._running)
+        if remaining == 0:
+            return 0.0
+        rate = self._completions.rate(now)
+        return remaining / rate if rate else None
+
+    def summary(self, now: float) -> str:
+        """The progress-bar line of :meth:`status` (``format_summary``), from counters alone:
+        no per-host rows, so it costs microseconds at a thousand hosts, not milliseconds."""
+        suspect = sum(1 for h in self._hosts if h.state is HostState.SUSPECT)
+        return summary_line(
+            self.name,
+            up=self._table.up_count,
+            suspect=suspect,
+            hosts=len(self._hosts),
+            in_flight=len(self._running),
+            pending=self._n_pending,
+            p50=percentile(sorted(self._durations.values()), 50),
+            eta=self._eta(now),
+            poisoned=self._counts[BundleState.POISONED],
         )
 
     def snapshot(self) -> tuple[dict[str, Any], tuple[AttemptRow, ...], tuple[HostRow, ...]]:

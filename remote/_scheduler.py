@@ -96,7 +96,6 @@ from parallelize.ext import (
 )
 
 from ._bundle import Bundle, BundleState
-from ._heartbeat import PoolStatus
 from ._hosts import HostState
 from ._sched_core import LinkFactory
 from ._sched_status import StatusReports
@@ -150,7 +149,7 @@ class Scheduler(StatusReports):
 
     _thread: threading.Thread
     _trim_at: float | None = None
-    published_status: PoolStatus | None = None
+    published_summary: str | None = None
     published_idle = True
     _publish_at = 0.0
     _trimmed_at_done = 0
@@ -270,9 +269,9 @@ class Scheduler(StatusReports):
                 return
 
     def _publish_status(self, now: float) -> None:
-        """Refresh ``published_status`` (read by progress bars on other threads without
-        waiting for this one) at most every ``_PUBLISH`` seconds while there is work, and
-        ``published_idle``."""
+        """Refresh ``published_summary`` (the progress-bar line, read on other threads
+        without waiting for this one) at most every ``_PUBLISH`` seconds while there is
+        work, and ``published_idle``."""
         if not self._has_work():
             self.published_idle = True  # nothing to show (and nothing to compute)
             return
@@ -280,7 +279,7 @@ class Scheduler(StatusReports):
         if now < self._publish_at:  # (a call after an idle moment must not pay for one)
             return
         self._publish_at = now + _PUBLISH
-        self.published_status = self.status(now)  # one reference swap: atomic
+        self.published_summary = self.summary(now)  # one reference swap: atomic
 
     def _idle_memory(self, now: float) -> None:
         """A moment after a run of many calls ends, give freed memory back to the system.

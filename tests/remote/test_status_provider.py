@@ -112,3 +112,27 @@ def test_format_summary() -> None:
     assert format_summary("remote", status) == (
         "remote: 2/3 hosts up, 12 in flight, 40 pending, p50 800ms, ETA 35s"
     )
+
+
+def test_published_summary_is_the_status_summary() -> None:
+    # The scheduler publishes the line from its counters, without per-host rows: it must
+    # say what format_summary says of the full status at the same moment.
+    executor = RemoteExecutor(embedded_pool(2), name="same")
+    try:
+        futures = [executor.submit(_nap, 0.2) for _ in range(6)]
+        scheduler = executor._scheduler
+
+        def both() -> tuple[str, str]:
+            now = scheduler._clock()
+            return scheduler.summary(now), format_summary(scheduler.name, scheduler.status(now))
+
+        while True:  # until one of them has finished (a p50 to show), then compare
+            quick, full = scheduler.call(both)
+            assert quick == full
+            if "p50" in quick or all(f.done() for f in futures):
+                break
+            time.sleep(0.05)
+        assert [f.result(timeout=30) for f in futures] == [0.2] * 6
+        assert scheduler.call(both)[0] == scheduler.call(both)[1]
+    finally:
+        executor.shutdown()
