@@ -81,30 +81,53 @@ class DaskValues(DaskScheduler):
             self._gather_end = time.monotonic()
             self._gather_seconds = self._gather_end - start
 
-    def _fetch(self, future: EngineFuture) -> Any:
+    def _fetch(self, future: EngineFuture, timeout: float | None = None) -> Any:
         """The value of the finished call of *future*, gathered with those of all finished
-        calls not read yet (chained calls' values stay on the workers)."""
-        with self._fetch_lock:
+        calls not read yet (chained calls' values stay on the workers).
+
+        With a *timeout* (``result(timeout)``) it is bounded: the wait for another reader's
+        gather, then this value alone (a batch gather cannot be bounded), within it."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        if not self._fetch_lock.acquire(timeout=-1 if timeout is None else timeout):
+            raise TimeoutError(
+                f"call {future.call_id}: its value was not brought from its worker within "
+                f"{timeout:g} s (another read was still gathering)"
+            )
+        try:
             if future.fetched is not UNFETCHED:  # it came with another reader's batch
                 return future.fetched
-            self._wait_for_window()
+            if deadline is not None:
+                left = max(0.0, deadline - time.monotonic())
+                future.fetched = future.engine_future.result(timeout=left)  # or TimeoutError
+                return future.fetched
+            return self._fetch_batch(future)
+        finally:
+            self._fetch_lock.release()
+
+    def _fetch_batch(self, future: EngineFuture) -> Any:
+        """*future*'s value with those of every finished call not read yet (lock held)."""
+        self._wait_for_window()
+        with self._lock:
+            batch = [
+                f
+                for f in self._unread.values()
+                if not f.used_as_argument and f.fetched is UNFETCHED  # (read with a timeout)
+            ]
+            self._unread.clear()
+        if future not in batch:  # chained, or its batch failed before
+            batch.append(future)
+        try:
+            values = self._gather(batch)
+        except Exception:  # e.g. one value lost with its worker: the others stay unread
+            logger.debug("%s: batched gather failed", self.name, exc_info=True)
             with self._lock:
-                batch = [f for f in self._unread.values() if not f.used_as_argument]
-                self._unread.clear()
-            if future not in batch:  # chained, or its batch failed before
-                batch.append(future)
-            try:
-                values = self._gather(batch)
-            except Exception:  # e.g. one value lost with its worker: the others stay unread
-                logger.debug("%s: batched gather failed", self.name, exc_info=True)
-                with self._lock:
-                    for other in batch:
-                        if other is not future and other.fetched is UNFETCHED:
-                            self._unread[other.call_id] = other
-                return self.client.gather(future.engine_future)  # raises what went wrong
-            for fetched, value in zip(batch, values, strict=True):
-                fetched.fetched = value
-            return future.fetched
+                for other in batch:
+                    if other is not future and other.fetched is UNFETCHED:
+                        self._unread[other.call_id] = other
+            return self.client.gather(future.engine_future)  # raises what went wrong
+        for fetched, value in zip(batch, values, strict=True):
+            fetched.fetched = value
+        return future.fetched
 
     def _complete_watched(self, futures: list[EngineFuture]) -> None:
         """Gather the values of finished calls someone waits on with a callback (one round

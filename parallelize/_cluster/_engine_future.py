@@ -10,6 +10,7 @@ every finished value not read yet in the same round trip), and keeps it.
 
 from __future__ import annotations
 
+import time
 from typing import Any, Protocol
 
 from smart_future import SmartFuture, StoppableFuture
@@ -30,7 +31,7 @@ class Owner(Protocol):
 
     def _cancel_call(self, future: EngineFuture) -> None: ...
 
-    def _fetch(self, future: EngineFuture) -> Any: ...
+    def _fetch(self, future: EngineFuture, timeout: float | None = None) -> Any: ...
 
 
 class EngineFuture(StoppableFuture[Any]):
@@ -58,11 +59,17 @@ class EngineFuture(StoppableFuture[Any]):
         return True
 
     def result(self, timeout: float | None = None) -> Any:
+        deadline = None if timeout is None else time.monotonic() + timeout
         value = super().result(timeout)
         if value is UNFETCHED:
             if self.fetched is UNFETCHED:
-                assert self.owner is not None
-                self.fetched = self.owner._fetch(self)
+                owner = self.owner
+                if owner is None:  # a bug: only the owner completes a future with UNFETCHED
+                    raise RuntimeError(f"call {self.call_id}: its value has no owner to fetch it")
+                # The caller's timeout covers the fetch too (a worker holding the value may
+                # be slow or frozen).
+                left = None if deadline is None else max(0.0, deadline - time.monotonic())
+                self.fetched = owner._fetch(self, left)
             value = self.fetched
         return value
 

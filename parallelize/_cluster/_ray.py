@@ -408,7 +408,8 @@ class RayExecutor(EngineExecutor):
             except Exception:  # already finished, or its worker is gone
                 logger.debug("%s: ray.cancel failed", self.name, exc_info=True)
 
-    def _fetch(self, future: EngineFuture) -> Any:  # values arrive with completion
+    def _fetch(self, future: EngineFuture, timeout: float | None = None) -> Any:
+        # values arrive with completion: nothing to wait for
         return future.fetched
 
     def _cancel_call(self, future: EngineFuture) -> None:

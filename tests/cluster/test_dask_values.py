@@ -9,7 +9,7 @@ import os
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from engines import TIMEOUT, DaskCluster
 
@@ -121,3 +121,30 @@ def test_values_not_read_yet_survive_the_executor_closing_its_client(
     executor.shutdown(wait=True)
     assert executor.client.status == "closed"
     assert [f.result() for f in futures] == [[i] for i in range(12)]
+
+
+def test_result_with_a_timeout_bounds_the_fetch_of_a_value_left_on_a_worker(
+    dask: DaskCluster,
+) -> None:
+    executor = DaskExecutor(address=dask.address, backups=False)
+    try:
+        futures = [executor.submit(_listed, i) for i in range(6)]
+        concurrent.futures.wait(futures, timeout=TIMEOUT)
+        inner = [cast(EngineFuture, f) for f in futures]
+        # Another read holds the gather (as a read stuck on a frozen worker would): a read
+        # with a timeout gives up within it instead of waiting behind it.
+        with executor._fetch_lock:
+            started = time.monotonic()
+            try:
+                futures[0].result(timeout=0.5)
+            except TimeoutError:
+                pass
+            else:
+                raise AssertionError("result(timeout=0.5) waited behind another read")
+            assert time.monotonic() - started < TIMEOUT
+        # Free to go: this value alone comes, within the timeout; the others stay unread.
+        assert futures[1].result(timeout=TIMEOUT) == [1]
+        assert inner[2].fetched is UNFETCHED
+        assert [f.result() for f in futures] == [[i] for i in range(6)]
+    finally:
+        executor.shutdown()
