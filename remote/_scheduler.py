@@ -152,6 +152,7 @@ class Scheduler(StatusReports):
     published_summary: str | None = None
     published_idle = True
     _publish_at = 0.0
+    _publish_due = False
     _trimmed_at_done = 0
 
     def _start(self) -> None:
@@ -277,7 +278,11 @@ class Scheduler(StatusReports):
             return
         self.published_idle = False
         if now < self._publish_at:  # (a call after an idle moment must not pay for one)
+            # Published too recently: the loop wakes up at _publish_at for it, or a line
+            # from before a host came up would stay on the bar while long calls run.
+            self._publish_due = True
             return
+        self._publish_due = False
         self._publish_at = now + _PUBLISH
         self.published_summary = self.summary(now)  # one reference swap: atomic
 
@@ -312,6 +317,8 @@ class Scheduler(StatusReports):
             wake = min(wake, self._no_host_since + self._host_down_timeout)
         if self._next_speculation is not None:
             wake = min(wake, self._next_speculation)
+        if self._publish_due:
+            wake = min(wake, self._publish_at)
         deadline = self._next_deadline()
         if deadline is not None:
             wake = min(wake, deadline)
