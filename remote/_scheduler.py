@@ -275,6 +275,7 @@ class Scheduler(StatusReports):
         work, and ``published_idle``."""
         if not self._has_work():
             self.published_idle = True  # nothing to show (and nothing to compute)
+            self._publish_due = False  # (else an idle loop would keep waking for it)
             return
         self.published_idle = False
         if now < self._publish_at:  # (a call after an idle moment must not pay for one)

@@ -136,3 +136,31 @@ def test_published_summary_is_the_status_summary() -> None:
         assert scheduler.call(both)[0] == scheduler.call(both)[1]
     finally:
         executor.shutdown()
+
+
+def _thread_cpu_seconds(native_id: int) -> float:
+    import os
+
+    with open(f"/proc/self/task/{native_id}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_an_idle_scheduler_does_not_spin_after_a_burst() -> None:
+    # A publish skipped for the rate limit wakes the loop when due; once the work is over
+    # that wake-up must be forgotten, or the idle loop spins on a deadline in the past
+    # (it did: a whole core).
+    executor = RemoteExecutor(embedded_pool(2), name="idle")
+    try:
+        for _ in range(5):
+            assert [f.result(30) for f in [executor.submit(abs, -i) for i in range(200)]] == list(
+                range(200)
+            )
+        native_id = executor._scheduler._thread.native_id
+        assert native_id is not None
+        before = _thread_cpu_seconds(native_id)
+        time.sleep(1.0)  # the interval over which an idle loop must stay (almost) asleep
+        assert _thread_cpu_seconds(native_id) - before < 0.3
+    finally:
+        executor.shutdown()
