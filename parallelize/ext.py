@@ -34,6 +34,7 @@ from ._outcome_errors import failure_exception
 from ._pickling import callable_name, dumps_args, dumps_function, split_bound_method
 from ._pickling import dumps as dumps_value
 from ._process._calls import PickledCall, pickle_call
+from ._process._dispatch import ProcessFuture
 from ._process._memory import trim_c_heap as release_memory
 from ._process._pool import ProcessExecutor
 from ._process._run_handle import RunHandle, RunState
@@ -56,6 +57,7 @@ __all__ = [
     "Outcome",
     "PickledCall",
     "ProcessExecutor",
+    "ProcessFuture",
     "RunHandle",
     "RunState",
     "TaskStats",

@@ -61,10 +61,9 @@ from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from smart_future import StoppableFuture
-
 from .._stats import Outcome, TaskStats
 from . import _handles, _shm
+from ._future import ProcessFuture
 from ._handles import State, Task, Worker
 from ._lifecycle import Failed, WorkerLifecycle
 from ._run_handle import TaskFuture
@@ -82,21 +81,6 @@ _INF = float("inf")
 
 # What submit_many takes per call: future, fn, fn_bytes, args_bytes, segment, timeout.
 Submission = tuple[TaskFuture, Callable[..., Any], bytes, bytes, _shm.Segment | None, float | None]
-
-
-class ProcessFuture(StoppableFuture[T]):
-    """A PROCESS future: ``stop()`` of a running call kills the worker running it."""
-
-    _pool: Pool | None = None
-    run_seconds = 0.0  # how long the call ran in its worker, set before it completes
-
-    def stop(self) -> bool:
-        if not super().stop():
-            return False
-        pool = self._pool
-        if pool is not None:
-            pool.stop_running(self)
-        return True
 
 
 class Pool(BatchSender, WorkerLifecycle):

@@ -21,6 +21,7 @@ from collections.abc import Callable
 from typing import Any
 
 from . import _shm
+from ._future import ProcessFuture
 from ._protocol import CANCEL_POSITIONS, FRAME_HEAD
 from ._run_handle import RunHandle, TaskFuture
 
@@ -206,7 +207,7 @@ class Worker:
         position = number % CANCEL_POSITIONS
         cancels[position] = 0  # a task CANCEL_POSITIONS back held it: long finished
         future = task.future
-        if isinstance(future, RunHandle):  # REMOTE's attempts: no closure per call
+        if isinstance(future, (RunHandle, ProcessFuture)):  # (REMOTE's: no closure per call)
             future.set_skip_flag(cancels, position)
             return
 

@@ -158,11 +158,15 @@ class ProcessExecutor(BaseExecutor):
         return future
 
     def submit_run(
-        self, call: PickledCall, handle: RunHandle, timeout: float | None = None
+        self,
+        call: PickledCall,
+        handle: RunHandle | ProcessFuture[Any],
+        timeout: float | None = None,
     ) -> None:
         """Run a call pickled by :func:`~parallelize.ext.pickle_call` (it may be run again:
         each run gets its own descriptor of the call's shared memory), reporting to
-        *handle* instead of a future. The shared API of REMOTE's embedded pool: see
+        *handle* instead of a future (or to a :class:`ProcessFuture` subclass, completed
+        as PROCESS completes its own). The shared API of REMOTE's embedded pool: see
         :class:`~parallelize.ext.RunHandle` for when it is told what."""
         self._check_open()
         handle._pool = self._pool

@@ -27,7 +27,7 @@ from typing import Any
 from .._errors import WorkerDiedError
 from .._pickling import callable_name
 from .._stats import Outcome
-from ._dispatch import Pool
+from ._dispatch import Pool, ProcessFuture
 from ._handles import SERVING, State, Task, Worker, complete_future, death_message
 from ._lifecycle import Failed
 from ._outcomes import Completion, complete
@@ -39,6 +39,7 @@ from ._protocol import (
     KIND_SKIPPED,
     RESULT_HEAD,
 )
+from ._run_handle import RunHandle
 
 __all__ = ["ResultLoop"]
 
@@ -270,6 +271,11 @@ class ResultLoop:
                 else:
                     pool.start_head(worker)
                 completions.append((task, kind, duration, payload, segment))
+                future = task.future
+                if type(future) is not ProcessFuture and isinstance(
+                    future, (RunHandle, ProcessFuture)
+                ):
+                    future.worker_pid = worker.pid  # (REMOTE's timeline rows)
                 if kind == KIND_SKIPPED:  # cancelled before it ran: says nothing of durations
                     continue
                 avg = pool.avg_duration
