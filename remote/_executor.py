@@ -53,6 +53,7 @@ from smart_future import StoppableFuture, register_status_provider
 from ._agent_client import LinkTiming
 from ._blobs import prepare_args, resolve_threshold, zstd_version
 from ._bundle import Bundle
+from ._lane import LaneFuture
 from ._link import HostLink, HostSpec
 from ._policies import SelectionPolicy, make_policy
 from ._process_link import ProcessLink, runs_in_process
@@ -248,7 +249,7 @@ class RemoteExecutor(BaseExecutor):
         selection = make_policy(policy)
         super().__init__(name=name)
         self._pid = os.getpid()
-        self._scheduler = Scheduler(
+        self._scheduler = scheduler = Scheduler(
             self.hosts,
             link_factory,
             policy=selection,
@@ -264,6 +265,8 @@ class RemoteExecutor(BaseExecutor):
             timeout_grace=float(options["stall_timeout"]),
             clock=clock,
         )
+        # A one-host embedded pool: calls skip the scheduler thread while its host is up.
+        self._lane = scheduler.lane if self._local_calls else None
         self._unregister_status = register_status_provider(_StatusLine(self._scheduler))
 
     # -- submitting -----------------------------------------------------
@@ -302,11 +305,20 @@ class RemoteExecutor(BaseExecutor):
                 "(the interpreter is exiting, or the executor was torn down)"
             )
         target, call_args = split_bound_method(fn, args)
-        future = RemoteFuture(self._scheduler)
         if self._local_calls:
             call = pickle_call(target, call_args, kwargs, SHM_THRESHOLD)
+            lane = self._lane
+            if lane is not None and lane.is_open:
+                on_lane = LaneFuture(self._scheduler, call, next(_bundle_ids), options.timeout)
+                self._stats.task_submitted()  # (before the call can finish, as below)
+                if lane.submit(on_lane):
+                    return on_lane
+                future: RemoteFuture = on_lane
+                self._stats.task_submitted(-1)  # the lane closed meanwhile: the scheduler's
+            else:
+                future = RemoteFuture(self._scheduler)
             bundle = Bundle(
-                next(_bundle_ids),
+                future.bundle_id if isinstance(future, LaneFuture) else next(_bundle_ids),
                 callable_name(fn),
                 call.fn_bytes,
                 call.args_bytes,
@@ -318,6 +330,7 @@ class RemoteExecutor(BaseExecutor):
                 local_call=call,
             )
             return self._post(bundle, future)
+        future = RemoteFuture(self._scheduler)
         fn_payload = dumps_function(target)
         args_payload = prepare_args(
             target, call_args, kwargs, self.blob_threshold, compress=self._compress

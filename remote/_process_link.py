@@ -178,6 +178,10 @@ class ProcessLink:
         # takes a batch under one lock and sends it to a worker as one frame.
         self._outgoing.append((call, handle, timeout))
 
+    def lane_executor(self) -> ProcessExecutor | None:
+        """The pool itself, for the direct lane (remote/_lane.py), while the link is open."""
+        return None if self._closed else self._executor
+
     def flush_local(self) -> None:
         outgoing, self._outgoing = self._outgoing, []
         executor = self._executor

@@ -42,8 +42,10 @@ class RemoteFuture(StoppableFuture[Any]):
 
     def _tell_scheduler(self) -> None:
         # Once: the scheduler ignores a cancel of a finished bundle anyway, but a call
-        # cancelled again and again should not flood its queue.
-        scheduler, self._scheduler = self._scheduler, None
+        # cancelled again and again should not flood its queue. (A call on the direct
+        # lane has no bundle until the scheduler adopts it: see remote/_lane.py.)
         bundle = self.bundle
-        if scheduler is not None and bundle is not None:
-            scheduler.cancel(bundle)
+        if bundle is not None:
+            scheduler, self._scheduler = self._scheduler, None
+            if scheduler is not None:
+                scheduler.cancel(bundle)

@@ -10,6 +10,7 @@ build on it; ``_scheduler.Scheduler`` adds the thread, the loop, status and tear
 from __future__ import annotations
 
 import heapq
+import itertools
 import pickle
 import queue
 import threading
@@ -27,6 +28,7 @@ from ._bundle import Attempt, AttemptState, Bundle, BundleState
 from ._errors import HostUnavailableError
 from ._host_table import HostTable
 from ._hosts import Host
+from ._lane import DirectLane, LaneFailure
 from ._link import Delivered, HostLink, HostSpec, LocalCallLink
 from ._policies import SelectionPolicy
 from ._remote_future import RemoteFuture
@@ -107,7 +109,9 @@ class SchedulerCore:
         self._attempts: dict[int, tuple[Attempt, Bundle, Host]] = {}
         self._to_flush: set[Host] = set()  # hosts whose local link has attempts to send
         self._deadlines: list[tuple[float, int]] = []  # heap: (fallback deadline, attempt id)
-        self._next_attempt_id = 1
+        # Shared with the direct lane, which numbers its attempts on callers' threads
+        # (next() on a count is atomic).
+        self._attempt_ids = itertools.count(1)
         self._fn_ids: OrderedDict[bytes, int] = OrderedDict()
         self._next_fn_id = 1
         self._submitted = 0
@@ -129,16 +133,56 @@ class SchedulerCore:
         # --- shared with connect threads and callers -----------------------
         self._closed = False
         self._closed_lock = threading.Lock()
+        # A one-host pool may run its calls on the direct lane (remote/_lane.py) while
+        # that host is UP on a ProcessLink; the scheduler opens and closes it.
+        self._lane: DirectLane | None = None
+        self._lane_rows: dict[int, int] = {}  # worker pid -> its timeline row
+        self._lane_row_ends: list[float] = []  # per row: when its last call ended
+        if len(self._hosts) == 1:
+            self._lane = DirectLane(
+                stats,
+                self._q.put,
+                self._adopt_lane,
+                self._attempt_ids,
+                self._clock,
+            )
         self._start()
 
     def _start(self) -> None:
         """Start running (the Scheduler starts its thread here)."""
 
     def _has_work(self) -> bool:
-        return bool(self._n_pending or self._running)
+        return bool(self._n_pending or self._running or self._lane_in_flight())
+
+    def _lane_in_flight(self) -> int:
+        lane = self._lane
+        return 0 if lane is None else lane.in_flight
+
+    def _function_id(self, payload: bytes) -> int:
+        """The id of a function payload (its agent caches the function under it)."""
+        fn_id = self._fn_ids.get(payload)
+        if fn_id is None:
+            if len(self._fn_ids) >= FN_IDS:  # many distinct lambdas: forget the oldest
+                self._fn_ids.popitem(last=False)
+            fn_id = self._fn_ids[payload] = self._next_fn_id
+            self._next_fn_id += 1
+        else:
+            self._fn_ids.move_to_end(payload)
+        return fn_id
 
     def _host_down(self, host: Host, reason: str, now: float) -> None:
         raise NotImplementedError  # host health: see _sched_hosts
+
+    def _adopt_lane(self, failure: LaneFailure) -> None:
+        raise NotImplementedError  # the direct lane: see _sched_lane
+
+    def _on_lane_done(self) -> None:
+        raise NotImplementedError  # the direct lane's bookings: see _sched_lane
+
+    @property
+    def lane(self) -> DirectLane | None:
+        """The direct lane of a one-host pool (callers submit through it when open)."""
+        return self._lane
 
     def _host_of(self, attempt: Attempt) -> Host:
         return self._attempts[attempt.id][2]
@@ -169,8 +213,7 @@ class SchedulerCore:
         if limit is not None and is_backup:  # the call's clock runs from its oldest copy
             oldest = min((a.start for a in bundle.running_attempts), default=now)
             limit = max(limit - (now - oldest), 0.001)
-        attempt_id = self._next_attempt_id
-        self._next_attempt_id += 1
+        attempt_id = next(self._attempt_ids)
         attempt = bundle.start_attempt(
             attempt_id, host.name, self._table.take_slot(host), now, is_backup=is_backup
         )

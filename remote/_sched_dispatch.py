@@ -11,7 +11,6 @@ from typing import cast
 from ._bundle import Bundle, BundleState
 from ._hosts import Host, HostState
 from ._link import LocalCallLink
-from ._sched_core import FN_IDS
 from ._sched_hosts import HostHealth
 from ._sched_util import copy_error
 from ._speculation import feeds_slow_host, remaining_time, worth_backup
@@ -30,15 +29,7 @@ class Dispatcher(HostHealth):
         if bundle.future.cancelled():  # cancelled before we even saw it
             self._finish(bundle, BundleState.CANCELLED, self._clock())
             return
-        fn_id = self._fn_ids.get(bundle.fn_payload)
-        if fn_id is None:
-            if len(self._fn_ids) >= FN_IDS:  # many distinct lambdas: forget the oldest
-                self._fn_ids.popitem(last=False)
-            fn_id = self._fn_ids[bundle.fn_payload] = self._next_fn_id
-            self._next_fn_id += 1
-        else:
-            self._fn_ids.move_to_end(bundle.fn_payload)
-        bundle.fn_id = fn_id
+        bundle.fn_id = self._function_id(bundle.fn_payload)
         broken = self._broken_error() if self._table.up_count == 0 else None
         if broken is not None:
             self._finish(bundle, BundleState.FAILED, self._clock(), exc=copy_error(broken))
@@ -180,6 +171,8 @@ class Dispatcher(HostHealth):
                 kept.append(bundle)
         self._pending.clear()
         self._pending.extend(kept)
+        if self._lane is not None:  # calls on the direct lane still waiting in the pool
+            count += self._lane.cancel_queued()
         for bundle in list(self._running.values()):
             # sent to a prefetching host but waiting there behind another call: not started
             if bundle.local_call is not None and bundle.future.cancel():

@@ -35,12 +35,14 @@ class StatusReports(Dispatcher):
     def status(self, now: float | None = None) -> PoolStatus:
         """The heartbeat data (scheduler thread only; others use ``call``). A host's row is
         rebuilt only when the host changed, so a large idle fleet costs little."""
+        self._on_lane_done()  # (calls the direct lane finished since: book them first)
         if now is None:
             now = self._clock()
         hosts = []
+        lane = self._lane_in_flight()  # calls on the direct lane run on the only host
         for h in self._hosts:
             cached = h.status_cache
-            if cached is not None and cached[0] == h.changes:
+            if cached is not None and cached[0] == h.changes and not lane:
                 hosts.append(cast(HostStatus, cached[1]))
                 continue
             p50, p95 = h.percentiles()
@@ -48,7 +50,7 @@ class StatusReports(Dispatcher):
                 name=h.name,
                 state=h.state.value,
                 slots=h.slots,
-                in_flight=len(h.running),
+                in_flight=len(h.running) + lane,
                 done=h.done,
                 lost=h.lost,
                 p50=p50,
@@ -63,7 +65,7 @@ class StatusReports(Dispatcher):
         counts = self._counts
         return PoolStatus(
             done=sum(counts.values()),
-            in_flight=len(self._running),
+            in_flight=len(self._running) + lane,
             pending=self._n_pending,
             succeeded=counts[BundleState.SUCCEEDED],
             failed=counts[BundleState.FAILED],
@@ -78,7 +80,7 @@ class StatusReports(Dispatcher):
         )
 
     def _eta(self, now: float) -> float | None:
-        remaining = self._n_pending + len(self._running)
+        remaining = self._n_pending + len(self._running) + self._lane_in_flight()
         if remaining == 0:
             return 0.0
         rate = self._completions.rate(now)
@@ -87,13 +89,14 @@ class StatusReports(Dispatcher):
     def summary(self, now: float) -> str:
         """The progress-bar line of :meth:`status` (``format_summary``), from counters alone:
         no per-host rows, so it costs microseconds at a thousand hosts, not milliseconds."""
+        self._on_lane_done()
         suspect = sum(1 for h in self._hosts if h.state is HostState.SUSPECT)
         return summary_line(
             self.name,
             up=self._table.up_count,
             suspect=suspect,
             hosts=len(self._hosts),
-            in_flight=len(self._running),
+            in_flight=len(self._running) + self._lane_in_flight(),
             pending=self._n_pending,
             p50=percentile(sorted(self._durations.values()), 50),
             eta=self._eta(now),

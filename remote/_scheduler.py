@@ -98,7 +98,7 @@ from parallelize.ext import (
 from ._bundle import Bundle, BundleState
 from ._hosts import HostState
 from ._sched_core import LinkFactory
-from ._sched_status import StatusReports
+from ._sched_lane import LaneBooking
 from ._sched_util import close_quietly, logger, warn_visibly
 
 __all__ = ["LinkFactory", "Scheduler", "warn_visibly"]
@@ -110,6 +110,7 @@ _CLOSE_WAIT = 3.0  # seconds teardown waits, in all, for links to finish closing
 _TRIM_AFTER = 1000  # calls finished since the last trim before an idle scheduler trims
 _TRIM_DELAY = 0.5  # seconds idle before it does
 _PUBLISH = 0.2  # seconds between two status snapshots for progress bars
+_LANE_TICK = 0.1  # seconds between bookings of the direct lane's calls while it works
 
 
 # The schedulers to finish at exit. Schedulers, not executors: one keeps running the calls
@@ -144,7 +145,7 @@ def _finish_all_at_exit() -> None:
 at_threads_exit(_finish_all_at_exit, ExitStage.SCHEDULERS)
 
 
-class Scheduler(StatusReports):
+class Scheduler(LaneBooking):
     """Runs bundles on a pool of hosts; see the module docstring for the threading model."""
 
     _thread: threading.Thread
@@ -257,6 +258,7 @@ class Scheduler(StatusReports):
             if self._aborting is not None:
                 self._teardown(self._aborting)
                 return
+            self._sync_lane()
             now = self._clock()
             self._timers(now)
             self._check_deadlines(now)
@@ -265,7 +267,7 @@ class Scheduler(StatusReports):
             self._flush_links(now)
             self._idle_memory(now)
             self._publish_status(now)
-            if self._stopping and not self._n_pending and not self._running:
+            if self._stopping and not self._has_work():
                 self._teardown("the executor was shut down")
                 return
 
@@ -320,6 +322,11 @@ class Scheduler(StatusReports):
             wake = min(wake, self._next_speculation)
         if self._publish_due:
             wake = min(wake, self._publish_at)
+        lane = self._lane
+        if lane is not None and (lane.in_flight or lane.has_done):
+            # The lane wakes this thread only per batch of calls, or when it goes idle:
+            # book the others on a tick, as the progress line wants them.
+            wake = min(wake, self._clock() + _LANE_TICK)
         deadline = self._next_deadline()
         if deadline is not None:
             wake = min(wake, deadline)
@@ -330,6 +337,8 @@ class Scheduler(StatusReports):
         if kind == "result":
             _, host, gen, attempt_id, ok, payload, duration = msg
             self._on_result(host, attempt_id, ok, payload, duration)
+        elif kind == "lane":
+            self._on_lane_done()
         elif kind == "submit":
             self._on_submit(msg[1])
         elif kind == "lost":
@@ -357,10 +366,14 @@ class Scheduler(StatusReports):
                 reply.set_result(fn())
             except BaseException as exc:
                 reply.set_exception(exc)
+        elif kind == "lane_failed":
+            self._on_lane_failed(msg[1])
         elif kind == "heartbeat":
             self._heartbeat(self._clock())
         elif kind == "stop":
             self._stopping = True
+            if self._lane is not None:
+                self._lane.wake_when_idle = True
         elif kind == "abort":
             self._aborting = msg[1]
         else:  # a bug
@@ -386,6 +399,8 @@ class Scheduler(StatusReports):
         """Fail whatever is unfinished, close every link, stop accepting connections."""
         with self._closed_lock:
             self._closed = True
+        if self._lane is not None:
+            self._lane.close()  # its calls still in the pool die with the link, below
         now = self._clock()
         for bundle in list(self._running.values()):
             self._cancel_attempts(bundle, now, reason)
@@ -432,6 +447,8 @@ class Scheduler(StatusReports):
                     now,
                     exc=TaskLostError(f"{msg[1].fn_name}: {reason}"),
                 )
+            elif msg[0] == "lane_failed":
+                self._lost_at_close(msg[1], reason)
             elif msg[0] == "call":
                 try:
                     msg[2].set_result(msg[1]())

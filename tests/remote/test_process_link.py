@@ -186,6 +186,13 @@ def _wait_for(condition: Any, what: str) -> None:
         time.sleep(0.01)
 
 
+def _through_the_scheduler(executor: RemoteExecutor) -> RemoteExecutor:
+    """Keep every call on the scheduler's path, as in a pool of several local hosts: a
+    one-host pool otherwise runs its calls on the direct lane (tests/remote/test_lane.py)."""
+    executor._lane = None
+    return executor
+
+
 def _depth(executor: RemoteExecutor) -> int:
     scheduler = executor._scheduler
     return int(scheduler.call(lambda: scheduler._hosts[0].depth))
@@ -196,7 +203,7 @@ def test_short_calls_wait_at_the_host_without_running_and_can_be_cancelled(
 ) -> None:
     """Short calls are sent ahead to the workers (prefetched), but a call waiting there
     behind another is not running: a plain cancel() succeeds, and it never runs."""
-    executor = RemoteExecutor(embedded_pool(2), heartbeat_interval=3600)
+    executor = _through_the_scheduler(RemoteExecutor(embedded_pool(2), heartbeat_interval=3600))
     try:
         for future in [executor.submit(pid) for _ in range(200)]:
             future.result(WAIT)
@@ -235,7 +242,7 @@ def _held_then_waiting(
     """One slot, short calls run first (so the host queues several per slot); then a call
     held in the worker until the yielded gate file exists, and ``fn(*args)`` sent to the
     host behind it."""
-    executor = RemoteExecutor(embedded_pool(1), heartbeat_interval=3600)
+    executor = _through_the_scheduler(RemoteExecutor(embedded_pool(1), heartbeat_interval=3600))
     try:
         for future in [executor.submit(pid) for _ in range(200)]:
             future.result(WAIT)
