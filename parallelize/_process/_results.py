@@ -39,7 +39,6 @@ from ._protocol import (
     KIND_SKIPPED,
     RESULT_HEAD,
 )
-from ._run_handle import RunHandle
 
 __all__ = ["ResultLoop"]
 
@@ -272,9 +271,7 @@ class ResultLoop:
                     pool.start_head(worker)
                 completions.append((task, kind, duration, payload, segment))
                 future = task.future
-                if type(future) is not ProcessFuture and isinstance(
-                    future, (RunHandle, ProcessFuture)
-                ):
+                if type(future) is not ProcessFuture and isinstance(future, ProcessFuture):
                     future.worker_pid = worker.pid  # (REMOTE's timeline rows)
                 if kind == KIND_SKIPPED:  # cancelled before it ran: says nothing of durations
                     continue

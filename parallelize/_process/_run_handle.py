@@ -77,7 +77,6 @@ class RunHandle:
         "_skip_position",
         "run_seconds",
         "state",
-        "worker_pid",
     )
 
     def __init__(
@@ -93,7 +92,6 @@ class RunHandle:
         self._skip_flags: bytearray | mmap.mmap | None = None
         self._skip_position = 0
         self.run_seconds = 0.0  # set by the pool before it completes the call
-        self.worker_pid = 0  # the worker that answered it, set with run_seconds
         self.state = RunState.PENDING
 
     def _move(self, to: RunState, *sources: RunState) -> bool:
