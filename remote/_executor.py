@@ -248,7 +248,6 @@ class RemoteExecutor(BaseExecutor):
             )
         selection = make_policy(policy)
         super().__init__(name=name)
-        self._pid = os.getpid()
         self._scheduler = scheduler = Scheduler(
             self.hosts,
             link_factory,
@@ -291,14 +290,7 @@ class RemoteExecutor(BaseExecutor):
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
     ) -> Future[Any]:
-        self._check_open()
-        if os.getpid() != self._pid:
-            raise RuntimeError(
-                f"RemoteExecutor {self.name!r} was created in process {self._pid} and cannot be "
-                "used in a forked child (its connections and threads belong to the parent). "
-                "Fix: create a new RemoteExecutor in the child, or use @parallelize, whose "
-                "default executors are re-created after fork."
-            )
+        self._check_open()  # (in a forked child too: BaseExecutor's fork hook closed it there)
         if self._scheduler.closed:
             raise RuntimeError(
                 f"cannot submit to RemoteExecutor {self.name!r}: its scheduler has stopped "

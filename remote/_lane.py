@@ -91,6 +91,13 @@ class LaneFuture(RemoteFuture, ProcessFuture[Any]):
     completing the future; once handed over (``lane`` is None), it is the plain
     :class:`RemoteFuture` of the bundle the scheduler made of it."""
 
+    # Defaults on the class: one submit sets only what differs (a few stores per call).
+    lane: DirectLane | None = None
+    attempt_id = 0
+    worker_pid = 0  # set by the pool with run_seconds
+    started_at: float | None = None  # on the scheduler's clock
+    _skip: tuple[bytearray | mmap.mmap, int] | None = None
+
     def __init__(
         self,
         scheduler: Scheduler,
@@ -99,16 +106,11 @@ class LaneFuture(RemoteFuture, ProcessFuture[Any]):
         timeout: float | None,
     ) -> None:
         super().__init__(scheduler)
-        self.lane: DirectLane | None = None
         # Dropped once the call has left the lane: a caller may keep many futures, and
         # the pickled arguments are not theirs to keep (the scheduler's bundles drop theirs).
         self.call: PickledCall | None = call
         self.bundle_id = bundle_id
-        self.attempt_id = 0
         self.timeout = timeout
-        self.worker_pid = 0  # set by the pool with run_seconds
-        self.started_at: float | None = None  # on the scheduler's clock
-        self._skip: tuple[bytearray | mmap.mmap, int] | None = None
 
     @property
     def fn_name(self) -> str:
