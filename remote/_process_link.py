@@ -33,6 +33,11 @@ closing thread). What the workers print is passed on with the host's name in
 front (``remote/_output_relay.py``). ``_lock`` guards ``_running`` (attempt id ->
 handle) only and is never held while calling into the pool or posting an event.
 
+A pool of this one host alone (the default embedded pool) runs its calls on the
+*direct lane* instead while the host is up (``remote/_lane.py``): the caller's thread
+hands them to this link's pool, and the scheduler only books them, or adopts a call
+whose attempt failed. ``lane_executor`` gives the lane the pool.
+
 The pipe-based :class:`~remote._local_link.LocalLink` (a real agent process on
 this machine) stays for local hosts that name another Python, and for tests
 that need a real agent.

@@ -29,6 +29,10 @@ posting a message on its queue (a :class:`queue.SimpleQueue`):
   host and a connection generation, so events of a replaced link are ignored;
 - short-lived *connect threads* run the blocking ``HostLink.connect`` and post
   ``connected`` with the outcome;
+- the *direct lane* of a one-host embedded pool (``_lane``, ``_sched_lane``) posts
+  ``lane`` when it has booked a batch of finished calls (the loop also takes them on a
+  tick and before any status) and ``lane_failed`` for a call whose attempt was lost or
+  timed out, which the scheduler adopts as a bundle;
 - timers (heartbeat, reconnect backoff, the no-host deadline, speculation
   re-checks) are handled by the loop itself: it waits on the queue with a
   timeout up to the next deadline.
