@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import cloudpickle
+import numpy as np
 import pytest
 
 from parallelize import PoisonedCallError, TaskLostError, TaskTimeoutError
@@ -47,6 +48,13 @@ def die_once(marker: str) -> int:
         Path(marker).write_text("died")
         os.kill(os.getpid(), signal.SIGKILL)
     return os.getpid()
+
+
+def die_once_then_sum(marker: str, array: np.ndarray[Any, Any]) -> float:
+    if not os.path.exists(marker):
+        Path(marker).write_text("died")
+        os.kill(os.getpid(), signal.SIGKILL)
+    return float(array.sum())
 
 
 def hold_until(started: str, gate: str) -> int:
@@ -169,6 +177,15 @@ def test_a_worker_lost_on_the_lane_is_retried_by_the_scheduler(
     assert remote.submit(pid).result(WAIT) != os.getpid()  # the pool still serves
     assert remote._lane is not None
     _wait_for(lambda: remote._lane is not None and remote._lane.is_open, "the lane again")
+
+
+def test_a_retried_lane_call_still_has_its_shared_memory_arguments(
+    remote: RemoteExecutor, tmp_path: Path
+) -> None:
+    array = np.arange(1 << 20, dtype=np.float64)  # 8 MiB: by shared memory, not in the pickle
+    future = remote.submit(die_once_then_sum, str(tmp_path / "died"), array)
+    assert future.result(WAIT) == float(array.sum())
+    assert [r.outcome for r in remote.stats().attempts if r.outcome != "won"] == ["lost"]
 
 
 def test_a_call_that_kills_every_worker_is_poisoned_naming_each_attempt(
