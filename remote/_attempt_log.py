@@ -17,6 +17,7 @@ from parallelize.ext import AttemptRow
 
 __all__ = ["AttemptLog", "FloatRing", "RateWindow"]
 
+_BY_USER = "cancelled by the user"
 _FIELDS = ("bundle", "attempt", "host", "slot", "start", "end", "outcome", "is_backup", "reason")
 
 
@@ -59,6 +60,39 @@ class AttemptLog:
         self._slots[i] = slot
         self._backup[i] = is_backup
         self._names[3 * i : 3 * i + 3] = (host, outcome, reason)
+
+    def add_runs(self, host: str, runs: list[tuple[int, int, int, float, float, bool]]) -> None:
+        """Many attempts of *host* at once, each (bundle, attempt, slot, start, end, won):
+        won, or else cancelled by the user, none a backup (the direct lane's calls, booked
+        in batches: one call of this instead of one ``add`` per attempt)."""
+        won = sum(1 for run in runs if run[5])
+        by_outcome = self.by_outcome
+        self.total += len(runs)
+        if won:
+            by_outcome["won"] = by_outcome.get("won", 0) + won
+        if won < len(runs):
+            by_outcome["cancelled"] = by_outcome.get("cancelled", 0) + len(runs) - won
+        limit = self._limit
+        if not limit:
+            return
+        ids, times, slots, backup, names = (
+            self._ids,
+            self._times,
+            self._slots,
+            self._backup,
+            self._names,
+        )
+        i = self._next
+        for bundle, attempt, slot, start, end, ok in runs:
+            ids[2 * i] = bundle
+            ids[2 * i + 1] = attempt
+            times[2 * i] = start
+            times[2 * i + 1] = end
+            slots[i] = slot
+            backup[i] = False
+            names[3 * i : 3 * i + 3] = (host, "won", "") if ok else (host, "cancelled", _BY_USER)
+            i = (i + 1) % limit
+        self._next = i
 
     def __len__(self) -> int:
         return min(self.total, self._limit)
@@ -106,6 +140,13 @@ class FloatRing:
         self._data[self._count % self._size] = value
         self._count += 1
 
+    def extend(self, values: list[float]) -> None:
+        data, size, count = self._data, self._size, self._count
+        for value in values:
+            data[count % size] = value
+            count += 1
+        self._count = count
+
     def values(self) -> list[float]:
         return list(self._data[: min(self._count, self._size)])
 
@@ -118,9 +159,9 @@ class RateWindow:
         self._window = window
         self._buckets: dict[int, int] = {}
 
-    def add(self, now: float) -> None:
+    def add(self, now: float, count: int = 1) -> None:
         second = int(now)
-        self._buckets[second] = self._buckets.get(second, 0) + 1
+        self._buckets[second] = self._buckets.get(second, 0) + count
 
     def rate(self, now: float) -> float | None:
         """Completions per second, None with fewer than two or less than a second of data."""

@@ -163,6 +163,17 @@ class Host:
         else:
             self.estimate += _EWMA * (seconds - self.estimate)
 
+    def record_durations(self, durations: list[float]) -> None:
+        """``record_duration`` for many (the direct lane's calls, booked in batches)."""
+        if not durations:
+            return
+        self.durations.extend(durations)
+        self.done += len(durations)
+        estimate = self.estimate
+        for seconds in durations:
+            estimate = seconds if estimate is None else estimate + _EWMA * (seconds - estimate)
+        self.estimate = estimate
+
     def percentiles(self) -> tuple[float | None, float | None]:
         """p50 and p95 of the recent durations, recomputed only after new ones."""
         done, p50, p95 = self._percentiles

@@ -19,12 +19,6 @@ from ._sched_util import logger, settle
 
 __all__ = ["LaneBooking"]
 
-_STATES = {
-    Outcome.SUCCEEDED: BundleState.SUCCEEDED,
-    Outcome.FAILED: BundleState.FAILED,
-    Outcome.CANCELLED: BundleState.CANCELLED,
-}
-
 
 class LaneBooking(StatusReports):
     """Direct-lane bookkeeping (see the module doc)."""
@@ -48,7 +42,8 @@ class LaneBooking(StatusReports):
             lane.close()
 
     def _on_lane_done(self) -> None:
-        """Book the calls the lane finished: what ``_on_result``/``_finish`` would have."""
+        """Book the calls the lane finished: what ``_on_result``/``_finish`` would have,
+        for a whole batch at once (one loop, then one call per record keeper)."""
         lane = self._lane
         if lane is None:
             return
@@ -56,51 +51,68 @@ class LaneBooking(StatusReports):
         if not done:
             return
         host = self._hosts[0]
-        log = self._attempt_log
-        counts = self._counts
-        t0 = self._t0
-        for bundle_id, attempt_id, seconds, outcome, end, worker in done:
-            self._submitted += 1
-            self._completions.add(end)
-            won = outcome is not Outcome.CANCELLED
-            counts[_STATES[outcome]] += 1
-            if won:
-                host.record_duration(seconds)
-                self._durations.append(seconds)
-            row, start = self._lane_row(worker, end - seconds, end)
-            log.add(
-                bundle_id,
-                attempt_id,
-                host.name,
-                row,
-                start - t0,
-                end - t0,
-                "won" if won else "cancelled",
-                False,
-                "" if won else "cancelled by the user",
-            )
-        host.changes += 1  # its status row (done, p50) is stale
-
-    def _lane_row(self, worker: int, start: float, end: float) -> tuple[int, float]:
-        """The timeline row of a lane call, and when it started there: one row per worker
-        process (the pool does not number its workers; one that replaced a dead worker
-        takes the row idle longest). A worker runs one call at a time, but results read
-        together are seen at the same moment: a call starts no earlier than the last
-        one of its row ended."""
         rows = self._lane_rows
         ends = self._lane_row_ends
-        row = rows.get(worker)
+        t0 = self._t0
+        durations: list[float] = []
+        runs: list[tuple[int, int, int, float, float, bool]] = []
+        failed = cancelled = 0
+        for bundle_id, attempt_id, seconds, outcome, end, worker in done:
+            start = end - seconds
+            row = rows.get(worker)
+            if row is None:
+                row = self._new_lane_row(worker, start)
+            # A worker runs one call at a time, but results read together are seen at the
+            # same moment: a call starts no earlier than the last one of its row ended.
+            last = ends[row]
+            if start < last:
+                start = last if last < end else end
+            if end > last:
+                ends[row] = end
+            if outcome is Outcome.CANCELLED:
+                cancelled += 1
+                runs.append((bundle_id, attempt_id, row, start - t0, end - t0, False))
+                continue
+            if outcome is Outcome.FAILED:
+                failed += 1
+            durations.append(seconds)
+            runs.append((bundle_id, attempt_id, row, start - t0, end - t0, True))
+        count = len(done)
+        self._submitted += count
+        self._completions.add(done[-1][4], count)
+        counts = self._counts
+        counts[BundleState.SUCCEEDED] += count - failed - cancelled
+        counts[BundleState.FAILED] += failed
+        counts[BundleState.CANCELLED] += cancelled
+        host.record_durations(durations)
+        self._durations.extend(durations)
+        self._attempt_log.add_runs(host.name, runs)
+        host.changes += 1  # its status row (done, p50) is stale
+
+    def _new_lane_row(self, worker: int, start: float) -> int:
+        """The timeline row of a worker seen for the first time: one row per worker
+        process (the pool does not number its workers; one that replaced a dead worker
+        takes the row idle longest)."""
+        rows = self._lane_rows
+        ends = self._lane_row_ends
+        if len(ends) < self._hosts[0].slots:
+            row = len(ends)
+            ends.append(start)
+        else:
+            row = min(range(len(ends)), key=ends.__getitem__)
+            for pid, taken in list(rows.items()):
+                if taken == row:
+                    del rows[pid]
+        if worker:
+            rows[worker] = row
+        return row
+
+    def _lane_row(self, worker: int, start: float, end: float) -> tuple[int, float]:
+        """The row of one lane call (see ``_on_lane_done``), and when it started there."""
+        row = self._lane_rows.get(worker)
         if row is None:
-            if len(ends) < self._hosts[0].slots:
-                row = len(ends)
-                ends.append(start)
-            else:
-                row = min(range(len(ends)), key=ends.__getitem__)
-                for pid, taken in list(rows.items()):
-                    if taken == row:
-                        del rows[pid]
-            if worker:
-                rows[worker] = row
+            row = self._new_lane_row(worker, start)
+        ends = self._lane_row_ends
         start = min(max(start, ends[row]), end)
         ends[row] = max(ends[row], end)
         return row, start
