@@ -6,6 +6,7 @@ exit that runs every call once."""
 
 from __future__ import annotations
 
+import gc
 import itertools
 import os
 import signal
@@ -13,6 +14,7 @@ import subprocess
 import sys
 import textwrap
 import time
+import weakref
 from collections.abc import Iterator
 from concurrent.futures import Future
 from pathlib import Path
@@ -298,3 +300,16 @@ def test_calls_left_on_the_lane_at_exit_run_once(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr
     lines = out.read_text().split()
     assert sorted(map(int, lines)) == list(range(300))
+
+
+def test_a_finished_lane_future_is_freed_without_the_cyclic_gc(remote: RemoteExecutor) -> None:
+    gc.disable()
+    try:
+        future = remote.submit(pid)
+        assert isinstance(future, LaneFuture)
+        future.result(WAIT)
+        ref = weakref.ref(future)
+        del future
+        _wait_for(lambda: ref() is None, "the future to be freed by reference counting")
+    finally:
+        gc.enable()
