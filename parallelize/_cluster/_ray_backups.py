@@ -103,7 +103,13 @@ class RayBackups(EngineExecutor):
         ]
         targets = self._nodes if len(self._nodes) > 1 else [_ONE_NODE]
         choice = choose_backup(
-            running, durations, targets, pending=0, max_backups=self.max_backups_per_call
+            running,
+            durations,
+            targets,
+            pending=0,
+            max_backups=self.max_backups_per_call,
+            started=self._backups_started,
+            submitted=self._stats.submitted,
         )
         if choice is not None:
             self._start_backup(*choice)
