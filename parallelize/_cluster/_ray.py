@@ -7,16 +7,9 @@ callable objects) run through ``run_call_spread(fn, *args, **kwargs)``, the
 function positional-only. Both return one object, a ``Recorded``: the value with
 where and when the call ran as the worker saw it (its node and pid, start and
 end); ``stats()`` and the timeline are built from these records.
-The SmartFuture's inner future is completed by one completion thread that waits
-for the live ObjectRefs in batches (``ray.wait`` every 10 ms on the oldest refs
-and a slice of the others in turn, see ``_WINDOW_MIN``) and fetches the ready ones'
-results in one ``ray.get``: a callback per ref would run Ray's callback thread
-once per call, competing with the threads that submit. While nobody waits for a
-call (``result()``/``exception()`` blocked on one, a done-callback: ``await``,
-``wait_all``, progress), it looks only every ``_LAZY`` seconds, with a non-blocking
-``ray.wait``; a wait wakes it at once. So ``done()`` polling and
-``concurrent.futures.wait`` on inner futures may see a call finish up to 50 ms late.
-A SmartFuture of this executor
+The SmartFuture's inner future is completed by one completion thread
+(``_ray_completion``: batched ``ray.wait`` and ``ray.get``, lazier while nobody waits
+for a call). A SmartFuture of this executor
 passed to another call is handed to Ray as its ObjectRef (top-level arguments
 are resolved by Ray on the worker, where ``recorded`` takes the value out of the
 ``Recorded``: the value stays in the cluster).
@@ -34,7 +27,9 @@ state API), so a call's ``timeout`` counts from submit: time spent waiting for a
 free CPU counts too.
 
 Backups (with *backups*; not for calls submitted with ``backups=False``): see
-``_ray_backups``, which also holds the call table's ``Call``.
+``_ray_backups``, which also holds the call table's ``Call``. Layers:
+``RayBackups`` <- ``RayCompletion`` <- ``RayExecutor`` (state, submitting,
+cancelling, lifecycle); ``_ray_outcomes`` translates errors and builds rows.
 
 Threads and locks: user threads submit; the completion thread completes calls;
 the heartbeat and deadline threads (``_engine_base``) start copies and time calls
@@ -45,7 +40,6 @@ never held across a call into Ray.
 from __future__ import annotations
 
 import collections
-import contextlib
 import itertools
 import logging
 import threading
@@ -53,45 +47,24 @@ import time
 import types
 import weakref
 from collections.abc import Callable
-from concurrent.futures import CancelledError
 from typing import Any
 
 from .._call_options import CallOptions
-from .._errors import TaskLostError, attach_remote_traceback
 from .._records import AttemptRow
 from .._stats import ExecutorStats, Outcome
-from ._engine_base import poisoned_error, set_outcome
 from ._engine_future import EngineFuture
-from ._ray_backups import Call, RayBackups
-from ._remote_side import Recorded, recorded, run_call_spread
+from ._ray_backups import Call
+from ._ray_completion import RayCompletion
+from ._remote_side import recorded, run_call_spread
 
 __all__ = ["RayExecutor"]
 
 logger = logging.getLogger("parallelize")
 _executor_ids = itertools.count()
 _RECENT = 4096  # run times kept for the backup rules
-_WAIT = 0.01  # seconds a ray.wait lasts: how soon refs submitted meanwhile are waited for
-# Refs per ray.wait: the oldest ones (where the running calls are) and as many others in
-# turn (a call finishing out of order there is seen within a few rounds). A wait costs
-# about 3 us per ref, a ray.get some 250 us plus its values: the window follows how
-# many refs finish per wait, from _WINDOW_MIN (at least twice the CPUs) up to
-# _WINDOW_MAX, doubling when half of it was ready and halving when under a quarter was.
-# (A fixed 64 + 64 refs cost 2,000 no-op calls on 2 CPUs ~65 ms of the thread's CPU in
-# waits, where ~11 refs finished per wait.)
-_WINDOW_MIN = 16
-_WINDOW_MAX = 1024
-# While nobody waits for a call (no result() or exception() blocked on one, no done-
-# callback, for _WANTED_FOR seconds), finished calls are looked for every _LAZY seconds,
-# in bigger batches: a pass costs the thread ~0.3 ms of CPU whatever its size (a blocking
-# ray.wait, measured), taken from the threads submitting. A wait for a call wakes it at once.
-_LAZY = 0.05
-_WANTED_FOR = 1.0
-
-# An attempt seen finished: (ref, call, pinned node, what it returned, its error).
-_Outcome = tuple[Any, Call, "str | None", "Recorded | None", "BaseException | None"]
 
 
-class RayExecutor(RayBackups):
+class RayExecutor(RayCompletion):
     """Runs calls as Ray tasks; a :class:`concurrent.futures.Executor`.
 
     Uses the Ray runtime already initialised in this process if there is one;
@@ -194,212 +167,6 @@ class RayExecutor(RayBackups):
             remote = self._remotes[fn] = ray.remote(**self._options)(recorded(fn))
         return remote
 
-    # -- completion (the completion thread) ----------------------------------------------
-
-    def _completion_loop(self) -> None:
-        """Wait for all watched refs at once and finish the ready ones in batches: one
-        ``ray.wait`` and one ``ray.get`` per batch instead of a callback per call."""
-        import ray
-
-        # This thread alone owns the refs being waited for (the hand-off is ``_to_watch``),
-        # oldest first.
-        watched: dict[Any, tuple[Call, str | None]] = {}
-        turn = 0
-        floor = window = _WINDOW_MIN
-        sized = -1e9
-        while True:
-            lazy = bool(watched) and time.monotonic() > self._wanted_until
-            if lazy:  # see _LAZY: look again later, or as soon as someone waits
-                self._want_wake.clear()
-                if time.monotonic() > self._wanted_until:
-                    self._want_wake.wait(_LAZY)
-            with self._lock:
-                new, self._to_watch = self._to_watch, []
-            for ref, call, node in new:
-                watched[ref] = (call, node)
-            if not watched:
-                if self._stop.is_set():
-                    return
-                self._watch_wake.wait()
-                self._watch_wake.clear()
-                continue
-            if time.monotonic() - sized > 5.0:  # the oldest refs must cover every CPU
-                with contextlib.suppress(Exception):
-                    cpus = ray.cluster_resources().get("CPU", 0.0)  # type: ignore[no-untyped-call]
-                    floor = max(_WINDOW_MIN, 2 * int(cpus))
-                    window = max(window, floor)
-                sized = time.monotonic()
-            refs = list(watched)
-            if len(refs) > window:  # the oldest, and the next slice of the others in turn
-                rest = refs[window:]
-                first = (turn * window) % len(rest)
-                refs = refs[:window] + rest[first : first + window]
-                turn += 1
-            try:
-                # A short timeout: refs submitted meanwhile join the next wait.
-                wait = 0.0 if lazy else _WAIT
-                ready, _ = ray.wait(refs, num_returns=len(refs), timeout=wait, fetch_local=True)
-            except Exception:  # the runtime is shutting down: nothing more will finish
-                logger.debug("%s: ray.wait failed", self.name, exc_info=True)
-                if self._stop.wait(_WAIT):
-                    return
-                continue
-            if 2 * len(ready) >= window and len(refs) >= window:
-                window = min(_WINDOW_MAX, 2 * window)
-            elif 4 * len(ready) < window:
-                window = max(floor, window // 2)
-            if ready:
-                self._finish([(ref, *watched.pop(ref)) for ref in ready])
-
-    def _finish(self, batch: list[tuple[Any, Call, str | None]]) -> None:
-        """Settle the ready attempts of *batch* (ref, call, pinned node): their results in
-        one ``ray.get``, the call table in one critical section, then the futures."""
-        outcomes = self._outcomes(batch)
-        end = time.monotonic()
-        decided: list[tuple[Call, Recorded | None, BaseException | None, list[Any]]] = []
-        with self._lock:
-            for ref, call, node, got, exc in outcomes:
-                losers = self._settle(call, ref, node, got, exc, end)
-                if losers is not None:
-                    decided.append((call, got, exc, losers))
-        for call, got, exc, losers in decided:
-            try:
-                self._complete(call, got, exc, losers)
-            except Exception:  # never lose the thread; the caller's future says why
-                logger.exception("%s: finishing call %d failed", self.name, call.future.call_id)
-                set_outcome(
-                    call.future,
-                    None,
-                    TaskLostError(f"call {call.future.call_id}: could not be finished"),
-                )
-
-    def _outcomes(self, batch: list[tuple[Any, Call, str | None]]) -> list[_Outcome]:
-        """What each ready attempt of *batch* returned, or its error: one ``ray.get`` for
-        the batch, each attempt alone only if one of them failed."""
-        import ray
-
-        try:
-            got = ray.get([ref for ref, _, _ in batch])
-            return [(ref, c, n, g, None) for (ref, c, n), g in zip(batch, got, strict=True)]
-        except Exception:
-            pass
-        out: list[_Outcome] = []
-        for ref, call, node in batch:
-            try:
-                out.append((ref, call, node, ray.get(ref), None))
-            except Exception as exc:  # the call's own error (a RayTaskError) or Ray's
-                out.append((ref, call, node, None, exc))
-        return out
-
-    def _settle(
-        self,
-        call: Call,
-        ref: Any,
-        node: str | None,
-        got: Recorded | None,
-        exc: BaseException | None,
-        end: float,
-    ) -> list[Any] | None:
-        """Record the finished attempt *ref* of *call* (``_lock`` held); if it decides the
-        call, mark it finished and return the copies to cancel, else None."""
-        lost = exc is not None and self._is_lost(exc)
-        backup = ref is not call.refs[0]
-        call.live -= 1
-        if call.finished:  # another copy won, or the caller gave up (cancel, timeout)
-            self._record(call, end, call.ended, node, backup, got)
-            return None
-        if lost and call.live > 0:  # another copy carries on
-            self._record(call, end, "lost", node, backup, got)
-            return None
-        call.finished = True
-        del self._calls[call.future.call_id]
-        if exc is None and backup:
-            self._backups_won += 1
-        outcome = "won" if exc is None else ("lost" if lost else "failed")
-        self._record(call, end, outcome, node, backup, got)
-        return [r for r in call.refs if r is not ref] if len(call.refs) > 1 else []
-
-    def _complete(
-        self, call: Call, got: Recorded | None, exc: BaseException | None, losers: list[Any]
-    ) -> None:
-        call.fn, call.args, call.kwargs = _dropped, (), {}
-        if losers and not call.future.used_as_argument:
-            self._kill(losers)
-        if call.future.watched:  # callbacks wait for the others too (wait_all, progress)
-            self._wanted_until = time.monotonic() + _WANTED_FOR
-        if exc is None and got is not None:
-            self._stats.task_finished(Outcome.SUCCEEDED)
-            call.future.fetched = got.value
-            set_outcome(call.future, got.value)
-            return
-        self._stats.task_finished(Outcome.FAILED)
-        if exc is None:  # a task that returned something other than a Recorded: a bug
-            exc = TaskLostError(f"call {call.future.call_id}: its task returned no record")
-        set_outcome(call.future, None, self._error(call.future, exc))
-
-    def _is_lost(self, exc: BaseException) -> bool:
-        import ray.exceptions as rex
-
-        return isinstance(exc, (rex.WorkerCrashedError, rex.NodeDiedError, rex.ObjectLostError))
-
-    def _error(self, future: EngineFuture, exc: BaseException) -> BaseException:
-        """The exception the caller sees for the attempt's error *exc*."""
-        import ray.exceptions as rex
-
-        if isinstance(exc, rex.RayTaskError):
-            cause = exc.cause if isinstance(exc.cause, BaseException) else exc
-            return attach_remote_traceback(cause, str(exc))
-        if isinstance(exc, (rex.TaskCancelledError, CancelledError)):
-            return TaskLostError(f"call {future.call_id} was cancelled on the Ray cluster")
-        if self._is_lost(exc):
-            records = [("ray", 0.0, 0.0)] * (self.max_retries + 1)
-            return poisoned_error(
-                f"call {future.call_id} of {self.name!r}",
-                records,
-                f"by Ray, max_retries={self.max_retries}; last: {type(exc).__name__}",
-            )
-        return exc
-
-    def _record(
-        self,
-        call: Call,
-        end: float,
-        outcome: str,
-        node: str | None,
-        backup: bool,
-        got: Recorded | None,
-    ) -> None:
-        """Record an attempt (``_lock`` held). One that returned has the worker's record
-        (*got*): its row names the worker (``node/pid``) and spans the run as the worker
-        timed it. One that never returned (failed, lost with its worker, killed) has only
-        the client-side span (submitted -> seen finished), on the node a copy was pinned
-        to, else on "ray"."""
-        if type(got) is Recorded:
-            host, slot = got.where.split("/", 1)[0], got.where
-            start, stop = got.start - self._epoch_wall, got.end - self._epoch_wall
-        else:
-            host = slot = node or "ray"
-            start, stop = call.submitted - self._epoch, end - self._epoch
-        self._attempts.append(
-            AttemptRow(call.future.call_id, 0, host, slot, start, stop, outcome, backup)
-        )
-        if outcome == "won":
-            self._durations.append(end - call.submitted)
-
-    def _wanted(self) -> None:
-        self._wanted_until = time.monotonic() + _WANTED_FOR
-        if not self._want_wake.is_set():
-            self._want_wake.set()
-
-    def _kill(self, refs: list[Any]) -> None:
-        import ray
-
-        for ref in refs:
-            try:
-                ray.cancel(ref, force=True)  # kills the worker process if it runs
-            except Exception:  # already finished, or its worker is gone
-                logger.debug("%s: ray.cancel failed", self.name, exc_info=True)
-
     def _fetch(self, future: EngineFuture, timeout: float | None = None) -> Any:
         # values arrive with completion: nothing to wait for
         return future.fetched
@@ -466,7 +233,3 @@ class RayExecutor(RayBackups):
             self._completer.join()
         if self._owns_runtime:
             ray.shutdown()
-
-
-def _dropped(*_: Any, **__: Any) -> None:  # what a finished call keeps instead of its function
-    return None
