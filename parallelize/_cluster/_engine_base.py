@@ -208,9 +208,6 @@ class EngineExecutor(BaseExecutor):
                 self._timer.start()
         self._timer_wake.set()
 
-    def _wanted(self) -> None:
-        """Someone waits for a call (``result()``, ``exception()``, a done-callback)."""
-
     def _started_at_submit(self) -> tuple[float, str] | None:
         """For engines whose start is not observable: (now, where) to count from submit."""
         return None

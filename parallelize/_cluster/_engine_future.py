@@ -35,8 +35,6 @@ class Owner(Protocol):
 
     def _fetch(self, future: EngineFuture, timeout: float | None = None) -> Any: ...
 
-    def _wanted(self) -> None: ...
-
 
 class EngineFuture(StoppableFuture[Any]):
     """A call's future on a cluster engine; ``engine_future`` is the engine's own future.
@@ -59,19 +57,7 @@ class EngineFuture(StoppableFuture[Any]):
 
     def add_done_callback(self, fn: Callable[[Future[Any]], object]) -> None:
         self.watched = True  # before the callback can run: the owner reads it when finishing
-        self._want()
         super().add_done_callback(fn)
-
-    def _want(self) -> None:
-        """Tell the owner someone waits for this call (it may complete calls sooner then)."""
-        if not self.done():
-            owner = self.owner
-            if owner is not None:
-                owner._wanted()
-
-    def exception(self, timeout: float | None = None) -> BaseException | None:
-        self._want()
-        return super().exception(timeout)
 
     def cancel(self) -> bool:
         if not super().cancel():
@@ -83,7 +69,6 @@ class EngineFuture(StoppableFuture[Any]):
 
     def result(self, timeout: float | None = None) -> Any:
         deadline = None if timeout is None else time.monotonic() + timeout
-        self._want()
         value = super().result(timeout)
         if value is UNFETCHED:
             if self.fetched is UNFETCHED:

@@ -8,8 +8,7 @@ function positional-only. Both return one object, a ``Recorded``: the value with
 where and when the call ran as the worker saw it (its node and pid, start and
 end); ``stats()`` and the timeline are built from these records.
 The SmartFuture's inner future is completed by one completion thread
-(``_ray_completion``: batched ``ray.wait`` and ``ray.get``, lazier while nobody waits
-for a call). A SmartFuture of this executor
+(``_ray_completion``: batched ``ray.wait`` and ``ray.get``). A SmartFuture of this executor
 passed to another call is handed to Ray as its ObjectRef (top-level arguments
 are resolved by Ray on the worker, where ``recorded`` takes the value out of the
 ``Recorded``: the value stays in the cluster).
@@ -111,8 +110,6 @@ class RayExecutor(RayCompletion):
         # New attempts for the completion thread: (ref, call, pinned node).
         self._to_watch: list[tuple[Any, Call, str | None]] = []
         self._watch_wake = threading.Event()
-        self._wanted_until = -1e9  # monotonic: the completion thread is eager until then
-        self._want_wake = threading.Event()
         self._completer = threading.Thread(
             target=self._completion_loop, name=f"{self.name}-completion", daemon=True
         )
@@ -228,7 +225,6 @@ class RayExecutor(RayCompletion):
         self._stop_threads()
         self._wake.set()
         self._watch_wake.set()
-        self._want_wake.set()
         if wait:
             self._completer.join()
         if self._owns_runtime:

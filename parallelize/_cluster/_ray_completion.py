@@ -5,12 +5,7 @@ the completion thread waits for the live ObjectRefs in batches (``ray.wait`` on 
 oldest refs and a slice of the others in turn, see ``_WINDOW_MIN``), fetches the
 ready ones' results in one ``ray.get``, settles the call table in one critical
 section per batch and completes the futures. A callback per ref would run Ray's
-callback thread once per call, competing with the threads that submit. While
-nobody waits for a call (``result()``/``exception()`` blocked on one, a
-done-callback: ``await``, ``wait_all``, progress), it looks only every ``_LAZY``
-seconds, with a non-blocking ``ray.wait``; a wait wakes it at once. So ``done()``
-polling and ``concurrent.futures.wait`` on inner futures may see a call finish up
-to 50 ms late.
+callback thread once per call, competing with the threads that submit.
 """
 
 from __future__ import annotations
@@ -42,12 +37,6 @@ _WAIT = 0.01  # seconds a ray.wait lasts: how soon refs submitted meanwhile are 
 # waits, where ~11 refs finished per wait.)
 _WINDOW_MIN = 16
 _WINDOW_MAX = 1024
-# While nobody waits for a call (no result() or exception() blocked on one, no done-
-# callback, for _WANTED_FOR seconds), finished calls are looked for every _LAZY seconds,
-# in bigger batches: a pass costs the thread ~0.3 ms of CPU whatever its size (a blocking
-# ray.wait, measured), taken from the threads submitting. A wait for a call wakes it at once.
-_LAZY = 0.05
-_WANTED_FOR = 1.0
 
 # An attempt seen finished: (ref, call, pinned node, what it returned, its error).
 _Outcome = tuple[Any, Call, "str | None", "Recorded | None", "BaseException | None"]
@@ -58,8 +47,6 @@ class RayCompletion(RayBackups):
 
     _to_watch: list[tuple[Any, Call, str | None]]
     _watch_wake: threading.Event
-    _want_wake: threading.Event
-    _wanted_until: float
     _attempts: list[AttemptRow]
     _epoch: float
     _epoch_wall: float
@@ -77,11 +64,6 @@ class RayCompletion(RayBackups):
         floor = window = _WINDOW_MIN
         sized = -1e9
         while True:
-            lazy = bool(watched) and time.monotonic() > self._wanted_until
-            if lazy:  # see _LAZY: look again later, or as soon as someone waits
-                self._want_wake.clear()
-                if time.monotonic() > self._wanted_until:
-                    self._want_wake.wait(_LAZY)
             with self._lock:
                 new, self._to_watch = self._to_watch, []
             for ref, call, node in new:
@@ -106,8 +88,7 @@ class RayCompletion(RayBackups):
                 turn += 1
             try:
                 # A short timeout: refs submitted meanwhile join the next wait.
-                wait = 0.0 if lazy else _WAIT
-                ready, _ = ray.wait(refs, num_returns=len(refs), timeout=wait, fetch_local=True)
+                ready, _ = ray.wait(refs, num_returns=len(refs), timeout=_WAIT, fetch_local=True)
             except Exception:  # the runtime is shutting down: nothing more will finish
                 logger.debug("%s: ray.wait failed", self.name, exc_info=True)
                 if self._stop.wait(_WAIT):
@@ -194,8 +175,6 @@ class RayCompletion(RayBackups):
         call.fn, call.args, call.kwargs = _dropped, (), {}
         if losers and not call.future.used_as_argument:
             self._kill(losers)
-        if call.future.watched:  # callbacks wait for the others too (wait_all, progress)
-            self._wanted_until = time.monotonic() + _WANTED_FOR
         if exc is None and got is not None:
             self._stats.task_finished(Outcome.SUCCEEDED)
             call.future.fetched = got.value
@@ -222,11 +201,6 @@ class RayCompletion(RayBackups):
         self._attempts.append(row)
         if outcome == "won":
             self._durations.append(end - call.submitted)
-
-    def _wanted(self) -> None:
-        self._wanted_until = time.monotonic() + _WANTED_FOR
-        if not self._want_wake.is_set():
-            self._want_wake.set()
 
     def _kill(self, refs: list[Any]) -> None:
         import ray
