@@ -107,16 +107,16 @@ class DaskValues(DaskScheduler):
     def _patience(self) -> float:
         return max(_PATIENCE, _WINDOW_ROUND_TRIPS * self._gather_seconds)
 
-    def _gather(self, futures: list[EngineFuture]) -> list[Any]:
+    def _gather(self, futures: list[EngineFuture], bound: float) -> list[Any]:
         """The values of *futures* in one round trip (``_fetch_lock`` held); TimeoutError
-        past ``_patience()``."""
+        past *bound* seconds."""
         start = time.monotonic()
         try:
             return list(
                 self.client.sync(
                     self.client._gather,
                     [f.engine_future for f in futures],
-                    callback_timeout=self._patience(),
+                    callback_timeout=bound,
                 )
             )
         finally:
@@ -128,7 +128,9 @@ class DaskValues(DaskScheduler):
         calls not read yet (chained calls' values stay on the workers).
 
         With a *timeout* (``result(timeout)``) it is bounded: the wait for another reader's
-        gather, then this value alone (a batch gather cannot be bounded), within it."""
+        gather, the batch gather (within half of what is left, at most ``_patience()``),
+        then, if the batch did not come, this value alone within the rest. (Fetched alone,
+        2,000 reads with a timeout made 2,000 round trips: 1.75x ``client.gather``.)"""
         deadline = None if timeout is None else time.monotonic() + timeout
         if not self._fetch_lock.acquire(timeout=-1 if timeout is None else timeout):
             raise TimeoutError(
@@ -138,19 +140,18 @@ class DaskValues(DaskScheduler):
         try:
             if future.fetched is not UNFETCHED:  # it came with another reader's batch
                 return future.fetched
-            if deadline is not None:
-                left = max(0.0, deadline - time.monotonic())
-                future.fetched = future.engine_future.result(timeout=left)  # or TimeoutError
-                return future.fetched
-            value = self._fetch_batch(future)
+            value = self._fetch_batch(future, deadline)
         finally:
             self._fetch_lock.release()
-        if value is _ALONE:  # no timeout asked: wait for this value's own worker only
-            value = future.fetched = future.engine_future.result()  # or what went wrong
+        if value is _ALONE:  # this value's own worker only, within what is left
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            value = future.engine_future.result(timeout=left)  # or TimeoutError, or its error
+            future.fetched = value
         return value
 
-    def _fetch_batch(self, future: EngineFuture) -> Any:
-        """*future*'s value with those of every finished call not read yet (lock held)."""
+    def _fetch_batch(self, future: EngineFuture, deadline: float | None = None) -> Any:
+        """*future*'s value with those of every finished call not read yet (lock held), or
+        ``_ALONE`` if the batch did not come (by *deadline*'s half-way mark)."""
         self._wait_for_window()
         with self._lock:
             batch = [
@@ -161,8 +162,11 @@ class DaskValues(DaskScheduler):
             self._unread.clear()
         if future not in batch:  # chained, or its batch failed before
             batch.append(future)
+        bound = self._patience()
+        if deadline is not None:
+            bound = min(bound, max(0.001, (deadline - time.monotonic()) / 2))
         try:
-            values = self._gather(batch)
+            values = self._gather(batch, bound)
         except Exception:  # one value lost with its worker, or a worker that does not answer
             logger.debug("%s: batched gather failed", self.name, exc_info=True)
             with self._lock:
