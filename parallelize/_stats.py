@@ -94,6 +94,11 @@ class TaskStats:
                     self._durations[slot] = duration
 
     @property
+    def submitted(self) -> int:
+        """Tasks submitted so far (an int read: no lock needed)."""
+        return self._submitted
+
+    @property
     def live(self) -> int:
         """Tasks submitted and not yet finished (queued or running)."""
         with self._lock:

@@ -2,7 +2,8 @@
 
 Imported only when one of those methods (or a ``distributed.Client``) is
 used: ``import parallelize`` never imports dask or ray. The engines live in
-``_dask`` (with ``_dask_scheduler``) and ``_ray``, on the shared base
+``_dask`` (with ``_dask_scheduler`` and ``_dask_values``) and ``_ray`` (with
+``_ray_backups``, ``_ray_completion`` and ``_ray_outcomes``), on the shared base
 ``_engine_base`` (options, timeouts, records); ``_speculation`` holds the
 backup policy and ``_remote_side`` the small functions that run inside the
 cluster.

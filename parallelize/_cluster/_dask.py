@@ -10,7 +10,9 @@ then needs a round trip, shared by all finished calls not read yet (one
 ``gather``; see ``_dask_values``, which also coalesces reads in a stream). A
 call that someone waits on with a done-callback when it finishes (``await``,
 ``wait_all``, ``add_done_callback``, calls with retries) has its value gathered
-before it completes, one ``gather`` per batch of completions. A SmartFuture of
+before it completes, one ``gather`` per batch of completions, on Dask's event
+loop and bounded: a frozen worker holding a value delays only the calls whose
+values it holds. A SmartFuture of
 this executor passed to another call is handed to Dask as its Dask future, so
 the value moves between workers only; such a call's own value is not brought
 back unless asked for. Values not read when the executor shuts down its own
@@ -40,13 +42,15 @@ values; ``_dask_scheduler`` (the base below) reads the scheduler: backups,
 ``stats()`` and when timed calls start.
 
 Threads and locks: user threads submit; Dask's event loop watches attempts
-(handed over in batches); the completion thread finishes them (and gathers the
-values of those with done-callbacks); the thread that first reads an unread
-value gathers the batch; the heartbeat thread looks for stragglers; the
-deadline thread (``_engine_base``) times calls out. ``_lock`` guards ``_calls``,
-every call's attempt list, ``_unread`` and the ``_to_watch`` hand-off, and is
-never held across a call into Dask; ``_fetch_lock`` (see ``_dask_values``)
-makes gathers one at a time, so that no value is gathered twice.
+(handed over in batches) and gathers the values of those with done-callbacks;
+the completion thread finishes them and completes their futures, and never
+waits for a value; the thread that first reads an unread value gathers the
+batch; the heartbeat thread looks for stragglers; the deadline thread
+(``_engine_base``) times calls out. ``_lock`` guards ``_calls`` (and ``_idle``
+with it), every call's attempt list, ``_unread``, ``_prefetching`` and the
+``_to_watch`` hand-off, and is never held across a call into Dask;
+``_fetch_lock`` (see ``_dask_values``) makes readers' gathers one at a time, so
+that no value is gathered twice.
 """
 
 from __future__ import annotations
@@ -67,7 +71,7 @@ from .._call_options import CallOptions
 from .._errors import PoisonedCallError, TaskLostError, attach_remote_traceback
 from .._stats import Outcome
 from ._dask_scheduler import Attempt, Call
-from ._dask_values import DaskValues
+from ._dask_values import DaskValues, Fetched
 from ._engine_base import poisoned_error, set_outcome
 from ._engine_future import UNFETCHED, EngineFuture
 from ._remote_side import lost_attempts, run_call
@@ -140,7 +144,7 @@ class DaskExecutor(DaskValues):
         self._threads_checked = -1e9
         self._to_watch: list[tuple[Call, Attempt]] = []
         self._watchers: set[asyncio.Future[None]] = set()  # touched on the event loop only
-        self._completed: queue.SimpleQueue[tuple[Call, Attempt] | None] = queue.SimpleQueue()
+        self._completed = queue.SimpleQueue()
         self._completer = threading.Thread(
             target=self._completion_loop, name=f"{self.name}-completion", daemon=True
         )
@@ -163,6 +167,8 @@ class DaskExecutor(DaskValues):
         call.backups = options.backups is not False
         with self._lock:
             self._calls[call_id] = call
+            if self._idle.is_set():
+                self._idle.clear()
         self._stats.task_submitted()
         self._start_attempt(call, None)
         self._wake.set()
@@ -228,30 +234,36 @@ class DaskExecutor(DaskValues):
             attempt.engine.add_done_callback(lambda _: self._completed.put((call, attempt)))
 
     def _completion_loop(self) -> None:
+        """Finish attempts as Dask reports them, and complete prefetched futures. Never
+        waits for a value: prefetches run on the event loop (see ``_dask_values``)."""
         while True:
             batch = self._drain(block=True)
             watched = self._finish(batch)
-            if watched:  # their values are gathered first: with those finishing meanwhile
+            if watched:  # their values are brought first: with those finishing meanwhile
                 self._wait_for_window()
                 more = self._drain(block=False)
                 watched += self._finish(more)
                 batch += more
-                self._complete_watched(watched)
+                self._prefetch(watched)
             if None in batch:
                 return
 
-    def _drain(self, *, block: bool) -> list[tuple[Call, Attempt] | None]:
-        """The completed attempts waiting (at least one if *block*); None: stop."""
+    def _drain(self, *, block: bool) -> list[tuple[Call, Attempt] | Fetched | None]:
+        """The completed attempts and prefetches waiting (at least one if *block*); None:
+        stop."""
         batch = [self._completed.get()] if block else []
         while not self._completed.empty():
             batch.append(self._completed.get())
         return batch
 
-    def _finish(self, batch: list[tuple[Call, Attempt] | None]) -> list[EngineFuture]:
+    def _finish(self, batch: list[tuple[Call, Attempt] | Fetched | None]) -> list[EngineFuture]:
         """Finish the calls *batch* decides; those to complete once their values are here."""
         watched = []
         for item in batch:
             if item is None:
+                continue
+            if isinstance(item, Fetched):
+                self._complete_fetched(item)
                 continue
             call, attempt = item
             try:
@@ -287,11 +299,13 @@ class DaskExecutor(DaskValues):
                 return None  # another copy carries on
             call.finished = True
             del self._calls[call.id]
+            if not self._calls:
+                self._idle.set()  # ends a coalescing window (_wait_for_window)
             losers = [a for a in call.attempts if not a.done]
             chained = future.used_as_argument
-            # Callbacks would read the value at once (await, wait_all, retries): gather
-            # it before completing. (A callback added from now on reads it itself.)
-            watched = bool(future._done_callbacks) and not chained  # type: ignore[attr-defined]
+            # Callbacks would read the value at once (await, wait_all, retries): bring it
+            # before completing. (A callback added from now on reads it itself.)
+            watched = future.watched and not chained
             if status == "finished":
                 future.engine_future = engine
                 if not chained and not watched:
@@ -376,6 +390,10 @@ class DaskExecutor(DaskValues):
         self._completed.put(None)
         if wait:
             self._completer.join()
+        else:  # prefetches may come after the completion thread stops: unread from now on
+            with self._lock:
+                left, self._prefetching = list(self._prefetching), set()
+            self._complete_fetched(Fetched(left, [UNFETCHED] * len(left)))
         if wait and self._heartbeat is not None:
             self._heartbeat.join()
         if self._owns_client:
@@ -389,7 +407,7 @@ class DaskExecutor(DaskValues):
 
     def _live_futures(self) -> list[EngineFuture]:
         with self._lock:
-            return [c.future for c in self._calls.values()]
+            return [c.future for c in self._calls.values()] + list(self._prefetching)
 
 
 def _dropped(*_: Any, **__: Any) -> None:  # what a finished call keeps instead of its function

@@ -144,6 +144,8 @@ class DaskScheduler(EngineExecutor):
             idle_workers,
             pending=pending,
             max_backups=self.max_backups_per_call,
+            started=self._backups_started,
+            submitted=self._stats.submitted,
         )
         if choice is None:
             return

@@ -11,6 +11,8 @@ every finished value not read yet in the same round trip), and keeps it.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
+from concurrent.futures import Future
 from typing import Any, Protocol
 
 from smart_future import SmartFuture, StoppableFuture
@@ -49,6 +51,13 @@ class EngineFuture(StoppableFuture[Any]):
         self.engine_future = engine_future
         self.used_as_argument = False
         self.fetched: Any = UNFETCHED
+        # Whether a done-callback was added (await, wait_all, retries): its value is then
+        # brought before the future completes, so that the callback reads it at once.
+        self.watched = False
+
+    def add_done_callback(self, fn: Callable[[Future[Any]], object]) -> None:
+        self.watched = True  # before the callback can run: the owner reads it when finishing
+        super().add_done_callback(fn)
 
     def cancel(self) -> bool:
         if not super().cancel():

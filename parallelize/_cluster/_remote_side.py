@@ -11,7 +11,7 @@ import functools
 import os
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 
 def run_call(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
@@ -35,30 +35,50 @@ def _ray_where() -> str:
 _WHERE: str | None = None
 
 
-def recorded(fn: Callable[..., Any]) -> Callable[..., tuple[Any, tuple[str, float, float]]]:
-    """Ray: *fn* run so that it also returns where and when it ran, ``(value, (worker,
-    start, end))`` (wall-clock seconds), split by Ray into two objects (``num_returns=2``):
-    the first ref holds the plain value (chained calls and ``ray.get`` see only it), the
-    second the record, which comes back in the same reply."""
+class Recorded(NamedTuple):
+    """Ray: what a call's task returns, one object: the value, and where (``node/pid``)
+    and when (wall-clock seconds) the worker ran it. One return object, not two
+    (``num_returns=2``, value and record apart): a second object per task cost the
+    cluster 5-10% of a no-op call. A chained call's task gets it as its argument (Ray
+    resolves a top-level ObjectRef to the object) and runs the function on the value."""
+
+    value: Any
+    where: str
+    start: float
+    end: float
+
+
+def _values(args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
+    """*args* and *kwargs* with the ``Recorded`` of chained calls replaced by their values."""
+    if any(type(a) is Recorded for a in args):
+        args = tuple(a.value if type(a) is Recorded else a for a in args)
+    if kwargs and any(type(v) is Recorded for v in kwargs.values()):
+        kwargs = {k: v.value if type(v) is Recorded else v for k, v in kwargs.items()}
+    return args, kwargs
+
+
+def recorded(fn: Callable[..., Any]) -> Callable[..., Recorded]:
+    """Ray: *fn* run so that its task returns a :class:`Recorded` (the value with where and
+    when it ran); arguments that are chained calls' ``Recorded`` are given as their values."""
 
     @functools.wraps(fn)
-    def run(*args: Any, **kwargs: Any) -> tuple[Any, tuple[str, float, float]]:
+    def run(*args: Any, **kwargs: Any) -> Recorded:
+        args, kwargs = _values(args, kwargs)
         start = time.time()
         value = fn(*args, **kwargs)
-        return value, (_ray_where(), start, time.time())
+        return Recorded(value, _ray_where(), start, time.time())
 
     return run
 
 
-def run_call_spread(
-    fn: Callable[..., Any], /, *args: Any, **kwargs: Any
-) -> tuple[Any, tuple[str, float, float]]:
-    """Ray: run one call of a callable that is not a plain function, with its record (see
-    ``recorded``). Ray resolves only top-level ObjectRef arguments, so they are spread;
-    *fn* is positional-only so no user keyword can collide with it."""
+def run_call_spread(fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Recorded:
+    """Ray: run one call of a callable that is not a plain function (see ``recorded``).
+    Ray resolves only top-level ObjectRef arguments, so they are spread; *fn* is
+    positional-only so no user keyword can collide with it."""
+    args, kwargs = _values(args, kwargs)
     start = time.time()
     value = fn(*args, **kwargs)
-    return value, (_ray_where(), start, time.time())
+    return Recorded(value, _ray_where(), start, time.time())
 
 
 def lost_attempts(dask_scheduler: Any, key: str) -> list[tuple[str, float, float]]:

@@ -5,7 +5,9 @@ worker; a call is a straggler once it has run longer than the typical (median)
 call; the longer it runs past the median and the 95th percentile the more it
 deserves a copy, and each copy it already has divides its claim; a call gets at
 most ``max_backups`` copies, on a worker it is not running on, one backup per
-heartbeat. That keeps the extra work to the idle tail of a batch.
+heartbeat; and all copies together stay within REMOTE's budget of extra work:
+``max(2, 10% of the calls submitted)`` (``backup_allowance``). That keeps the extra
+work to the idle tail of a batch.
 """
 
 from __future__ import annotations
@@ -14,7 +16,17 @@ import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-__all__ = ["Running", "choose_backup", "percentile"]
+__all__ = ["Running", "backup_allowance", "choose_backup", "percentile"]
+
+# REMOTE's defaults (``remote._speculation.SpeculationConfig``: budget, min_budget); not
+# imported from there: parallelize does not depend on remote.
+BACKUP_BUDGET = 0.1  # backup copies allowed per call submitted ...
+MIN_BACKUP_BUDGET = 2  # ... but never fewer, so that small jobs can be rescued
+
+
+def backup_allowance(submitted: int) -> int:
+    """How many backup copies may have started after *submitted* calls."""
+    return max(MIN_BACKUP_BUDGET, math.floor(BACKUP_BUDGET * submitted))
 
 
 def percentile(values: Sequence[float], q: float) -> float | None:
@@ -52,10 +64,15 @@ def choose_backup(
     *,
     pending: int,
     max_backups: int,
+    started: int,
+    submitted: int,
     min_finished: int = 2,
 ) -> tuple[int, str] | None:
-    """``(call_id, worker)`` for the one backup to start now, or None."""
+    """``(call_id, worker)`` for the one backup to start now, or None. *started*: backup
+    copies started so far, of *submitted* calls (the budget, ``backup_allowance``)."""
     if pending or max_backups <= 0 or not idle_workers or len(durations) < min_finished:
+        return None
+    if started >= backup_allowance(submitted):
         return None
     p50 = percentile(durations, 50)
     p95 = percentile(durations, 95)
