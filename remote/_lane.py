@@ -60,16 +60,33 @@ from ._remote_future import RemoteFuture
 if TYPE_CHECKING:
     from ._scheduler import Scheduler
 
-__all__ = ["BOOK_BATCH", "DirectLane", "LaneDone", "LaneFailure", "LaneFuture"]
+__all__ = [
+    "BOOKED_CANCELLED",
+    "BOOKED_FAILED",
+    "BOOKED_SUCCEEDED",
+    "BOOK_BATCH",
+    "DirectLane",
+    "LaneDone",
+    "LaneFailure",
+    "LaneFuture",
+]
 
 # Booked records the scheduler is woken for (it also takes them on its own tick, before
 # any status or stats, and when the lane goes idle).
 BOOK_BATCH = 256
 _DONE = (CANCELLED, CANCELLED_AND_NOTIFIED, FINISHED)
 
-# (bundle id, attempt id, run seconds (0: never ran), outcome, end on the scheduler's
-# clock, pid of the worker that ran it (0: none)). A plain tuple: one per call.
-LaneDone = tuple[int, int, float, Outcome, float, int]
+# (bundle id, attempt id, run seconds (0: never ran), outcome (one of the codes below),
+# end on the scheduler's clock, pid of the worker that ran it (0: none)). A plain tuple of
+# numbers, one per call: the cyclic GC stops tracking such a tuple the first time it sees
+# it, so a batch waiting to be booked never adds to its full collections.
+LaneDone = tuple[int, int, float, int, float, int]
+BOOKED_SUCCEEDED, BOOKED_FAILED, BOOKED_CANCELLED = 0, 1, 2
+_CODES = {
+    Outcome.SUCCEEDED: BOOKED_SUCCEEDED,
+    Outcome.FAILED: BOOKED_FAILED,
+    Outcome.CANCELLED: BOOKED_CANCELLED,
+}
 
 
 class LaneFailure:
@@ -288,7 +305,7 @@ class DirectLane:
             return
         future.drop_call().close()
         self._stats.task_finished(Outcome.CANCELLED, None)
-        self._book((future.bundle_id, future.attempt_id, 0.0, Outcome.CANCELLED, self.clock(), 0))
+        self._book((future.bundle_id, future.attempt_id, 0.0, BOOKED_CANCELLED, self.clock(), 0))
 
     # -- the pool's result thread (under the future's lock) ----------------------------
 
@@ -303,7 +320,7 @@ class DirectLane:
                 future.bundle_id,
                 future.attempt_id,
                 seconds,
-                outcome,
+                _CODES[outcome],
                 self.clock(),
                 future.worker_pid,
             )

@@ -12,7 +12,7 @@ from parallelize.ext import Outcome
 
 from ._bundle import Attempt, AttemptState, Bundle, BundleState
 from ._hosts import HostState
-from ._lane import LaneFailure
+from ._lane import BOOKED_CANCELLED, BOOKED_FAILED, LaneFailure
 from ._process_link import ProcessLink
 from ._sched_status import StatusReports
 from ._sched_util import logger, settle
@@ -69,11 +69,11 @@ class LaneBooking(StatusReports):
                 start = last if last < end else end
             if end > last:
                 ends[row] = end
-            if outcome is Outcome.CANCELLED:
+            if outcome == BOOKED_CANCELLED:
                 cancelled += 1
                 runs.append((bundle_id, attempt_id, row, start - t0, end - t0, False))
                 continue
-            if outcome is Outcome.FAILED:
+            if outcome == BOOKED_FAILED:
                 failed += 1
             durations.append(seconds)
             runs.append((bundle_id, attempt_id, row, start - t0, end - t0, True))
