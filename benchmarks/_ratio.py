@@ -10,6 +10,7 @@ benchmark runs once and no ratio is checked.
 
 from __future__ import annotations
 
+import gc
 import statistics
 import time
 from collections.abc import Callable
@@ -44,15 +45,25 @@ class RatioBenchmark:
         max_ratio: float,
         what: str,
         max_candidate_seconds: float | None = None,
+        collect_garbage: bool = False,
     ) -> RatioResult | None:
         """Time *candidate* against *baseline*; assert median ratio <= *max_ratio* and,
-        for targets stated in absolute terms, candidate median <= *max_candidate_seconds*."""
+        for targets stated in absolute terms, candidate median <= *max_candidate_seconds*.
+
+        *collect_garbage*: a full collection (untimed) before every round of either, so
+        that each round pays for its own garbage only. Without it, rounds that allocate
+        many objects (10,000 futures each) trigger the cyclic GC's full passes at points
+        that depend on the previous round: one side may be charged for the other's."""
         baseline_times: list[float] = []
 
         def setup() -> None:
+            if collect_garbage:
+                gc.collect()
             start = time.perf_counter()
             baseline()
             baseline_times.append(time.perf_counter() - start)
+            if collect_garbage:
+                gc.collect()
 
         self.benchmark.pedantic(candidate, setup=setup, rounds=rounds, warmup_rounds=1)
         if not self.enabled:

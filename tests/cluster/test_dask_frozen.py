@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, cast
 
 import pytest
-from engines import TIMEOUT, DaskCluster
+from engines import TIMEOUT, DaskCluster, wait_until
 
 from parallelize._cluster._dask import DaskExecutor
 from parallelize._cluster._engine_future import UNFETCHED, EngineFuture
@@ -30,14 +30,6 @@ def _blocked(path: str) -> str:
     while not os.path.exists(path) and time.monotonic() < deadline:
         time.sleep(0.02)
     return "ran"
-
-
-def _wait_until(condition: Any, what: str) -> None:
-    deadline = time.monotonic() + TIMEOUT
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.02)
 
 
 @pytest.fixture(scope="module")
@@ -77,7 +69,7 @@ def test_a_frozen_worker_stalls_only_the_calls_it_holds(
         # B busy with a task of our own: the next call goes to A (one task per worker
         # thread: the cluster runs with worker-saturation 1.0).
         hold_b = client.submit(_blocked, str(release_b), workers=[b], pure=False)
-        _wait_until(lambda: hold_b.key in client.processing().get(b, ()), "B to be busy")
+        wait_until(lambda: hold_b.key in client.processing().get(b, ()), "B to be busy")
         held = cast(EngineFuture, executor.submit(_listed, 7))
         assert held.exception(TIMEOUT) is None and held.fetched is UNFETCHED
         assert list(client.who_has(held.engine_future)[held.engine_future.key]) == [a]
@@ -85,7 +77,7 @@ def test_a_frozen_worker_stalls_only_the_calls_it_holds(
         running = cast(EngineFuture, executor.submit(_blocked, str(release_a)))
         running.add_done_callback(lambda _: None)
         key = running.engine_future.key
-        _wait_until(lambda: key in client.processing().get(a, ()), "the call to run on A")
+        wait_until(lambda: key in client.processing().get(a, ()), "the call to run on A")
 
         with _Frozen(pids[a]):
             release_b.touch()

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from engines import TIMEOUT, DaskCluster
+from engines import TIMEOUT, DaskCluster, wait_until
 
 import parallelize
 from parallelize import Method, TaskTimeoutError
@@ -41,14 +41,6 @@ def _stuck_on_w0(i: int, release: str) -> str:
     return name
 
 
-def _wait_until(condition: Any, what: str) -> None:
-    deadline = time.monotonic() + TIMEOUT
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.02)
-
-
 def test_timeout_fails_the_call_and_cancels_its_task(dask: DaskCluster, tmp_path: Path) -> None:
     release = tmp_path / "release"
     executor = _executor()
@@ -61,7 +53,7 @@ def test_timeout_fails_the_call_and_cancels_its_task(dask: DaskCluster, tmp_path
         assert error.timeout == 0.5 and error.function.endswith("_blocked")
         assert "Dask worker tcp://127.0.0.1:" in error.where and "runs on" in error.where
         engine = future.engine_future
-        _wait_until(lambda: engine.status == "cancelled", "the Dask task to be cancelled")
+        wait_until(lambda: engine.status == "cancelled", "the Dask task to be cancelled")
         # The executor keeps serving.
         assert executor.submit(_quick, 4).result(TIMEOUT) == 8
     finally:
@@ -75,7 +67,7 @@ def test_timeout_counts_from_when_the_call_starts(dask: DaskCluster, tmp_path: P
     executor = _executor()
     try:
         blockers = [executor.submit(_blocked, str(release)) for _ in range(2)]  # both workers
-        _wait_until(
+        wait_until(
             lambda: len([k for ks in executor.client.processing().values() for k in ks]) == 2,
             "both workers to run a blocker",
         )
@@ -99,7 +91,7 @@ def test_backups_false_keeps_a_straggler_single(dask: DaskCluster, tmp_path: Pat
     options = CallOptions(backups=False)
     try:
         futures = [executor.submit_with(options, _stuck_on_w0, i, str(release)) for i in range(6)]
-        _wait_until(lambda: sum(f.done() for f in futures) == 5, "the calls on w1")
+        wait_until(lambda: sum(f.done() for f in futures) == 5, "the calls on w1")
         # Without the option the stuck call would get a copy within a few heartbeats
         # (test_dask.py's straggler test); with it, none comes.
         waited_until = time.monotonic() + 2.0

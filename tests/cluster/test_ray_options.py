@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from engines import TIMEOUT, RayCluster, _pid_alive
+from engines import TIMEOUT, RayCluster, _pid_alive, wait_until
 
 import parallelize
 from parallelize import Method, TaskTimeoutError
@@ -23,14 +23,6 @@ def _executor() -> Any:
     return parallelize.default_executor(Method.RAY)
 
 
-def _wait_until(condition: Any, what: str) -> None:
-    deadline = time.monotonic() + TIMEOUT
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.02)
-
-
 def _block_writing_pid(pid_file: str, release: str) -> str:
     with open(pid_file, "w") as out:
         out.write(str(os.getpid()))
@@ -41,7 +33,7 @@ def _block_writing_pid(pid_file: str, release: str) -> str:
 
 
 def _pid_of(path: Path) -> int:
-    _wait_until(lambda: path.exists() and path.read_text(), "the call to start")
+    wait_until(lambda: path.exists() and path.read_text(), "the call to start")
     return int(path.read_text())
 
 
@@ -75,7 +67,7 @@ def test_timeout_kills_the_worker_running_the_call(ray_runtime: RayCluster, tmp_
         with pytest.raises(TaskTimeoutError) as info:
             future.result(TIMEOUT)
         assert info.value.timeout == 6.0 and "Ray worker" in info.value.where
-        _wait_until(lambda: not _pid_alive(pid), "the Ray worker to be killed")
+        wait_until(lambda: not _pid_alive(pid), "the Ray worker to be killed")
         assert executor.submit(abs, -3).result(TIMEOUT) == 3  # Ray starts another worker
     finally:
         release.touch()
@@ -96,7 +88,7 @@ def test_cancel_stops_a_running_call(ray_runtime: RayCluster, tmp_path: Path) ->
         future = blocked(str(pid_file), str(release))
         pid = _pid_of(pid_file)
         assert future.cancel() and future.cancelled()
-        _wait_until(lambda: not _pid_alive(pid), "the Ray worker running the call to be killed")
+        wait_until(lambda: not _pid_alive(pid), "the Ray worker running the call to be killed")
     finally:
         release.touch()
     assert _executor().stats().cancelled == 1
@@ -116,13 +108,13 @@ def test_straggler_gets_a_backup_and_the_first_copy_wins(
         assert futures[0].result(TIMEOUT) == "copy"
         assert [f.result(TIMEOUT) for f in futures[1:]] == ["quick"] * 5
         original = _pid_of(Path(str(flag) + ".pid"))
-        _wait_until(lambda: not _pid_alive(original), "the losing copy to be killed")
+        wait_until(lambda: not _pid_alive(original), "the losing copy to be killed")
     finally:
         release.touch()
     stats = executor.stats()
     assert stats.extra["backups_started"] == 1 and stats.extra["backups_won"] == 1
     rows = [a for a in stats.extra["attempts"] if a["bundle"] == 0]
-    _wait_until(lambda: len(executor.stats().extra["attempts"]) == 7, "the loser's record")
+    wait_until(lambda: len(executor.stats().extra["attempts"]) == 7, "the loser's record")
     rows = [a for a in executor.stats().extra["attempts"] if a["bundle"] == 0]
     assert sorted((a["is_backup"], a["outcome"]) for a in rows) == [
         (False, "cancelled"),

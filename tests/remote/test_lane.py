@@ -23,6 +23,7 @@ from typing import Any
 import cloudpickle
 import numpy as np
 import pytest
+from embedded_calls import WAIT, die, hold_until, mark, pid, wait_for
 
 from parallelize import PoisonedCallError, TaskLostError, TaskTimeoutError
 from parallelize.ext import CallOptions
@@ -31,17 +32,8 @@ from remote._lane import LaneFuture
 from remote._pool_config import embedded_pool
 
 pytestmark = pytest.mark.timeout(120)
-WAIT = 60.0
 
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
-
-
-def pid() -> int:
-    return os.getpid()
-
-
-def die() -> None:
-    os.kill(os.getpid(), signal.SIGKILL)
 
 
 def die_once(marker: str) -> int:
@@ -59,28 +51,8 @@ def die_once_then_sum(marker: str, array: np.ndarray[Any, Any]) -> float:
     return float(array.sum())
 
 
-def hold_until(started: str, gate: str) -> int:
-    Path(started).write_text(str(os.getpid()))
-    while not os.path.exists(gate):
-        time.sleep(0.005)
-    return os.getpid()
-
-
-def mark(path: str) -> str:
-    Path(path).write_text("ran")
-    return path
-
-
 def fail(message: str) -> None:
     raise ValueError(message)
-
-
-def _wait_for(condition: Any, what: str) -> None:
-    deadline = time.monotonic() + WAIT
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.01)
 
 
 def _with_open_lane(slots: int, **options: Any) -> RemoteExecutor:
@@ -88,7 +60,7 @@ def _with_open_lane(slots: int, **options: Any) -> RemoteExecutor:
     executor.submit(pid).result(WAIT)  # the host is up once a call has run
     lane = executor._lane
     assert lane is not None, "a one-host embedded pool has a lane"
-    _wait_for(lambda: lane.is_open, "the lane to open")
+    wait_for(lambda: lane.is_open, "the lane to open")
     return executor
 
 
@@ -103,7 +75,7 @@ def _held(executor: RemoteExecutor, tmp_path: Path, name: str) -> tuple[Future[A
     gate = tmp_path / f"{name}.gate"
     started = tmp_path / f"{name}.started"
     future = executor.submit(hold_until, str(started), str(gate))
-    _wait_for(started.exists, f"{name} to start")
+    wait_for(started.exists, f"{name} to start")
     return future, gate
 
 
@@ -178,7 +150,7 @@ def test_a_worker_lost_on_the_lane_is_retried_by_the_scheduler(
     assert [r.outcome for r in rows] == ["lost"]
     assert remote.submit(pid).result(WAIT) != os.getpid()  # the pool still serves
     assert remote._lane is not None
-    _wait_for(lambda: remote._lane is not None and remote._lane.is_open, "the lane again")
+    wait_for(lambda: remote._lane is not None and remote._lane.is_open, "the lane again")
 
 
 def test_a_retried_lane_call_still_has_its_shared_memory_arguments(
@@ -247,7 +219,7 @@ def test_stop_kills_a_running_lane_call(remote: RemoteExecutor, tmp_path: Path) 
             return True
         return False
 
-    _wait_for(gone, f"worker {worker} to be killed")
+    wait_for(gone, f"worker {worker} to be killed")
     assert remote.submit(pid).result(WAIT) != worker
     assert remote.stats().cancelled == 1
 
@@ -310,6 +282,6 @@ def test_a_finished_lane_future_is_freed_without_the_cyclic_gc(remote: RemoteExe
         future.result(WAIT)
         ref = weakref.ref(future)
         del future
-        _wait_for(lambda: ref() is None, "the future to be freed by reference counting")
+        wait_for(lambda: ref() is None, "the future to be freed by reference counting")
     finally:
         gc.enable()

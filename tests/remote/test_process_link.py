@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import signal
 import sys
 import threading
 import time
@@ -19,6 +18,7 @@ from typing import Any
 import cloudpickle
 import numpy as np
 import pytest
+from embedded_calls import WAIT, die, hold_until, mark, pid, wait_for
 
 from parallelize import (
     PicklingError,
@@ -36,13 +36,8 @@ from remote._pool_config import embedded_pool
 from remote._process_link import ProcessLink
 
 pytestmark = pytest.mark.timeout(120)
-WAIT = 60.0
 
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
-
-
-def die() -> None:
-    os.kill(os.getpid(), signal.SIGKILL)
 
 
 def double(array: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
@@ -51,10 +46,6 @@ def double(array: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
 
 def total(array: np.ndarray[Any, Any], offset: int) -> float:
     return float(array.sum()) + offset
-
-
-def pid() -> int:
-    return os.getpid()
 
 
 def wait_then_sleep(flag: str) -> None:
@@ -164,28 +155,6 @@ def test_a_raised_exception_names_the_host_it_ran_on(remote: RemoteExecutor) -> 
     assert "Traceback on host 'local'" in str(raised.value.__cause__)
 
 
-def hold_until(started: str, gate: str) -> int:
-    """Occupy a worker until the test creates *gate* (a file: workers share no memory with
-    the test; polling is the call's own business, the test waits on its marker)."""
-    Path(started).write_text(str(os.getpid()))
-    while not os.path.exists(gate):
-        time.sleep(0.005)
-    return os.getpid()
-
-
-def mark(path: str) -> str:
-    Path(path).write_text("ran")
-    return path
-
-
-def _wait_for(condition: Any, what: str) -> None:
-    deadline = time.monotonic() + WAIT
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.01)
-
-
 def _through_the_scheduler(executor: RemoteExecutor) -> RemoteExecutor:
     """Keep every call on the scheduler's path, as in a pool of several local hosts: a
     one-host pool otherwise runs its calls on the direct lane (tests/remote/test_lane.py)."""
@@ -210,11 +179,11 @@ def test_short_calls_wait_at_the_host_without_running_and_can_be_cancelled(
         assert _depth(executor) > 1  # short calls: the host queues several per slot
         gate = tmp_path / "gate"
         holders = [executor.submit(hold_until, str(tmp_path / f"h{i}"), str(gate)) for i in (0, 1)]
-        _wait_for(lambda: all((tmp_path / f"h{i}").exists() for i in (0, 1)), "both slots busy")
+        wait_for(lambda: all((tmp_path / f"h{i}").exists() for i in (0, 1)), "both slots busy")
         assert all(h.running() for h in holders)
         queued = [executor.submit(mark, str(tmp_path / f"q{i}")) for i in range(6)]
         # sent to the workers (there is room at the host), yet none of them has started
-        _wait_for(
+        wait_for(
             lambda: executor._scheduler.call(lambda: len(executor._scheduler._running)) == 8,
             "the queued calls to be sent to the host",
         )
@@ -249,9 +218,9 @@ def _held_then_waiting(
         assert _depth(executor) > 1
         gate = tmp_path / "gate"
         first = executor.submit(hold_until, str(tmp_path / "h0"), str(gate))
-        _wait_for((tmp_path / "h0").exists, "the first call to start")
+        wait_for((tmp_path / "h0").exists, "the first call to start")
         second = executor.submit(fn, *args)
-        _wait_for(
+        wait_for(
             lambda: executor._scheduler.call(lambda: len(executor._scheduler._running)) == 2,
             "the second call to be sent to the host",
         )
@@ -271,7 +240,7 @@ def test_a_call_waiting_at_the_host_turns_running_when_it_starts(tmp_path: Path)
         assert first.running() and not second.running()
         gate.write_text("open")
         first.result(WAIT)
-        _wait_for((tmp_path / "h1").exists, "the second call to start")
+        wait_for((tmp_path / "h1").exists, "the second call to start")
         assert second.running()  # marked when the worker started it, not before
         second_gate.write_text("open")
         second.result(WAIT)
