@@ -51,24 +51,13 @@ class LaneBooking(StatusReports):
         if not done:
             return
         host = self._hosts[0]
-        rows = self._lane_rows
-        ends = self._lane_row_ends
+        lane_row = self._lane_row
         t0 = self._t0
         durations: list[float] = []
         runs: list[tuple[int, int, int, float, float, bool]] = []
         failed = cancelled = 0
         for bundle_id, attempt_id, seconds, outcome, end, worker in done:
-            start = end - seconds
-            row = rows.get(worker)
-            if row is None:
-                row = self._new_lane_row(worker, start)
-            # A worker runs one call at a time, but results read together are seen at the
-            # same moment: a call starts no earlier than the last one of its row ended.
-            last = ends[row]
-            if start < last:
-                start = last if last < end else end
-            if end > last:
-                ends[row] = end
+            row, start = lane_row(worker, end - seconds, end)
             if outcome == BOOKED_CANCELLED:
                 cancelled += 1
                 runs.append((bundle_id, attempt_id, row, start - t0, end - t0, False))
@@ -108,13 +97,18 @@ class LaneBooking(StatusReports):
         return row
 
     def _lane_row(self, worker: int, start: float, end: float) -> tuple[int, float]:
-        """The row of one lane call (see ``_on_lane_done``), and when it started there."""
+        """The timeline row of a lane call ran by *worker*, and when it started there. A
+        worker runs one call at a time, but results read together are seen at the same
+        moment: a call starts no earlier than the last one of its row ended."""
         row = self._lane_rows.get(worker)
         if row is None:
             row = self._new_lane_row(worker, start)
         ends = self._lane_row_ends
-        start = min(max(start, ends[row]), end)
-        ends[row] = max(ends[row], end)
+        last = ends[row]
+        if start < last:
+            start = last if last < end else end
+        if end > last:
+            ends[row] = end
         return row, start
 
     def _adopt_lane(self, failure: LaneFailure) -> None:
