@@ -74,7 +74,7 @@ from ._dask_scheduler import Attempt, Call
 from ._dask_values import DaskValues, Fetched
 from ._engine_base import poisoned_error, set_outcome
 from ._engine_future import UNFETCHED, EngineFuture
-from ._remote_side import lost_attempts, run_call
+from ._remote_side import Chained, lost_attempts, run_call
 
 __all__ = ["DaskExecutor"]
 
@@ -160,7 +160,10 @@ class DaskExecutor(DaskValues):
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
         options: CallOptions,
+        chained: Chained | None,
     ) -> EngineFuture:
+        # Dask resolves its futures among the arguments to their values itself: *chained*
+        # needs no handling here.
         call_id = next(self._ids)
         future = EngineFuture(self, call_id, None)
         call = Call(call_id, future, fn, args, kwargs, time.monotonic())

@@ -37,6 +37,7 @@ from .._pickling import callable_name
 from .._records import AttemptRow, HostRow
 from .._stats import ExecutorStats, Outcome
 from ._engine_future import EngineFuture, native_arguments
+from ._remote_side import Chained
 from ._speculation import percentile
 
 logger = logging.getLogger("parallelize")
@@ -172,13 +173,13 @@ class EngineExecutor(BaseExecutor):
         kwargs: dict[str, Any],
     ) -> Future[Any]:
         self._check_open()
-        args, kwargs, foreign = native_arguments(self, args, kwargs)
+        args, kwargs, foreign, chained = native_arguments(self, args, kwargs)
         if foreign:  # SmartFutures of other executors: wait for their values first
             from .._submission import submit_call
 
             target: Any = self if options.is_default else _WithOptions(self, options)
             return submit_call(target, fn, args, kwargs).future
-        future = self._start_call(fn, args, kwargs, options)
+        future = self._start_call(fn, args, kwargs, options, chained)
         if options.timeout is not None:
             self._time(future, fn, options.timeout)
         return future
@@ -189,7 +190,10 @@ class EngineExecutor(BaseExecutor):
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
         options: CallOptions,
+        chained: Chained | None,
     ) -> EngineFuture:
+        """Hand one call to the engine. *chained*: which arguments are now engine futures
+        of this executor's calls (see ``native_arguments``; the engine resolves them)."""
         raise NotImplementedError
 
     # -- timeouts (the deadline thread) ---------------------------------------------

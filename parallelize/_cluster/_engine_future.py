@@ -17,6 +17,8 @@ from typing import Any, Protocol
 
 from smart_future import SmartFuture, StoppableFuture
 
+from ._remote_side import Chained
+
 __all__ = ["UNFETCHED", "EngineFuture", "Owner", "native_arguments"]
 
 
@@ -85,25 +87,31 @@ class EngineFuture(StoppableFuture[Any]):
 
 def native_arguments(
     owner: object, args: tuple[Any, ...], kwargs: dict[str, Any]
-) -> tuple[tuple[Any, ...], dict[str, Any], bool]:
+) -> tuple[tuple[Any, ...], dict[str, Any], bool, Chained | None]:
     """Replace SmartFutures of *owner*'s calls by the engine's futures (the value stays in
-    the cluster); the flag says whether other SmartFutures remain (to be waited for)."""
+    the cluster). Also returns whether other SmartFutures remain (to be waited for), and
+    which arguments were replaced (positions, keyword names; None if none was)."""
     if not any(isinstance(a, SmartFuture) for a in args) and not any(
         isinstance(v, SmartFuture) for v in kwargs.values()
     ):
-        return args, kwargs, False  # the common case: nothing to convert, nothing copied
+        return args, kwargs, False, None  # the common case: nothing to convert, nothing copied
     foreign = False
 
-    def convert(value: Any) -> Any:
+    def convert(value: Any) -> tuple[Any, bool]:
         nonlocal foreign
         if isinstance(value, SmartFuture):
             inner = value.future
             if isinstance(inner, EngineFuture) and inner.owner is owner and not inner.cancelled():
                 inner.used_as_argument = True
-                return inner.engine_future
+                return inner.engine_future, True
             foreign = True
-        return value
+        return value, False
 
-    new_args = tuple(convert(a) for a in args)
-    new_kwargs = {k: convert(v) for k, v in kwargs.items()}
-    return new_args, new_kwargs, foreign
+    converted_args = [convert(a) for a in args]
+    converted_kwargs = {k: convert(v) for k, v in kwargs.items()}
+    new_args = tuple(value for value, _ in converted_args)
+    new_kwargs = {k: value for k, (value, _) in converted_kwargs.items()}
+    positions = tuple(i for i, (_, native) in enumerate(converted_args) if native)
+    names = tuple(k for k, (_, native) in converted_kwargs.items() if native)
+    chained = (positions, names) if positions or names else None
+    return new_args, new_kwargs, foreign, chained

@@ -3,15 +3,17 @@
 Each call is one Ray task of the function itself, run by ``recorded(fn)`` (a Ray
 remote function made once per function; Ray has no reserved keywords in
 ``.remote()``, so every user keyword reaches it). Other callables (bound methods,
-callable objects) run through ``run_call_spread(fn, *args, **kwargs)``, the
-function positional-only. Both return one object, a ``Recorded``: the value with
-where and when the call ran as the worker saw it (its node and pid, start and
-end); ``stats()`` and the timeline are built from these records.
+callable objects) run through ``run_call_spread(fn, chained, *args, **kwargs)``,
+those two positional-only. Both return one object, the call's record
+``[value, where, start, end]``: the value with where and when the call ran as the
+worker saw it (its node and pid, start and end); ``stats()`` and the timeline are
+built from these records (see ``_remote_side``).
 The SmartFuture's inner future is completed by one completion thread
 (``_ray_completion``: batched ``ray.wait`` and ``ray.get``). A SmartFuture of this executor
 passed to another call is handed to Ray as its ObjectRef (top-level arguments
-are resolved by Ray on the worker, where ``recorded`` takes the value out of the
-``Recorded``: the value stays in the cluster).
+are resolved by Ray on the worker, to the record): such a call runs through
+``recorded_chained(fn)``, told which arguments are records, and takes their values
+out there (the value stays in the cluster).
 
 Failures: a worker that dies under a call is retried by Ray (``max_retries``);
 when Ray gives up (``WorkerCrashedError``, ``NodeDiedError``...) the call fails
@@ -54,7 +56,8 @@ from .._stats import ExecutorStats, Outcome
 from ._engine_future import EngineFuture
 from ._ray_backups import Call
 from ._ray_completion import RayCompletion
-from ._remote_side import recorded, run_call_spread
+from ._ray_outcomes import RawAttempt, attempt_row
+from ._remote_side import Chained, recorded, recorded_chained, run_call_spread
 
 __all__ = ["RayExecutor"]
 
@@ -98,12 +101,14 @@ class RayExecutor(RayCompletion):
         self._remote = ray.remote(**self._options)(run_call_spread)
         # One Ray remote function per user function: Ray exports it once, and calls
         # then ship only their arguments.
-        self._remotes: weakref.WeakKeyDictionary[Any, Any] = weakref.WeakKeyDictionary()
+        self._remotes: weakref.WeakKeyDictionary[Any, list[Any]] = weakref.WeakKeyDictionary()
         self._ids = itertools.count()
         self._calls: dict[int, Call] = {}
         self._epoch = time.monotonic()
         self._epoch_wall = time.time()  # the workers' records are wall-clock times
         self._attempts: list[AttemptRow] = []
+        # Attempts seen finished whose rows ``stats()`` has not built yet (``_record``).
+        self._unbuilt: list[RawAttempt] = []
         # Run times of the latest finished calls, for the backup rules.
         self._durations: collections.deque[float] = collections.deque(maxlen=_RECENT)
         self._init_backups()
@@ -125,11 +130,15 @@ class RayExecutor(RayCompletion):
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
         options: CallOptions,
+        chained: Chained | None,
     ) -> EngineFuture:
-        remote = self._remote_for(fn)
+        remote = self._remote_for(fn, chained is not None)
         if remote is None:
+            args = (chained, *args)  # run_call_spread(fn, chained, *args, **kwargs)
             ref = self._remote.remote(fn, *args, **kwargs)
         else:
+            if chained is not None:  # recorded_chained(fn)(chained, *args, **kwargs)
+                args = (chained, *args)
             ref = remote.remote(*args, **kwargs)
         future = EngineFuture(self, next(self._ids), ref)
         call = Call(future, remote, fn, args, kwargs, time.monotonic(), [ref], live=1)
@@ -154,14 +163,20 @@ class RayExecutor(RayCompletion):
         if first:
             self._watch_wake.set()
 
-    def _remote_for(self, fn: Callable[..., Any]) -> Any:
+    def _remote_for(self, fn: Callable[..., Any], chained: bool) -> Any:
+        """The Ray remote function running plain function *fn* (None for other callables),
+        the one for calls with chained arguments if *chained*; each made once."""
         if not isinstance(fn, types.FunctionType):
             return None
-        remote = self._remotes.get(fn)
+        pair = self._remotes.get(fn)
+        if pair is None:
+            pair = self._remotes[fn] = [None, None]
+        remote = pair[chained]
         if remote is None:
             import ray
 
-            remote = self._remotes[fn] = ray.remote(**self._options)(recorded(fn))
+            wrapped = recorded_chained(fn) if chained else recorded(fn)
+            remote = pair[chained] = ray.remote(**self._options)(wrapped)
         return remote
 
     def _fetch(self, future: EngineFuture, timeout: float | None = None) -> Any:
@@ -204,6 +219,8 @@ class RayExecutor(RayCompletion):
         attempt (see ``_record``); ``extra``: ``attempts`` (for the timeline), ``hosts``
         (one row per worker, ``node/pid``), ``backups_started``, ``backups_won``."""
         with self._lock:
+            unbuilt, self._unbuilt = self._unbuilt, []
+            self._attempts += [attempt_row(raw, self._epoch_wall) for raw in unbuilt]
             attempts = list(self._attempts)
             started, won = self._backups_started, self._backups_won
         return self._snapshot(attempts, backups_started=started, backups_won=won)

@@ -17,12 +17,10 @@ import time
 from typing import Any
 
 from .._errors import TaskLostError
-from .._records import AttemptRow
 from .._stats import Outcome
 from ._engine_base import set_outcome
 from ._ray_backups import Call, RayBackups
-from ._ray_outcomes import attempt_row, caller_error, is_lost
-from ._remote_side import Recorded
+from ._ray_outcomes import RawAttempt, caller_error, is_lost, is_record, raw_attempt
 
 __all__ = ["RayCompletion"]
 
@@ -39,7 +37,7 @@ _WINDOW_MIN = 16
 _WINDOW_MAX = 1024
 
 # An attempt seen finished: (ref, call, pinned node, what it returned, its error).
-_Outcome = tuple[Any, Call, "str | None", "Recorded | None", "BaseException | None"]
+_Outcome = tuple[Any, Call, "str | None", "list[Any] | None", "BaseException | None"]
 
 
 class RayCompletion(RayBackups):
@@ -47,7 +45,7 @@ class RayCompletion(RayBackups):
 
     _to_watch: list[tuple[Any, Call, str | None]]
     _watch_wake: threading.Event
-    _attempts: list[AttemptRow]
+    _unbuilt: list[RawAttempt]
     _epoch: float
     _epoch_wall: float
     max_retries: int
@@ -106,7 +104,7 @@ class RayCompletion(RayBackups):
         one ``ray.get``, the call table in one critical section, then the futures."""
         outcomes = self._outcomes(batch)
         end = time.monotonic()
-        decided: list[tuple[Call, Recorded | None, BaseException | None, list[Any]]] = []
+        decided: list[tuple[Call, list[Any] | None, BaseException | None, list[Any]]] = []
         with self._lock:
             for ref, call, node, got, exc in outcomes:
                 losers = self._settle(call, ref, node, got, exc, end)
@@ -146,7 +144,7 @@ class RayCompletion(RayBackups):
         call: Call,
         ref: Any,
         node: str | None,
-        got: Recorded | None,
+        got: list[Any] | None,
         exc: BaseException | None,
         end: float,
     ) -> list[Any] | None:
@@ -170,18 +168,19 @@ class RayCompletion(RayBackups):
         return [r for r in call.refs if r is not ref] if len(call.refs) > 1 else []
 
     def _complete(
-        self, call: Call, got: Recorded | None, exc: BaseException | None, losers: list[Any]
+        self, call: Call, got: list[Any] | None, exc: BaseException | None, losers: list[Any]
     ) -> None:
         call.fn, call.args, call.kwargs = _dropped, (), {}
         if losers and not call.future.used_as_argument:
             self._kill(losers)
-        if exc is None and got is not None:
+        if exc is None and is_record(got):
+            assert got is not None
             self._stats.task_finished(Outcome.SUCCEEDED)
-            call.future.fetched = got.value
-            set_outcome(call.future, got.value)
+            call.future.fetched = got[0]
+            set_outcome(call.future, got[0])
             return
         self._stats.task_finished(Outcome.FAILED)
-        if exc is None:  # a task that returned something other than a Recorded: a bug
+        if exc is None:  # a task that returned something other than a record: a bug
             exc = TaskLostError(f"call {call.future.call_id}: its task returned no record")
         error = caller_error(call.future.call_id, self.name, self.max_retries, exc)
         set_outcome(call.future, None, error)
@@ -193,12 +192,11 @@ class RayCompletion(RayBackups):
         outcome: str,
         node: str | None,
         backup: bool,
-        got: Recorded | None,
+        got: list[Any] | None,
     ) -> None:
-        """Record an attempt (``_lock`` held; see ``attempt_row``)."""
+        """Record an attempt (``_lock`` held; its row is built by ``stats()``)."""
         span = (call.submitted - self._epoch, end - self._epoch)
-        row = attempt_row(call.future.call_id, outcome, backup, got, span, node, self._epoch_wall)
-        self._attempts.append(row)
+        self._unbuilt.append(raw_attempt(call.future.call_id, outcome, backup, got, span, node))
         if outcome == "won":
             self._durations.append(end - call.submitted)
 

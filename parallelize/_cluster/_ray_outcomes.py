@@ -7,13 +7,14 @@ table and the threads (``_ray``) by concern.
 from __future__ import annotations
 
 from concurrent.futures import CancelledError
+from typing import Any
 
 from .._errors import TaskLostError, attach_remote_traceback
 from .._records import AttemptRow
 from ._engine_base import poisoned_error
-from ._remote_side import Recorded
+from ._remote_side import RECORD_LENGTH
 
-__all__ = ["attempt_row", "caller_error", "is_lost"]
+__all__ = ["RawAttempt", "attempt_row", "caller_error", "is_lost", "is_record", "raw_attempt"]
 
 
 def is_lost(exc: BaseException) -> bool:
@@ -45,24 +46,45 @@ def caller_error(
     return exc
 
 
-def attempt_row(
+# An attempt as recorded when seen finished (cheap: one tuple on the completion thread);
+# ``attempt_row`` builds its row when ``stats()`` asks: (call id, outcome, whether a
+# backup, where the worker said it ran or None, the worker's wall-clock start and end,
+# the client-side span (monotonic, from the executor's epoch), the node it was pinned to).
+RawAttempt = tuple[int, str, bool, "str | None", float, float, float, float, "str | None"]
+
+
+def raw_attempt(
     call_id: int,
     outcome: str,
     backup: bool,
-    got: Recorded | None,
+    got: list[Any] | None,
     client_span: tuple[float, float],
     node: str | None,
-    epoch_wall: float,
-) -> AttemptRow:
-    """The row of an attempt. One that returned has the worker's record (*got*): its row
-    names the worker (``node/pid``) and spans the run as the worker timed it (wall clock,
-    from *epoch_wall*). One that never returned (failed, lost with its worker, killed)
-    has only the client-side span (submitted -> seen finished), on the node a copy was
+) -> RawAttempt:
+    """What to keep of an attempt: *got*, the task's record (see ``_remote_side``), if it
+    returned one, without its value (which the caller may let go of)."""
+    if is_record(got):
+        assert got is not None
+        return (call_id, outcome, backup, got[1], got[2], got[3], *client_span, node)
+    return (call_id, outcome, backup, None, 0.0, 0.0, *client_span, node)
+
+
+def is_record(got: Any) -> bool:
+    """Whether *got*, what an attempt's task returned, is a record (see ``_remote_side``)."""
+    return type(got) is list and len(got) == RECORD_LENGTH
+
+
+def attempt_row(raw: RawAttempt, epoch_wall: float) -> AttemptRow:
+    """The row of an attempt. One that returned has the worker's record: its row names
+    the worker (``node/pid``) and spans the run as the worker timed it (wall clock, from
+    *epoch_wall*). One that never returned (failed, lost with its worker, killed) has
+    only the client-side span (submitted -> seen finished), on the node a copy was
     pinned to, else on "ray"."""
-    if type(got) is Recorded:
-        host, slot = got.where.split("/", 1)[0], got.where
-        start, end = got.start - epoch_wall, got.end - epoch_wall
+    call_id, outcome, backup, where, start, end, client_start, client_end, node = raw
+    if where is not None:
+        host, slot = where.split("/", 1)[0], where
+        start, end = start - epoch_wall, end - epoch_wall
     else:
         host = slot = node or "ray"
-        start, end = client_span
+        start, end = client_start, client_end
     return AttemptRow(call_id, 0, host, slot, start, end, outcome, backup)

@@ -7,11 +7,12 @@ they import nothing else from it.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import time
 from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import Any
 
 
 def run_call(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
@@ -35,50 +36,77 @@ def _ray_where() -> str:
 _WHERE: str | None = None
 
 
-class Recorded(NamedTuple):
-    """Ray: what a call's task returns, one object: the value, and where (``node/pid``)
-    and when (wall-clock seconds) the worker ran it. One return object, not two
-    (``num_returns=2``, value and record apart): a second object per task cost the
-    cluster 5-10% of a no-op call. A chained call's task gets it as its argument (Ray
-    resolves a top-level ObjectRef to the object) and runs the function on the value."""
+# Ray: a call's task returns one object, its record: ``[value, where, start, end]``, the
+# value with where (``node/pid``) and when (wall-clock seconds) the worker ran it. One
+# object, not two (``num_returns=2``): a second object per task cost the cluster 5-10% of
+# a no-op call. A list, not a tuple or a NamedTuple: Ray packs lists of plain values with
+# msgpack and pickles the others, and a pickled record cost the driver 24 us per call to
+# read back instead of 11 (2,000 no-op calls, Ray 2.60).
+RECORD_LENGTH = 4
 
-    value: Any
-    where: str
-    start: float
-    end: float
+# Ray: which arguments of a call are chained calls (SmartFutures of the same executor,
+# handed to Ray as their ObjectRefs, which Ray resolves on the worker to their records):
+# positions in ``args`` and names in ``kwargs``, told by the driver, which knows them (a
+# record cannot be told from a user's list by its looks).
+Chained = tuple[tuple[int, ...], tuple[str, ...]]
 
 
-def _values(args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
-    """*args* and *kwargs* with the ``Recorded`` of chained calls replaced by their values."""
-    if any(type(a) is Recorded for a in args):
-        args = tuple(a.value if type(a) is Recorded else a for a in args)
-    if kwargs and any(type(v) is Recorded for v in kwargs.values()):
-        kwargs = {k: v.value if type(v) is Recorded else v for k, v in kwargs.items()}
+def _values(
+    chained: Chained | None, args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    """*args* and *kwargs* with the records of the *chained* calls replaced by their values."""
+    if chained is None:
+        return args, kwargs
+    positions, names = chained
+    if positions:
+        listed = list(args)
+        for i in positions:
+            listed[i] = listed[i][0]
+        args = tuple(listed)
+    if names:
+        kwargs = {k: v[0] if k in names else v for k, v in kwargs.items()}
     return args, kwargs
 
 
-def recorded(fn: Callable[..., Any]) -> Callable[..., Recorded]:
-    """Ray: *fn* run so that its task returns a :class:`Recorded` (the value with where and
-    when it ran); arguments that are chained calls' ``Recorded`` are given as their values."""
+def recorded(fn: Callable[..., Any]) -> Callable[..., list[Any]]:
+    """Ray: *fn* run so that its task returns its record (see ``RECORD_LENGTH``). It keeps
+    *fn*'s signature (``functools.wraps``), so Ray checks the arguments at submit."""
 
     @functools.wraps(fn)
-    def run(*args: Any, **kwargs: Any) -> Recorded:
-        args, kwargs = _values(args, kwargs)
+    def run(*args: Any, **kwargs: Any) -> list[Any]:
         start = time.time()
         value = fn(*args, **kwargs)
-        return Recorded(value, _ray_where(), start, time.time())
+        return [value, _ray_where(), start, time.time()]
 
     return run
 
 
-def run_call_spread(fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Recorded:
+def recorded_chained(fn: Callable[..., Any]) -> Callable[..., list[Any]]:
+    """Ray: like ``recorded``, for calls with chained arguments: the first argument, a
+    :data:`Chained` (positional-only, so no user keyword collides with it), says which."""
+
+    def run(chained: Chained, /, *args: Any, **kwargs: Any) -> list[Any]:
+        args, kwargs = _values(chained, args, kwargs)
+        start = time.time()
+        value = fn(*args, **kwargs)
+        return [value, _ray_where(), start, time.time()]
+
+    for name in ("__module__", "__name__", "__qualname__", "__doc__"):  # Ray names tasks so
+        with contextlib.suppress(AttributeError):
+            setattr(run, name, getattr(fn, name))
+    return run
+
+
+def run_call_spread(
+    fn: Callable[..., Any], chained: Chained | None, /, *args: Any, **kwargs: Any
+) -> list[Any]:
     """Ray: run one call of a callable that is not a plain function (see ``recorded``).
-    Ray resolves only top-level ObjectRef arguments, so they are spread; *fn* is
-    positional-only so no user keyword can collide with it."""
-    args, kwargs = _values(args, kwargs)
+    Ray resolves only top-level ObjectRef arguments, so they are spread; *fn* and
+    *chained* are positional-only so no user keyword can collide with them."""
+    args, kwargs = _values(chained, args, kwargs)
     start = time.time()
     value = fn(*args, **kwargs)
-    return Recorded(value, _ray_where(), start, time.time())
+    return [value, _ray_where(), start, time.time()]
 
 
 def lost_attempts(dask_scheduler: Any, key: str) -> list[tuple[str, float, float]]:

@@ -92,6 +92,45 @@ def test_chained_call_is_handed_to_ray_at_once(ray_runtime: RayCluster, tmp_path
     assert result.result(TIMEOUT) == 18
 
 
+class _Scaled:
+    """A callable object (not a plain function: it runs through ``run_call_spread``)."""
+
+    def __init__(self, factor: int) -> None:
+        self.factor = factor
+
+    def __call__(self, values: list[Any], *, more: list[Any]) -> list[Any]:
+        return [values, more, self.factor]
+
+
+def test_chained_arguments_are_told_by_position_not_by_looks(ray_runtime: RayCluster) -> None:
+    """A chained call's record is unwrapped where the driver put a future, and nowhere else:
+    not a user's list that looks like a record (four items), nor what a user's own
+    ObjectRef resolves to; for plain functions and other callables, by position and name."""
+    import ray
+
+    lookalike = [7, "abcdef12/pid 1", 1.0, 2.0]
+
+    @parallelize.parallelize(method=Method.RAY)
+    def produce() -> list[Any]:
+        return list(lookalike)
+
+    @parallelize.parallelize(method=Method.RAY)
+    def gather(first: Any, plain: Any, own: Any, *, named: Any, other: Any) -> list[Any]:
+        return [first, plain, own, named, other]
+
+    produced = produce()
+    own_ref = ray.put(lookalike)
+    out = gather(produced, lookalike, own_ref, named=produced, other=lookalike)
+    assert out.result(TIMEOUT) == [lookalike] * 5
+
+    scaled = parallelize.parallelize(method=Method.RAY)(_Scaled(3))
+    assert scaled(produced, more=produced).result(TIMEOUT) == [lookalike, lookalike, 3]
+    assert scaled(lookalike, more=lookalike).result(TIMEOUT) == [lookalike, lookalike, 3]
+    # The same function with and without chained arguments: two remote functions, both kept.
+    assert gather(1, 2, 3, named=4, other=produced).result(TIMEOUT) == [1, 2, 3, 4, lookalike]
+    assert gather(1, 2, 3, named=4, other=5).result(TIMEOUT) == [1, 2, 3, 4, 5]
+
+
 def test_cancel_cancels_on_the_engine(ray_runtime: RayCluster, tmp_path: Path) -> None:
     import ray
     from ray.exceptions import TaskCancelledError
