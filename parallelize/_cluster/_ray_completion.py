@@ -11,6 +11,7 @@ callback thread once per call, competing with the threads that submit.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import logging
 import threading
 import time
@@ -25,7 +26,15 @@ from ._ray_outcomes import RawAttempt, caller_error, is_lost, is_record, raw_att
 __all__ = ["RayCompletion"]
 
 logger = logging.getLogger("parallelize")
-_WAIT = 0.01  # seconds a ray.wait lasts: how soon refs submitted meanwhile are waited for
+# Seconds a ray.wait lasts at most (it returns sooner when every ref in it is ready). While
+# every watched ref fits in one wait, a short one: a call submitted meanwhile joins the next
+# wait that soon. With a backlog (calls queued for a CPU), new refs would wait their turn
+# anyway, so a longer one: fewer, fuller batches (each wait and get has a fixed cost of some
+# 100-250 us of this thread, which shares the GIL and the CPUs with the submitting threads).
+# Measured on 2,000 no-op calls on 2 CPUs: this thread's CPU 0.21-0.23 s at 10 ms, 0.12 s at
+# 50 ms; batches of 14 calls on average, then 53.
+_WAIT = 0.01
+_WAIT_BACKLOG = 0.05
 # Refs per ray.wait: the oldest ones (where the running calls are) and as many others in
 # turn (a call finishing out of order there is seen within a few rounds). A wait costs
 # about 3 us per ref, a ray.get some 250 us plus its values: the window follows how
@@ -78,15 +87,17 @@ class RayCompletion(RayBackups):
                     floor = max(_WINDOW_MIN, 2 * int(cpus))
                     window = max(window, floor)
                 sized = time.monotonic()
-            refs = list(watched)
-            if len(refs) > window:  # the oldest, and the next slice of the others in turn
-                rest = refs[window:]
-                first = (turn * window) % len(rest)
-                refs = refs[:window] + rest[first : first + window]
+            if len(watched) > window:  # the oldest, and the next slice of the others in turn
+                first = (turn * window) % (len(watched) - window)
+                oldest = iter(watched)  # no copy of every watched ref per wait
+                refs = list(itertools.islice(oldest, window))
+                refs += itertools.islice(oldest, first, first + window)
                 turn += 1
+            else:
+                refs = list(watched)
             try:
-                # A short timeout: refs submitted meanwhile join the next wait.
-                ready, _ = ray.wait(refs, num_returns=len(refs), timeout=_WAIT, fetch_local=True)
+                wait = _WAIT_BACKLOG if len(watched) > len(refs) else _WAIT
+                ready, _ = ray.wait(refs, num_returns=len(refs), timeout=wait, fetch_local=True)
             except Exception:  # the runtime is shutting down: nothing more will finish
                 logger.debug("%s: ray.wait failed", self.name, exc_info=True)
                 if self._stop.wait(_WAIT):
