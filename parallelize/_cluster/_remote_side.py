@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import inspect
 import os
 import time
 from collections.abc import Callable
@@ -94,6 +95,14 @@ def recorded_chained(fn: Callable[..., Any]) -> Callable[..., list[Any]]:
     for name in ("__module__", "__name__", "__qualname__", "__doc__"):  # Ray names tasks so
         with contextlib.suppress(AttributeError):
             setattr(run, name, getattr(fn, name))
+    # Ray checks a call's arguments at submit against this signature: *fn*'s own, behind the
+    # marker (a bad call fails in the caller, as it does without chained arguments).
+    with contextlib.suppress(TypeError, ValueError):  # no signature to read (a builtin)
+        signature = inspect.signature(fn)
+        marker = inspect.Parameter("_parallelize_chained", inspect.Parameter.POSITIONAL_ONLY)
+        run.__signature__ = signature.replace(  # type: ignore[attr-defined]
+            parameters=[marker, *signature.parameters.values()]
+        )
     return run
 
 

@@ -131,6 +131,29 @@ def test_chained_arguments_are_told_by_position_not_by_looks(ray_runtime: RayClu
     assert gather(1, 2, 3, named=4, other=5).result(TIMEOUT) == [1, 2, 3, 4, 5]
 
 
+def test_bad_arguments_fail_in_the_caller_with_or_without_chained_ones(
+    ray_runtime: RayCluster,
+) -> None:
+    """Ray checks a call's arguments against the function's signature at submit, also for
+    calls with chained arguments (whose task takes a marker first)."""
+
+    @parallelize.parallelize(method=Method.RAY)
+    def one(x: int) -> int:
+        return x
+
+    before = _executor().stats().submitted
+    with pytest.raises(TypeError):
+        one(1, 2)
+    produced = one(1)
+    with pytest.raises(TypeError):
+        one(produced, extra=3)
+    with pytest.raises(TypeError):
+        one(produced, produced)
+    assert one(produced).result(TIMEOUT) == 1
+    assert one(x=produced).result(TIMEOUT) == 1
+    assert _executor().stats().submitted == before + 3  # refused calls are not counted
+
+
 def test_cancel_cancels_on_the_engine(ray_runtime: RayCluster, tmp_path: Path) -> None:
     import ray
     from ray.exceptions import TaskCancelledError
