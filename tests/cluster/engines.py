@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -318,3 +319,5 @@ class RayCluster:
                 os.kill(pid, signal.SIGKILL)
         with contextlib.suppress(TimeoutError):
             _wait_for(lambda: not self.alive(), 5.0, "ray processes to be killed")
+        if not self.alive():  # its logs and sockets (about 1 MB); kept if a process lives on
+            shutil.rmtree(self.temp_dir, ignore_errors=True)
