@@ -31,6 +31,8 @@ logger = logging.getLogger("parallelize")
 # wait that soon. With a backlog (calls queued for a CPU), new refs would wait their turn
 # anyway, so a longer one: fewer, fuller batches (each wait and get has a fixed cost of some
 # 100-250 us of this thread, which shares the GIL and the CPUs with the submitting threads).
+# The cost: a call that finishes out of turn behind the oldest window is seen when its slice
+# comes round, up to (backlog / window) waits later, where 10 ms waits would see it 5x sooner.
 # Measured on 2,000 no-op calls on 2 CPUs: this thread's CPU 0.21-0.23 s at 10 ms, 0.12 s at
 # 50 ms; batches of 14 calls on average, then 53.
 _WAIT = 0.01
