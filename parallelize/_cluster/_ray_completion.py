@@ -187,7 +187,6 @@ class RayCompletion(RayBackups):
         if losers and not call.future.used_as_argument:
             self._kill(losers)
         if exc is None and is_record(got):
-            assert got is not None
             self._stats.task_finished(Outcome.SUCCEEDED)
             call.future.fetched = got[0]
             set_outcome(call.future, got[0])

@@ -7,7 +7,7 @@ table and the threads (``_ray``) by concern.
 from __future__ import annotations
 
 from concurrent.futures import CancelledError
-from typing import Any
+from typing import Any, TypeGuard
 
 from .._errors import TaskLostError, attach_remote_traceback
 from .._records import AttemptRow
@@ -64,12 +64,11 @@ def raw_attempt(
     """What to keep of an attempt: *got*, the task's record (see ``_remote_side``), if it
     returned one, without its value (which the caller may let go of)."""
     if is_record(got):
-        assert got is not None
         return (call_id, outcome, backup, got[1], got[2], got[3], *client_span, node)
     return (call_id, outcome, backup, None, 0.0, 0.0, *client_span, node)
 
 
-def is_record(got: Any) -> bool:
+def is_record(got: Any) -> TypeGuard[list[Any]]:
     """Whether *got*, what an attempt's task returned, is a record (see ``_remote_side``)."""
     return type(got) is list and len(got) == RECORD_LENGTH
 
